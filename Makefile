@@ -1,0 +1,34 @@
+# Two commands a newcomer runs: `make eval` and `make test`. Both create .venv on first use.
+PY      ?= python3
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: eval test lint bench venv clean
+
+venv: $(STAMP)
+
+# torch/torchvision are pinned first: a bare `torch` requirement can pull a different (multi-GB) build.
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PYTHON) -m pip install -q -e ".[dev,cluster]"
+	touch $(STAMP)
+
+eval: $(STAMP)
+	$(PYTHON) run_eval.py $(ARGS)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results/*/ outputs multirun

@@ -1,0 +1,65 @@
+"""The one contract every streaming method meets.
+
+A method sees a live stream: frames arrive one at a time and it may keep some of them in flight (a stream batch
+delays each output by its pipeline depth), so emission is explicit — ``push`` and ``flush`` return the frames they
+completed, each tagged with the index it was pushed under. The runner owns all timing; methods never time
+themselves.
+
+Frames are ``torch.float32`` tensors of shape ``[3, H, W]`` with values in ``[0, 1]`` (RGB), on the CPU when they
+enter ``push``; a method moves them to its own device and returns outputs of the same shape, on any device.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+Frame = Tensor
+"""``float32 [3, H, W]`` in ``[0, 1]``."""
+
+Emission = tuple[int, Tensor]
+"""``(index of the pushed frame, output frame)``."""
+
+
+@runtime_checkable
+class StreamMethod(Protocol):
+    """Streaming video-to-video method.
+
+    Optional attributes a method may declare (read with ``getattr`` and these defaults):
+
+    * ``lookahead: int = 0`` — how many *future* frames an output may depend on. Causal methods have 0; an offline
+      sliding-window method declares its window. The contract test checks exactly this.
+    * ``device: torch.device | str = "cpu"`` — where it computes; the runner synchronises it around each push.
+    """
+
+    def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
+        """Per-video, untimed set-up (text encoding, allocation, RNG seeding)."""
+
+    def push(self, index: int, frame: Frame) -> list[Emission]:
+        """Feed frame ``index``; return the outputs this call completed (possibly none)."""
+
+    def flush(self) -> list[Emission]:
+        """End of stream: return every output still in flight."""
+
+    def reset(self) -> None:
+        """Free per-video state (caches, queues); the method stays loaded for the next video."""
+
+
+def check_frame(frame: Tensor, *, what: str = "frame") -> None:
+    """Raise a ``ValueError`` saying what is wrong when ``frame`` breaks the frame convention."""
+    if not isinstance(frame, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(frame).__name__}")
+    if frame.ndim != 3 or frame.shape[0] != 3:
+        raise ValueError(f"{what} must have shape [3, H, W], got {tuple(frame.shape)}")
+    if frame.dtype != torch.float32:
+        raise ValueError(f"{what} must be float32, got {frame.dtype}")
+
+
+def method_lookahead(method: object) -> int:
+    return int(getattr(method, "lookahead", 0))
+
+
+def method_device(method: object) -> torch.device:
+    return torch.device(getattr(method, "device", "cpu"))

@@ -1,0 +1,87 @@
+"""Base class for per-video quality metrics.
+
+Every metric is a torchmetrics ``Metric`` so it batches, accumulates over chunks and syncs across processes. It
+declares once whether higher is better, a display name and a unit; the report reads these (arrows, bolding).
+
+A metric scores *frames*: ``update(output, source, prompt=...)`` takes a chunk of consecutive frames ``[T, 3, H, W]``
+(float in ``[0, 1]``) of one video and appends one score per output frame (NaN where a frame has no score, e.g. the
+first frame of a pairwise metric). Pairwise metrics keep the previous chunk's last frame so that chunking never
+changes the result. ``compute()`` is the mean over finite scores; ``frame_scores()`` returns them all.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+
+class VideoMetric(Metric):
+    higher_is_better: ClassVar[bool]
+    display_name: ClassVar[str] = ""
+    unit: ClassVar[str] = ""
+    is_differentiable = False
+    full_state_update = False
+    #: number of preceding frames a score depends on (1 for pairwise metrics); kept across ``update`` calls.
+    context_frames: ClassVar[int] = 0
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self._prev_output: Tensor | None = None
+        self._prev_source: Tensor | None = None
+
+    # -- what a metric implements -------------------------------------------------------------------------------
+    def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
+        """Scores for ``output[context_frames:]``; ``output``/``source`` include the context frames first."""
+        raise NotImplementedError
+
+    # -- torchmetrics API ---------------------------------------------------------------------------------------
+    def update(self, output: Tensor, source: Tensor, prompt: str | None = None) -> None:
+        if output.ndim != 4 or output.shape != source.shape:
+            raise ValueError(
+                f"{type(self).__name__}: output and source must both be [T, 3, H, W] of the same shape, "
+                f"got {tuple(output.shape)} and {tuple(source.shape)}"
+            )
+        n_ctx = self.context_frames
+        if n_ctx and self._prev_output is not None:
+            out_in = torch.cat([self._prev_output, output])
+            src_in = torch.cat([self._prev_source, source])
+            scores = self.score_frames(out_in, src_in, prompt)
+        elif n_ctx:
+            head = torch.full((min(n_ctx, output.shape[0]),), float("nan"), dtype=torch.float64)
+            rest = self.score_frames(output, source, prompt) if output.shape[0] > n_ctx else head[:0]
+            scores = torch.cat([head, rest.to(torch.float64)])
+        else:
+            scores = self.score_frames(output, source, prompt)
+        if n_ctx:
+            self._prev_output = output[-n_ctx:].detach()
+            self._prev_source = source[-n_ctx:].detach()
+        self.scores.append(scores.detach().to(torch.float64).cpu())
+
+    def compute(self) -> Tensor:
+        s = self.frame_scores()
+        s = s[torch.isfinite(s)]
+        return s.mean() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64)
+
+    def frame_scores(self) -> Tensor:
+        if isinstance(self.scores, Tensor):
+            return self.scores
+        return dim_zero_cat(self.scores) if self.scores else torch.zeros(0, dtype=torch.float64)
+
+    def reset(self) -> None:
+        super().reset()
+        self._prev_output = None
+        self._prev_source = None
+
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "display_name": cls.display_name or cls.__name__,
+            "unit": cls.unit,
+            "higher_is_better": bool(cls.higher_is_better),
+            "kind": "quality",
+        }
