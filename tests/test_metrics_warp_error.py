@@ -10,7 +10,7 @@ import torch
 from eval.datasets.synthetic import generate_clip
 from eval.metrics.flow import DISFlow, fb_occlusion, warp
 from eval.metrics.warp_error import WarpError
-from tests.metrics_helpers import TranslationOracle, flicker, translating_clip
+from tests.test_metrics_helpers import TranslationOracle, flicker, translating_clip
 
 # Tolerances on the 0-255 scale. Bilinear resampling of the synthetic textures at 64x64 alone costs ~0.25/255.
 GT_TOL = 0.5

@@ -1,4 +1,4 @@
-"""Shared helpers for the metric tests: known-flow clips and a ground-truth flow oracle."""
+"""Shared helpers for the metric tests (no tests here): known-flow clips and a ground-truth flow oracle."""
 
 from __future__ import annotations
 
