@@ -43,7 +43,8 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_json(run_dir / "provenance.json",
                       provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)))
-    refs = OmegaConf.to_container(cfg.report.get("reference") or [], resolve=True)
+    refs = cfg.report.get("reference")
+    refs = OmegaConf.to_container(refs, resolve=True) if refs else []
     for r in refs:
         missing = {"method", "metric", "value", "source"} - set(r)
         if missing:
