@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.datasets.base import Video, VideoDataset, fingerprint
+
 
 @dataclass
 class SyntheticClip:
@@ -159,3 +161,48 @@ def warp_backward(prev: Tensor, flow: Tensor) -> Tensor:
     gy = (ys + flow[:, 1]) / max(h - 1, 1) * 2 - 1
     grid = torch.stack([gx, gy], dim=-1)
     return torch.nn.functional.grid_sample(prev, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class SyntheticDataset(VideoDataset):
+    """``num_videos`` procedural clips (see :func:`generate_clip`); needs no files. Prompts cycle through
+    ``prompt_list``. Once loaded, a video's ground truth (flow, occlusion) is on ``video.meta['clip']``."""
+
+    name = "synthetic"
+
+    def __init__(self, num_videos: int = 3, num_frames: int = 24, height: int = 64, width: int = 64,
+                 fps: float = 12.0, seed: int = 0, num_objects: int = 3, max_speed: float = 2.0,
+                 prompt_list: list[str] | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if height % 8 or width % 8:
+            raise ValueError(f"dataset.height/width must be multiples of 8, got {height}x{width}")
+        self.params = dict(num_frames=num_frames, height=height, width=width, fps=fps, num_objects=num_objects,
+                           max_speed=max_speed)
+        self.num_videos, self.seed = num_videos, seed
+        self.prompt_list = list(prompt_list or ["a watercolor painting"])
+
+    def list_videos(self) -> list[Video]:
+        out = []
+        for i in range(self.num_videos):
+            seed = self.seed + i
+            meta: dict = {"seed": seed}
+
+            def load(seed=seed, meta=meta):
+                clip = generate_clip(seed=seed, **self.params)
+                meta["clip"] = clip
+                return self.transform.spatial(clip.frames[self._kept(clip.frames.shape[0])])
+
+            out.append(Video(f"synthetic_{i:03d}", self.prompt_list[i % len(self.prompt_list)], self.params["fps"],
+                             fingerprint("synthetic-v1", seed, self.params, self.transform.describe()), load, meta))
+        return out
+
+    def _kept(self, n: int) -> list[int]:
+        kept: list[int] = []
+        for i in range(n):
+            if self.transform.done(len(kept)):
+                break
+            if self.transform.keeps(i, len(kept)):
+                kept.append(i)
+        return kept
+
+    def describe(self) -> dict:
+        return {**super().describe(), **self.params, "num_videos": self.num_videos, "seed": self.seed}

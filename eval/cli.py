@@ -1,0 +1,112 @@
+"""What ``run_eval.py`` does once Hydra has composed the config. Kept out of the entry point so tests call it."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from eval.runner import Runner, RunnerSettings, RunSummary, build_metrics
+from eval.store import UnitStore, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ("method", "dataset", "model", "metrics", "hardware", "experiment")
+
+
+def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool = True) -> RunSummary:
+    from hydra.utils import instantiate
+
+    from eval.provenance import provenance
+
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.hardware.get("threads"):
+        torch.set_num_threads(int(cfg.hardware.threads))
+    methods = cfg.get("method") or {}
+    if not methods:
+        raise ValueError("no method selected: pass e.g. method=[identity,live2diff]")
+    dataset = instantiate(cfg.dataset, _convert_="all")
+    videos = dataset.videos()
+    if not videos:
+        raise ValueError(f"the dataset has no videos for shard {cfg.dataset.get('shard', 0)}")
+    metrics = build_metrics(cfg.metrics)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    atomic_write_json(run_dir / "provenance.json",
+                      provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)))
+    refs = cfg.report.get("reference")
+    refs = OmegaConf.to_container(refs, resolve=True) if refs else []
+    for r in refs:
+        missing = {"method", "metric", "value", "source"} - set(r)
+        if missing:
+            raise ValueError(f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source")
+    atomic_write_json(run_dir / "reference.json", refs)
+    settings = RunnerSettings.from_config({**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed})
+    context = {"hardware": OmegaConf.to_container(cfg.hardware, resolve=True)}
+    log.info("%d method(s) x %d video(s) -> %s", len(methods), len(videos), run_dir)
+    runner = Runner(dict(methods), videos, metrics, cfg.metrics, UnitStore(cfg.results_root), run_dir, settings,
+                    context=context, progress=progress)
+    summary = runner.run()
+    if cfg.report.enabled:
+        from eval.report import build_report
+
+        build_report([run_dir], run_dir, compare_to=cfg.report.get("compare_to"),
+                     n_boot=int(cfg.report.get("bootstrap", 2000)), seed=int(cfg.seed))
+    return summary
+
+
+def available(group: str, extra_dirs: list[Path] = ()) -> list[str]:
+    names = set()
+    for root in [CONF_DIR, *extra_dirs]:
+        d = Path(root) / group
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def check_overrides(argv: list[str]) -> str | None:
+    """A "did you mean" message for a misspelled config name in ``group=name`` overrides, or None.
+
+    Hydra itself lists the available options; this adds the closest match. Names reachable only through an extra
+    ``hydra.searchpath`` are skipped unless that path is a plain folder we can list.
+    """
+    extra: list[Path] = []
+    for arg in argv:
+        if arg.startswith("hydra.searchpath="):
+            for item in arg.split("=", 1)[1].strip("[]").split(","):
+                item = item.strip().strip("'\"")
+                if item.startswith("file://"):
+                    extra.append(Path(item[len("file://"):]))
+                elif item:
+                    return None  # pkg:// search paths: let Hydra resolve them
+    for arg in argv:
+        if "=" not in arg or arg.startswith(("+", "~", "hydra")):
+            continue
+        key, value = arg.split("=", 1)
+        if key not in GROUPS or value in ("null", ""):
+            continue
+        options = available(key, extra)
+        for name in [v.strip() for v in value.strip("[]").split(",") if v.strip()]:
+            if name not in options:
+                close = difflib.get_close_matches(name, options, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}"
+    return None
+
+
+def exit_code(summaries: list[RunSummary]) -> int:
+    failed = sum(len(s.failed) for s in summaries)
+    total = sum(len(s.units) for s in summaries)
+    if failed:
+        print(f"{failed} of {total} units failed (see units.parquet / the report for reasons)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,197 @@
+"""Videos, their preprocessing, prompts and sharding — shared by every dataset.
+
+A dataset lists :class:`Video` objects cheaply (no decoding); frames are decoded only when a unit actually runs,
+so a resumed run that skips finished units never touches the files. A video's ``fingerprint`` changes whenever its
+content or preprocessing changes, and is part of every result's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+
+class VideoReadError(RuntimeError):
+    """A video could not be read (missing, corrupt, empty, wrong channels); the message says why."""
+
+
+@dataclass
+class Video:
+    name: str
+    prompt: str
+    fps: float
+    fingerprint: str
+    loader: Callable[[], Tensor] = field(repr=False)
+    meta: dict = field(default_factory=dict, repr=False)
+
+    def load(self) -> Tensor:
+        """Decode and preprocess: float32 ``[T, 3, H, W]`` in ``[0, 1]``."""
+        frames = self.loader()
+        if not isinstance(frames, Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
+            shape = tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
+            raise VideoReadError(f"{self.name}: expected frames [T, 3, H, W], got {shape}")
+        if frames.shape[0] == 0:
+            raise VideoReadError(f"{self.name}: no frames")
+        return frames
+
+
+@dataclass(frozen=True)
+class FrameTransform:
+    """Temporal subsampling and spatial fitting to a model resolution.
+
+    ``size`` is ``[height, width]`` (or ``None`` to keep the source size rounded down to ``multiple_of``);
+    ``mode`` is ``resize`` (stretch), ``crop`` (centre crop, no scaling) or ``resize_crop`` (scale the short side,
+    then centre crop — keeps the aspect ratio; the default).
+    """
+
+    size: tuple[int, int] | None = None
+    mode: str = "resize_crop"
+    multiple_of: int = 8
+    max_frames: int | None = None
+    stride: int = 1
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("resize", "crop", "resize_crop"):
+            raise ValueError(f"dataset.resize_mode must be resize, crop or resize_crop, got {self.mode!r}")
+        if self.stride < 1:
+            raise ValueError(f"dataset.stride must be >= 1, got {self.stride}")
+        if self.size is not None and any(s % self.multiple_of for s in self.size):
+            raise ValueError(f"dataset.size {list(self.size)} must be multiples of {self.multiple_of} (VAE stride)")
+
+    def keeps(self, i: int, kept_so_far: int) -> bool:
+        return (i >= self.start and (i - self.start) % self.stride == 0
+                and (self.max_frames is None or kept_so_far < self.max_frames))
+
+    def done(self, kept_so_far: int) -> bool:
+        return self.max_frames is not None and kept_so_far >= self.max_frames
+
+    def spatial(self, frames: Tensor) -> Tensor:
+        """``[T, 3, h, w]`` -> ``[T, 3, H, W]``."""
+        h, w = frames.shape[-2:]
+        m = self.multiple_of
+        if self.size is None:
+            th, tw = (h // m) * m, (w // m) * m
+            if (th, tw) == (h, w):
+                return frames
+            return _centre_crop(frames, th, tw)
+        th, tw = self.size
+        if self.mode == "resize":
+            return _resize(frames, th, tw)
+        if self.mode == "crop":
+            if th > h or tw > w:
+                raise VideoReadError(f"cannot crop {h}x{w} frames to {th}x{tw}; use dataset.resize_mode=resize_crop")
+            return _centre_crop(frames, th, tw)
+        scale = max(th / h, tw / w)
+        rh, rw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
+        return _centre_crop(_resize(frames, rh, rw), th, tw)
+
+    def describe(self) -> dict:
+        return {"size": list(self.size) if self.size else None, "mode": self.mode, "multiple_of": self.multiple_of,
+                "max_frames": self.max_frames, "stride": self.stride, "start": self.start}
+
+
+def _resize(frames: Tensor, h: int, w: int) -> Tensor:
+    if frames.shape[-2:] == (h, w):
+        return frames
+    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def _centre_crop(frames: Tensor, h: int, w: int) -> Tensor:
+    fh, fw = frames.shape[-2:]
+    top, left = (fh - h) // 2, (fw - w) // 2
+    return frames[..., top : top + h, left : left + w].contiguous()
+
+
+def uint8_to_frames(arr: np.ndarray) -> Tensor:
+    """``[T, H, W, 3]`` uint8 -> float32 ``[T, 3, H, W]`` in ``[0, 1]``."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_prompts(path: str | Path | None) -> dict[str, str]:
+    """Prompts keyed by video name from a YAML or JSON mapping; ``None``/missing file -> ``{}``."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def fingerprint(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> list:
+    """Cheap content identity: name, size and modification time (no full read)."""
+    st = path.stat()
+    return [path.name, st.st_size, st.st_mtime_ns]
+
+
+class VideoDataset:
+    """Base: holds preprocessing, prompts and sharding; subclasses implement :meth:`list_videos`."""
+
+    name = "dataset"
+
+    def __init__(self, *, size: list[int] | None = None, resize_mode: str = "resize_crop",
+                 max_frames: int | None = None, stride: int = 1, start: int = 0, max_videos: int | None = None,
+                 videos: list[str] | None = None, shard: int = 0, num_shards: int = 1,
+                 default_prompt: str | None = None, prompts: str | None = None) -> None:
+        if not 0 <= shard < num_shards:
+            raise ValueError(f"dataset.shard must be in [0, dataset.num_shards={num_shards}), got {shard}")
+        self.transform = FrameTransform(tuple(size) if size else None, resize_mode, 8, max_frames, stride, start)
+        self.max_videos = max_videos
+        self.only = list(videos) if videos else None
+        self.shard, self.num_shards = shard, num_shards
+        self.default_prompt = default_prompt
+        self.prompts_path = prompts
+
+    def list_videos(self) -> list[Video]:
+        raise NotImplementedError
+
+    def videos(self) -> list[Video]:
+        """The videos of this shard, in a stable order."""
+        vids = sorted(self.list_videos(), key=lambda v: v.name)
+        if self.only is not None:
+            known = {v.name for v in vids}
+            missing = [n for n in self.only if n not in known]
+            if missing:
+                raise ValueError(f"dataset.videos names unknown videos {missing}; available: {sorted(known)}")
+            vids = [v for v in vids if v.name in self.only]
+        if self.max_videos is not None:
+            vids = vids[: self.max_videos]
+        return vids[self.shard :: self.num_shards]
+
+    def prompt_for(self, name: str, prompts: dict[str, str]) -> str:
+        if name in prompts:
+            return prompts[name]
+        if self.default_prompt is None:
+            raise ValueError(
+                f"no prompt for video {name!r}: add it to the prompts file ({self.prompts_path}) "
+                "or set dataset.default_prompt"
+            )
+        return self.default_prompt
+
+    def describe(self) -> dict:
+        return {"dataset": self.name, "transform": self.transform.describe()}

@@ -1,0 +1,68 @@
+"""A user's own videos: a directory of video files and/or folders of frames, prompts from ``prompts.yaml``."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+from eval.datasets.base import Video, VideoDataset, file_fingerprint, fingerprint, load_prompts
+from eval.datasets.files import (
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    list_frame_files,
+    probe_fps,
+    read_frame_folder,
+    read_video_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FolderDataset(VideoDataset):
+    """``root/*.mp4|*.avi|*.mov`` files and ``root/<name>/*.jpg|*.png`` frame folders.
+
+    Prompts come from ``root/prompts.yaml`` (or ``.json``, or the file named by ``prompts``), keyed by video name
+    (file stem or folder name); videos without one get ``default_prompt``. Frame folders play at ``fps``.
+    """
+
+    name = "folder"
+
+    def __init__(self, root: str, *, fps: float = 25.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.root = Path(root).expanduser()
+        self.fps = fps
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"dataset.root={root!r} is not a directory")
+
+    def _prompts(self) -> dict[str, str]:
+        if self.prompts_path is not None:
+            if not Path(self.prompts_path).is_file():
+                raise FileNotFoundError(f"dataset.prompts={self.prompts_path!r}: no such file")
+            return load_prompts(self.prompts_path)
+        for candidate in ("prompts.yaml", "prompts.yml", "prompts.json"):
+            if (self.root / candidate).is_file():
+                self.prompts_path = str(self.root / candidate)
+                return load_prompts(self.root / candidate)
+        return {}
+
+    def list_videos(self) -> list[Video]:
+        prompts = self._prompts()
+        t = self.transform
+        out = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
+                out.append(Video(entry.stem, self.prompt_for(entry.stem, prompts), probe_fps(entry, self.fps),
+                                 fingerprint(file_fingerprint(entry), t.describe()),
+                                 partial(read_video_file, entry, t), {"path": str(entry)}))
+            elif entry.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entry.iterdir()):
+                files = list_frame_files(entry)
+                out.append(Video(entry.name, self.prompt_for(entry.name, prompts), self.fps,
+                                 fingerprint([file_fingerprint(f) for f in files], t.describe()),
+                                 partial(read_frame_folder, entry, t), {"path": str(entry)}))
+        if not out:
+            raise FileNotFoundError(
+                f"dataset.root={str(self.root)!r} holds no videos ({', '.join(VIDEO_EXTENSIONS)}) "
+                f"and no folders of frames ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        return out

@@ -1,0 +1,58 @@
+"""Where a result came from: resolved config, code version, packages, device, seed, time."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "torchmetrics", "open-clip-torch", "lpips",
+            "hydra-core", "numpy", "pandas", "av", "opencv-python-headless", "live2diff-bench")
+
+
+def git_state(repo: Path | None = None) -> dict:
+    repo = repo or Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit or None, "dirty": dirty if commit else None}
+
+
+def package_versions() -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_info(device: str = "cpu") -> dict:
+    info = {"requested": device, "platform": platform.platform(), "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def provenance(config: dict, *, seed: int, device: str) -> dict:
+    return {
+        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "packages": package_versions(),
+        "device": device_info(device),
+        "seed": seed,
+        "config": config,
+    }

@@ -1,0 +1,337 @@
+"""Drives every (method, video) unit: stream it, time it, score it, store it; then tables and the report.
+
+The runner knows no concrete method: methods are Hydra configs instantiated on first need (a fully resumed run
+never builds a model). Quality metrics run after each stream, outside the timed path. A unit that fails (a corrupt
+video, a method error, a contract violation) becomes an error row with its reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from eval.datasets.base import Video
+from eval.interface import StreamMethod
+from eval.store import UnitStore, atomic_write_json, atomic_write_parquet, content_key
+from eval.timing import FRAME_SYSTEM_METRICS, SYSTEM_METRICS, StreamRecord, run_stream, summarise
+
+log = logging.getLogger(__name__)
+
+FRAME_COLUMNS = ["method", "video", "frame", "metric", "value"]
+VIDEO_COLUMNS = ["method", "video", "metric", "value"]
+
+
+@dataclass
+class RunnerSettings:
+    seed: int = 42
+    warmup_frames: int = 2  # untimed frames pushed through each freshly built method before its first video
+    resume: bool = True
+    save_videos: bool = False
+    save_strips: bool = True
+    strip_frames: int = 6
+    mode: str = "offline"
+    extra: dict = field(default_factory=dict)  # mode-specific settings, part of every unit key
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | dict) -> RunnerSettings:
+        d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        known = {k: d.pop(k) for k in list(d) if k in cls.__dataclass_fields__ and k != "extra"}
+        return cls(**known, extra=d)
+
+
+@dataclass
+class UnitResult:
+    method: str
+    video: str
+    key: str
+    status: str  # "ok" | "cached" | "error"
+    error: str = ""
+    n_frames: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    units: list[UnitResult]
+    frames: pd.DataFrame
+    videos: pd.DataFrame
+
+    @property
+    def failed(self) -> list[UnitResult]:
+        return [u for u in self.units if u.status == "error"]
+
+    @property
+    def computed(self) -> list[UnitResult]:
+        return [u for u in self.units if u.status == "ok"]
+
+
+def build_metrics(metrics_cfg: DictConfig | dict | None) -> dict[str, Any]:
+    """Instantiate the metric registry (name -> VideoMetric) from ``conf/metrics``."""
+    from hydra.utils import instantiate
+
+    out = {}
+    for name, mcfg in (metrics_cfg or {}).items():
+        if mcfg is None:
+            continue
+        out[str(name)] = instantiate(mcfg)
+    return out
+
+
+def describe_metrics(metrics: dict[str, Any]) -> dict[str, dict]:
+    desc = {name: {**m.describe(), "kind": "quality"} for name, m in metrics.items()}
+    for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS):
+        for name, d in table.items():
+            desc[name] = {**d, "kind": "system"}
+    desc["nonfinite_frames"] = {"display_name": "Non-finite frames", "unit": "", "higher_is_better": False,
+                                "kind": "check"}
+    return desc
+
+
+class Runner:
+    def __init__(self, methods: dict[str, DictConfig | dict], videos: list[Video], metrics: dict[str, Any],
+                 metrics_cfg: Any, store: UnitStore, run_dir: Path, settings: RunnerSettings,
+                 context: dict | None = None, progress: bool = True) -> None:
+        self.method_cfgs = {str(k): v for k, v in methods.items()}
+        self.videos = videos
+        self.metrics = metrics
+        self.metrics_cfg = OmegaConf.to_container(metrics_cfg, resolve=True) if isinstance(metrics_cfg, DictConfig) \
+            else metrics_cfg
+        self.store = store
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.context = context or {}
+        self.progress = progress
+        self._built: dict[str, StreamMethod] = {}
+
+    # -- keys ---------------------------------------------------------------------------------------------------
+    def unit_key(self, method_name: str, video: Video) -> str:
+        mcfg = self.method_cfgs[method_name]
+        mcfg = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else mcfg
+        s = self.settings
+        return content_key({
+            "method": mcfg, "video": video.fingerprint, "metrics": self.metrics_cfg, "seed": s.seed,
+            "mode": s.mode, "extra": s.extra, "context": self.context,
+        })
+
+    # -- the run ------------------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        from tqdm.auto import tqdm
+
+        units: list[UnitResult] = []
+        frames_parts: list[pd.DataFrame] = []
+        videos_parts: list[pd.DataFrame] = []
+        todo = [(m, v) for m in self.method_cfgs for v in self.videos]
+        bar = tqdm(todo, desc="units", unit="unit", disable=not self.progress, dynamic_ncols=True)
+        try:
+            for k, (method_name, video) in enumerate(bar):
+                bar.set_postfix_str(f"{method_name} / {video.name}")
+                res, fr, vr = self._unit(method_name, video)
+                units.append(res)
+                if res.status != "error":
+                    frames_parts.append(fr)
+                    videos_parts.append(vr)
+                if k + 1 == len(todo) or todo[k + 1][0] != method_name:
+                    self._release(method_name)  # one model in memory at a time
+        finally:
+            bar.close()
+            for name in list(self._built):
+                self._release(name)
+            frames = pd.concat(frames_parts, ignore_index=True) if frames_parts else pd.DataFrame(columns=FRAME_COLUMNS)
+            videos = pd.concat(videos_parts, ignore_index=True) if videos_parts else pd.DataFrame(columns=VIDEO_COLUMNS)
+            self._write_run_tables(units, frames, videos)
+        return RunSummary(self.run_dir, units, frames, videos)
+
+    def _release(self, name: str) -> None:
+        method = self._built.pop(name, None)
+        if method is None:
+            return
+        try:
+            method.reset()
+        finally:
+            del method
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _method(self, name: str, frames: Tensor) -> StreamMethod:
+        if name not in self._built:
+            from hydra.utils import instantiate
+
+            log.info("building method %s", name)
+            method = instantiate(self.method_cfgs[name], _convert_="all")
+            missing = [a for a in ("prepare", "push", "flush", "reset") if not callable(getattr(method, a, None))]
+            if missing:
+                raise TypeError(f"method {name!r} ({type(method).__name__}) lacks StreamMethod methods {missing}")
+            self._built[name] = method
+            self._warmup(method, frames)
+        return self._built[name]
+
+    def _warmup(self, method: StreamMethod, frames: Tensor) -> None:
+        """Untimed frames through a fresh method so one-off costs (allocation, kernel selection, lazy init) stay
+        out of the first video's figures."""
+        k = min(self.settings.warmup_frames, frames.shape[0])
+        if k <= 0:
+            return
+        h, w = frames.shape[-2:]
+        method.prepare("warm-up", height=int(h), width=int(w), seed=self.settings.seed)
+        for i in range(k):
+            method.push(i, frames[i])
+        method.flush()
+        method.reset()
+
+    def _unit(self, method_name: str, video: Video) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
+        key = self.unit_key(method_name, video)
+        if self.settings.resume and self.store.done(key):
+            meta, fr, vr = self.store.read(key)
+            return UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0)), fr, vr
+        t0 = time.perf_counter()
+        try:
+            frames = video.load()
+            method = self._method(method_name, frames)
+            rec = self._stream(method, video, frames)
+            fr, vr, files = self._score(method_name, video, frames, rec)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad unit must not stop the run
+            reason = f"{type(exc).__name__}: {exc}"
+            log.error("unit %s / %s failed: %s", method_name, video.name, reason)
+            if method_name in self._built:
+                try:
+                    self._built[method_name].reset()
+                except Exception:  # noqa: BLE001
+                    self._built.pop(method_name, None)
+            return UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0), None, None
+        meta = {"method": method_name, "video": video.name, "n_frames": int(frames.shape[0]),
+                "prompt": video.prompt, "fps": video.fps, "height": int(frames.shape[-2]),
+                "width": int(frames.shape[-1]), "extra": rec.extra}
+        self.store.write(key, meta, fr, vr, files)
+        return UnitResult(method_name, video.name, key, "ok", n_frames=int(frames.shape[0]),
+                          seconds=time.perf_counter() - t0), fr, vr
+
+    def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
+        h, w = frames.shape[-2:]
+        method.prepare(video.prompt, height=int(h), width=int(w), seed=self.settings.seed)
+        try:
+            if self.settings.mode == "offline":
+                return run_stream(method, frames)
+            if self.settings.mode == "live":
+                from eval.live import run_live_stream
+
+                return run_live_stream(method, frames, video.fps, **self.settings.extra.get("live", {}))
+            raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
+        finally:
+            method.reset()
+
+    def _score(self, method_name: str, video: Video, frames: Tensor, rec: StreamRecord
+               ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bytes]]:
+        outputs = torch.stack(rec.outputs)
+        finite = torch.isfinite(outputs).flatten(1).all(dim=1)
+        n_bad = int((~finite).sum())
+        if n_bad:
+            log.warning("%s / %s: %d output frames contain NaN/inf; they are excluded from the metrics",
+                        method_name, video.name, n_bad)
+            outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0)
+        outputs = outputs.clamp(0, 1)
+        n = outputs.shape[0]
+        per_frame, per_video = summarise(rec)
+        per_video["nonfinite_frames"] = float(n_bad)
+        per_video.update(rec.extra.get("video_metrics", {}))
+        per_frame.update(rec.extra.get("frame_metrics", {}))
+        for name, metric in self.metrics.items():
+            metric.reset()
+            metric.update(outputs, frames, prompt=video.prompt)
+            scores = metric.frame_scores().numpy().astype(np.float64)
+            if scores.shape[0] != n:
+                raise RuntimeError(f"metric {name} returned {scores.shape[0]} scores for {n} frames")
+            bad = ~finite.numpy()
+            scores[bad] = np.nan
+            ctx = int(getattr(metric, "context_frames", 0))
+            for c in range(1, ctx + 1):  # a pairwise score depends on the previous frames too
+                scores[c:][bad[:-c]] = np.nan
+            per_frame[name] = scores
+            valid = scores[np.isfinite(scores)]
+            per_video[name] = float(valid.mean()) if valid.size else float("nan")
+            metric.reset()
+        fr = pd.DataFrame([
+            (method_name, video.name, i, metric, float(vals[i]))
+            for metric, vals in per_frame.items() for i in range(n)
+        ], columns=FRAME_COLUMNS)
+        vr = pd.DataFrame([(method_name, video.name, k, float(v)) for k, v in per_video.items()], columns=VIDEO_COLUMNS)
+        files = {}
+        if self.settings.save_strips:
+            files["strip.png"] = frame_strip_png(frames, outputs, self.settings.strip_frames)
+        if self.settings.save_videos:
+            path = self.run_dir / "videos" / method_name / f"{video.name}.mp4"
+            write_mp4(path, outputs, video.fps)
+        return fr, vr, files
+
+    # -- run-level outputs --------------------------------------------------------------------------------------
+    def _write_run_tables(self, units: list[UnitResult], frames: pd.DataFrame, videos: pd.DataFrame) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ut = pd.DataFrame([u.__dict__ for u in units], columns=list(UnitResult.__dataclass_fields__))
+        atomic_write_parquet(self.run_dir / "units.parquet", ut)
+        atomic_write_parquet(self.run_dir / "frames.parquet", frames)
+        atomic_write_parquet(self.run_dir / "videos.parquet", videos)
+        atomic_write_json(self.run_dir / "metrics.json", describe_metrics(self.metrics))
+        strips = self.run_dir / "strips"
+        for u in units:
+            src = self.store.path(u.key) / "strip.png"
+            if u.status != "error" and src.is_file():
+                dst = strips / u.method / f"{u.video}.png"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read_bytes())
+
+
+def frame_strip_png(inputs: Tensor, outputs: Tensor, k: int = 6, max_height: int = 96) -> bytes:
+    """Input frames on top, outputs below, ``k`` evenly spaced frames, as PNG bytes."""
+    from PIL import Image
+
+    n = inputs.shape[0]
+    idx = sorted({round(x) for x in np.linspace(0, n - 1, min(k, n))})
+    top = torch.cat([inputs[i] for i in idx], dim=-1)
+    bottom = torch.cat([outputs[i] for i in idx], dim=-1)
+    grid = torch.cat([top, bottom], dim=-2)
+    img = Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    h = inputs.shape[-2]
+    if h > max_height:
+        scale = max_height / h
+        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
+    """Encode ``[T, 3, H, W]`` frames as H.264 (MPEG-4 part 2 when no H.264 encoder is available)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
+    tmp = path.with_suffix(".tmp.mp4")
+    rate = max(1, int(round(fps))) if math.isfinite(fps) else 25
+    with av.open(str(tmp), mode="w") as container:
+        try:
+            stream = container.add_stream("libx264", rate=rate)
+        except Exception:  # noqa: BLE001 - encoder availability depends on the FFmpeg build
+            stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for a in arr:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
