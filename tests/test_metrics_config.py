@@ -41,16 +41,19 @@ def test_lpips_opt_in_requires_weights(tmp_path):
     with pytest.raises(Exception, match=r"weights"):
         instantiate(cfg.metrics.lpips)
     cfg = compose(["+metrics/add=lpips", f"metrics.lpips.weights={tmp_path / 'absent.safetensors'}"])
-    with pytest.raises(FileNotFoundError, match=r"metrics\.lpips\.weights"):
+    with pytest.raises(Exception, match=r"absent\.safetensors.*metrics\.lpips\.weights"):  # Hydra wraps it
         instantiate(cfg.metrics.lpips)
 
 
-def test_paper_set_composes_with_every_weight_required():
+def test_paper_set_requires_every_weight_file():
     cfg = compose(["+metrics/add=paper"])
-    keys = {"clip_score": "weights", "warp_error": "raft_weights", "lpips": "weights"}
-    missing = [k for k, f in keys.items() if OmegaConf.is_missing(cfg.metrics[k], f)]
-    assert missing == ["clip_score", "warp_error", "lpips"]
     assert cfg.metrics.warp_error_streamv2v.variant == "streamv2v_compat"
+    assert OmegaConf.is_missing(cfg.metrics.lpips, "weights")
+    for name, key in (("clip_score", "metrics.clip_score.weights"), ("clip_consistency", "metrics.clip_score.weights"),
+                      ("warp_error", "metrics.warp_error.raft_weights"),
+                      ("warp_error_input", "metrics.warp_error.raft_weights")):
+        with pytest.raises(Exception, match=key.replace(".", r"\.")):
+            instantiate(cfg.metrics[name])
 
 
 def test_streamv2v_compat_opt_in_instantiates():

@@ -88,8 +88,11 @@ _LOCK = threading.Lock()
 
 
 def load_clip(model_name: str = "ViT-B-32", weights: str | None = None, device: str = "cpu",
-              config_key: str = CONFIG_KEY) -> ClipModel:
+              config_key: str = CONFIG_KEY, require_weights: bool = False) -> ClipModel:
     """The CLIP model for these settings, loaded once per process and shared (cached)."""
+    if require_weights and not weights:
+        raise ValueError(f"CLIP: real weights are required here (no random fallback); set {config_key}=/path/to/"
+                         f"open_clip_pytorch_model.bin (the open_clip checkpoint of {model_name})")
     path = str(resolve_weights(weights, config_key, "CLIP")) if weights else None
     key = (model_name if path else "tiny-random", path, str(device))
     with _LOCK:
@@ -123,9 +126,9 @@ def _build(model_name: str, path: str | None, device: str) -> ClipModel:
 
 class _ClipMetric(VideoMetric):
     def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 1.0, **kwargs: Any) -> None:
+                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.clip = load_clip(model_name, weights, device)
+        self.clip = load_clip(model_name, weights, device, require_weights=require_weights)
         self.batch_size, self.scale = batch_size, float(scale)
         self.comparable = self.clip.comparable
         self.notes = () if self.clip.comparable else (RANDOM_NOTE,)
@@ -143,8 +146,9 @@ class ClipScore(_ClipMetric):
     context_frames = 0
 
     def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 100.0, **kwargs: Any) -> None:
-        super().__init__(weights, model_name, device, batch_size, scale, **kwargs)
+                 batch_size: int = 16, scale: float = 100.0, require_weights: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
         if self.scale != 100.0:
             self.unit = f"{self.scale:g}·cos"
         self._warned = False
@@ -168,8 +172,9 @@ class ClipConsistency(_ClipMetric):
     context_frames = 1
 
     def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(weights, model_name, device, batch_size, scale, **kwargs)
+                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
         if self.scale != 1.0:
             self.unit = f"{self.scale:g}·cos"
 
