@@ -154,3 +154,16 @@ def test_raft_missing_weights_names_file_and_key(tmp_path):
         WarpError(flow="raft", raft_weights=str(missing))
     with pytest.raises(ValueError, match=r"metrics\.warp_error\.raft_weights"):
         WarpError(flow="raft")
+
+
+@pytest.mark.slow
+def test_raft_batch_size_does_not_change_scores(tmp_path):
+    _, path = _save_random_raft(tmp_path)
+    clip = generate_clip(4, 36, 44, seed=7)
+    scores = []
+    for bs in (1, 3):
+        m = WarpError(flow="raft", raft_model="small", raft_weights=str(path), raft_iters=2, occlusion=False,
+                      batch_size=bs)
+        m.update(clip.frames, clip.frames)
+        scores.append(m.frame_scores())
+    torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=1e-4, equal_nan=True)

@@ -105,6 +105,8 @@ class VideoMetric(Metric):
             "comparable": bool(self_or_cls.comparable),
             "notes": list(self_or_cls.notes),
         }
+        if self_or_cls.notes:  # the report prints each distinct ``note`` above its tables
+            d["note"] = f"{d['display_name']}: {'; '.join(self_or_cls.notes)}"
         if not isinstance(self_or_cls, type):
             d["config"] = self_or_cls.config()
         return d
