@@ -72,7 +72,7 @@ class AnimateDiffWindow:
         return self._emit(upto=start + self.stride)
 
     def flush(self) -> list[Emission]:
-        if self.pending:
+        if self.n_pushed > self.emitted_upto:
             start = max(0, self.n_pushed - self.window)
             if start != self.last_start:
                 self._run_window(start)
