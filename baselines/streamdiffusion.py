@@ -79,12 +79,13 @@ class StreamDiffusion(LatentStreamMethod):
 
     def reset(self) -> None:
         super().reset()
+        self.skipped: list[int] = []  # indices the similarity filter skipped in this stream
         if getattr(self, "filter", None) is not None:
             self.filter.reset()
 
     @property
     def n_skipped(self) -> int:
-        return 0 if self.filter is None else self.filter.n_skipped
+        return len(self.skipped)
 
     def admit(self, index: int, frame: Tensor, out: list[Emission]) -> bool:
         if self.filter is None:
@@ -93,6 +94,7 @@ class StreamDiffusion(LatentStreamMethod):
             return True
         # Skipped: the frame takes the output of the last processed frame — at once if that one is out already,
         # otherwise together with it when it leaves the stream batch.
+        self.skipped.append(index)
         src = self.last_processed
         if src is not None and any(r is src for r in self.in_flight):
             src.riders.append(index)
