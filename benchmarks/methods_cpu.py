@@ -78,15 +78,18 @@ def measure_one(method: str, args: argparse.Namespace) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| method | per-call p50 (ms) | per-call p95 (ms) | E2E latency p50 (ms) | E2E latency p95 (ms) | "
-            "first frame (ms) | FPS | peak RSS (MiB) |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+            "first frame (ms) | FPS | peak RSS (MiB) | RSS over identity (MiB) |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
+    floor = next((r["peak_rss_mib"] for r in rows if r["method"] == "identity" and "error" not in r), None)
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | error: {r['error'][:80]} ||||||| ")
+            lines.append(f"| {r['method']} | error: {r['error'][:80]} |||||||| ")
             continue
         lines.append(
             f"| {r['method']} | {r['call_p50_ms']:.1f} | {r['call_p95_ms']:.1f} | {r['e2e_p50_ms']:.1f} | "
-            f"{r['e2e_p95_ms']:.1f} | {r['first_frame_ms']:.1f} | {r['fps']:.1f} | {r['peak_rss_mib']:.0f} |"
+            f"{r['e2e_p95_ms']:.1f} | {r['first_frame_ms']:.1f} | {r['fps']:.1f} | {r['peak_rss_mib']:.0f} | "
+            + (f"{r['peak_rss_mib'] - floor:.0f} |" if floor is not None else "- |")
         )
     return "\n".join(lines)
 
@@ -137,7 +140,8 @@ def main() -> int:
           f"{args.videos} videos x {args.frames} frames, {args.size}x{args.size}, {args.threads} torch thread(s), "
           f"each method in its own process; {setup['timestamp']}.\n\n{table(rows)}\n\n"
           "Per-call = one `push`; E2E latency = push of a frame to its emission (includes stream-batch lag and "
-          "window waits). FPS = frames / (last emission - first push). Peak RSS = whole process (CPU).\n\n"
+          "window waits). FPS = frames / (last emission - first push). Peak RSS = whole process (CPU); 'over identity' subtracts the "
+          "harness floor (Python + torch + imports) measured the same way.\n\n"
           f"Command: `{setup['command']}`\n")
     out.with_suffix(".md").write_text(md)
     print(md)

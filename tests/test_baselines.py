@@ -173,12 +173,10 @@ def test_extended_self_attention_and_fusion_arithmetic(fuse):
 
 def test_update_interval_writes_every_nth_frame(clip):
     m = StreamV2V(update="fifo", bank_size=8, update_interval=3)
-    run(m, clip)  # frames 0, 3, 6 written
-    m.prepare("a", height=H, width=W, seed=1)
-    for i, f in enumerate(clip):
-        m.push(i, f)
-    m.flush()
+    run(m, clip)  # 8 frames: 0, 3 and 6 are written (at every step)
     assert m.bank.max_entries() == 3
+    m.reset()
+    assert m.bank.max_entries() == 0
 
 
 def test_nearest_features_and_tome_merge():
