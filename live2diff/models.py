@@ -83,6 +83,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": {"kind": "tiny", "block_out_channels": [8, 8, 8, 8], "num_blocks": [1, 1, 1, 1]},
         "depth": {"kind": "tiny", "resolution": 64, "channels": 8},
         "mapping_channels": [8, 8, 16, 16],
+        "mapping_init": "random",
     },
     "mid": {
         "unet": {
@@ -98,6 +99,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vae": {"kind": "tiny", "block_out_channels": [32, 32, 32, 32], "num_blocks": [1, 2, 2, 2]},
         "depth": {"kind": "tiny", "resolution": 128, "channels": 16},
         "mapping_channels": [16, 32, 96, 256],
+        "mapping_init": "random",
     },
     "sd15": {
         "unet": {
@@ -423,7 +425,14 @@ def _build_unet(cfg: dict, base: Path | None):
 
         sd = _load_state_dict(base, "model.weights.base")
         unet2d.load_state_dict(convert_ldm_unet_checkpoint(sd, unet2d.config), strict=True)
-    return UNetMotionModel.from_unet2d(unet2d, motion_adapter=_motion_adapter(cfg), load_weights=True)
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # from_unet2d casts with .to(), which warns about fp32 modules (there are none)
+    try:
+        return UNetMotionModel.from_unet2d(unet2d, motion_adapter=_motion_adapter(cfg), load_weights=True)
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def build_unet2d(comps: Components) -> nn.Module:
