@@ -41,7 +41,9 @@ class FrameGroupNorm(nn.GroupNorm):
         if x.ndim != 5:
             return super().forward(x)
         b, c, f, h, w = x.shape
-        y = F.group_norm(x.transpose(1, 2).reshape(b * f, c, h, w), self.num_groups, self.weight, self.bias, self.eps)
+        y = F.group_norm(
+            x.transpose(1, 2).reshape(b * f, c, h, w), self.num_groups, self.weight, self.bias, self.eps
+        )
         return y.reshape(b, f, c, h, w).transpose(1, 2)
 
 
@@ -74,7 +76,9 @@ class TemporalAttentionState:
 class StreamTemporalAttnProcessor:
     """Processor for one temporal self-attention layer (``attn1`` or ``attn2`` of a motion block)."""
 
-    def __init__(self, state: TemporalAttentionState, cache: LayerKVCache, pos_module: DeferredPositionalEmbedding):
+    def __init__(
+        self, state: TemporalAttentionState, cache: LayerKVCache, pos_module: DeferredPositionalEmbedding
+    ):
         self.state, self.cache, self.pos_module = state, cache, pos_module
         self._pe_key: tuple | None = None
         self._pe_proj: tuple[Tensor, Tensor, Tensor] | None = None
@@ -89,7 +93,9 @@ class StreamTemporalAttnProcessor:
             self._pe_key = key
         return self._pe_proj
 
-    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs
+    ):
         if encoder_hidden_states is not None:
             raise ValueError("temporal attention is self-attention; got encoder_hidden_states")
         st = self.state
@@ -124,7 +130,9 @@ class StreamTemporalAttnProcessor:
         q, k, v = q + q_pe[:f], k + k_pe[:f], v + v_pe[:f]
         mask = None if st.full_mask is None else st.full_mask.to(q.device, q.dtype)
         h = attn.heads
-        o = F.scaled_dot_product_attention(self._heads(q, h), self._heads(k, h), self._heads(v, h), attn_mask=mask)
+        o = F.scaled_dot_product_attention(
+            self._heads(q, h), self._heads(k, h), self._heads(v, h), attn_mask=mask
+        )
         return self._unheads(o)
 
     def _stream(self, attn, q, k, v, q_pe, k_pe, v_pe) -> Tensor:
@@ -132,7 +140,9 @@ class StreamTemporalAttnProcessor:
         n_rows, f, c = q.shape
         nb = len(st.steps)
         if f != 1 or n_rows % nb:
-            raise ValueError(f"stream mode expects one frame per batch row; got {f} frames, {n_rows} rows, {nb} steps")
+            raise ValueError(
+                f"stream mode expects one frame per batch row; got {f} frames, {n_rows} rows, {nb} steps"
+            )
         hw = n_rows // nb
         kv = self.cache.ensure(hw, c, k.device, k.dtype)
         k4, v4 = k.reshape(nb, hw, c), v.reshape(nb, hw, c)
@@ -159,14 +169,18 @@ class StreamTemporalAttnProcessor:
 class StreamAttentionController:
     """Switches every temporal attention of one UNet between full / stream mode and owns their caches."""
 
-    def __init__(self, state, processors: list[StreamTemporalAttnProcessor], n_steps: int, window: int, warmup: int):
+    def __init__(
+        self, state, processors: list[StreamTemporalAttnProcessor], n_steps: int, window: int, warmup: int
+    ):
         self.state, self.processors = state, processors
         self.index = SlotIndex(n_steps, window, warmup)
         self.window, self.warmup, self.n_steps = window, warmup, n_steps
 
     # -- modes -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def full(self, mask: Tensor | None = None, write_step: int | None = None, n_frames: int | None = None) -> Iterator[None]:
+    def full(
+        self, mask: Tensor | None = None, write_step: int | None = None, n_frames: int | None = None
+    ) -> Iterator[None]:
         """Attention among the call's frames; with ``write_step``, their keys/values become that step's warmup."""
         if write_step is not None:
             if n_frames is None:
@@ -221,7 +235,9 @@ class StreamAttentionController:
         return [tuple(p.cache.kv.shape) for p in self.processors if p.cache.kv is not None]
 
 
-def causal_warmup_mask(n_frames: int, warmup: int, window: int | None = None, device=None, dtype=torch.float32) -> Tensor:
+def causal_warmup_mask(
+    n_frames: int, warmup: int, window: int | None = None, device=None, dtype=torch.float32
+) -> Tensor:
     """Additive ``[F, F]`` mask of the training setup: the warmup block attends bidirectionally within itself, each
     later frame attends to the warmup frames and causally to earlier frames (within ``window`` keys if given)."""
     i = torch.arange(n_frames)[:, None]
@@ -243,7 +259,9 @@ def temporal_blocks(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
             yield name, module
 
 
-def install_stream_attention(unet: nn.Module, n_steps: int, window: int = 16, warmup: int = 8) -> StreamAttentionController:
+def install_stream_attention(
+    unet: nn.Module, n_steps: int, window: int = 16, warmup: int = 8
+) -> StreamAttentionController:
     """Patch ``unet`` (a diffusers ``UNetMotionModel``) in place and return the controller of its temporal attention."""
     state = TemporalAttentionState()
     processors: list[StreamTemporalAttnProcessor] = []
@@ -256,14 +274,19 @@ def install_stream_attention(unet: nn.Module, n_steps: int, window: int = 16, wa
             tm.norm = new.to(old.weight.device, old.weight.dtype)
         for block in tm.transformer_blocks:
             if block.pos_embed is None:
-                raise ValueError("motion module block without positional embedding; not an AnimateDiff motion module")
+                raise ValueError(
+                    "motion module block without positional embedding; not an AnimateDiff motion module"
+                )
             if not isinstance(block.pos_embed, DeferredPositionalEmbedding):
                 block.pos_embed = DeferredPositionalEmbedding(block.pos_embed.pe)
             max_len = block.pos_embed.pe.shape[1]
             for attn in (block.attn1, block.attn2):
                 if attn is None:
                     continue
-                if getattr(attn.to_k, "bias", None) is not None or getattr(attn.to_q, "bias", None) is not None:
+                if (
+                    getattr(attn.to_k, "bias", None) is not None
+                    or getattr(attn.to_q, "bias", None) is not None
+                ):
                     raise ValueError("temporal attention projections with bias: W·pe cannot be deferred")
                 proc = StreamTemporalAttnProcessor(state, LayerKVCache(n_steps, window), block.pos_embed)
                 attn.set_processor(proc)
@@ -271,5 +294,7 @@ def install_stream_attention(unet: nn.Module, n_steps: int, window: int = 16, wa
     if not processors:
         raise ValueError("no motion modules found in the UNet")
     if window > max_len:
-        raise ValueError(f"window {window} exceeds the motion module's {max_len} positions (motion_max_seq_length)")
+        raise ValueError(
+            f"window {window} exceeds the motion module's {max_len} positions (motion_max_seq_length)"
+        )
     return StreamAttentionController(state, processors, n_steps, window, warmup)

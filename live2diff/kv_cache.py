@@ -77,7 +77,12 @@ class LayerKVCache:
 
     def ensure(self, hw: int, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         shape = (self.n_steps, 2, hw, self.window, channels)
-        if self.kv is None or tuple(self.kv.shape) != shape or self.kv.device != device or self.kv.dtype != dtype:
+        if (
+            self.kv is None
+            or tuple(self.kv.shape) != shape
+            or self.kv.device != device
+            or self.kv.dtype != dtype
+        ):
             self.kv = torch.zeros(shape, device=device, dtype=dtype)
         return self.kv
 

@@ -32,7 +32,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from live2diff.attention import StreamAttentionController, install_stream_attention
-from live2diff.models import Components, depth_latents, encode_prompt, make_lcm_schedule, vae_decode, vae_encode
+from live2diff.models import (
+    Components,
+    depth_latents,
+    encode_prompt,
+    make_lcm_schedule,
+    vae_decode,
+    vae_encode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +75,9 @@ class _DepthInjector:
         if self.feat is None:
             return output
         if self.feat.shape != output.shape:
-            raise RuntimeError(f"depth features {tuple(self.feat.shape)} do not match conv_in output {tuple(output.shape)}")
+            raise RuntimeError(
+                f"depth features {tuple(self.feat.shape)} do not match conv_in output {tuple(output.shape)}"
+            )
         return output + self.feat
 
 

@@ -60,7 +60,9 @@ def test_stream_processor_full_mode_equals_diffusers_attention_on_x_plus_pe(patc
     with torch.no_grad():
         reference = attn(x + pe[:, :9])  # diffusers' default processor
         deferred = DeferredPositionalEmbedding(pe)
-        attn.set_processor(StreamTemporalAttnProcessor(TemporalAttentionState(), LayerKVCache(1, 16), deferred))
+        attn.set_processor(
+            StreamTemporalAttnProcessor(TemporalAttentionState(), LayerKVCache(1, 16), deferred)
+        )
         ours = attn(x)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
@@ -157,7 +159,9 @@ class NaiveTemporalAttention:
                 visible = list(range(start, start + f))
             else:
                 recent = self.window - self.warmup
-                visible = list(range(min(self.warmup, me))) + list(range(max(self.warmup, me - recent + 1), me + 1))
+                visible = list(range(min(self.warmup, me))) + list(
+                    range(max(self.warmup, me - recent + 1), me + 1)
+                )
             keys = [(p, self.history[j]) for p, j in enumerate(visible)]
             outs.append(self._attend(attn, self.history[me], visible.index(me), keys))
         out = torch.stack(outs, dim=1)
@@ -177,7 +181,9 @@ def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup):
 
     naive = tiny_components(fresh=True)
     randomise_motion_out(naive.unet)
-    install_stream_attention(naive.unet, n_steps=1, window=window, warmup=warmup)  # per-frame norm, deferred pe
+    install_stream_attention(
+        naive.unet, n_steps=1, window=window, warmup=warmup
+    )  # per-frame norm, deferred pe
     for _, tm in temporal_blocks(naive.unet):
         for block in tm.transformer_blocks:
             for attn in (block.attn1, block.attn2):
