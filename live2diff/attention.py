@@ -71,6 +71,25 @@ class TemporalAttentionState:
     slot_pos: Tensor | None = None  # [nb, window] long
     slot_valid: Tensor | None = None  # [nb, window] bool
     query_pos: Tensor | None = None  # [nb] long
+    _on_device: dict = field(default_factory=dict)
+
+    def on(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Stream-mode index tensors on ``device`` (built once per UNet call, shared by all layers):
+        ``(steps [nb], write slots [nb], slot positions [nb, L], query positions [nb], additive mask [nb,1,1,L])``."""
+        key = (device, dtype)
+        if key not in self._on_device:
+            bias = torch.zeros(self.slot_valid.shape, dtype=dtype).masked_fill_(
+                ~self.slot_valid, float("-inf")
+            )
+            host = (
+                torch.tensor(self.steps),
+                torch.tensor(self.write_slots),
+                self.slot_pos,
+                self.query_pos,
+                bias[:, None, None, :],
+            )
+            self._on_device[key] = tuple(t.to(device, non_blocking=True) for t in host)
+        return self._on_device[key]
 
 
 class StreamTemporalAttnProcessor:
@@ -144,24 +163,21 @@ class StreamTemporalAttnProcessor:
                 f"stream mode expects one frame per batch row; got {f} frames, {n_rows} rows, {nb} steps"
             )
         hw = n_rows // nb
+        steps, slots, pos, qpos, bias = st.on(q.device, q.dtype)
         kv = self.cache.ensure(hw, c, k.device, k.dtype)
-        k4, v4 = k.reshape(nb, hw, c), v.reshape(nb, hw, c)
-        for i, (s, slot) in enumerate(zip(st.steps, st.write_slots)):
-            kv[s, 0, :, slot] = k4[i]
-            kv[s, 1, :, slot] = v4[i]
-        steps = torch.tensor(st.steps, device=k.device)
-        pos = st.slot_pos.to(k.device)
-        keys = kv[:, 0].index_select(0, steps) + k_pe[pos].unsqueeze(1)  # [nb, hw, L, C]
+        kv[steps, 0, :, slots] = k.reshape(nb, hw, c)  # append W·x (no position) to each row's step cache
+        kv[steps, 1, :, slots] = v.reshape(nb, hw, c)
+        keys = kv[:, 0].index_select(0, steps) + k_pe[pos].unsqueeze(
+            1
+        )  # [nb, hw, L, C], positions re-applied
         vals = kv[:, 1].index_select(0, steps) + v_pe[pos].unsqueeze(1)
-        qq = q.reshape(nb, hw, 1, c) + q_pe[st.query_pos.to(k.device)].reshape(nb, 1, 1, c)
+        qq = q.reshape(nb, hw, 1, c) + q_pe[qpos].reshape(nb, 1, 1, c)
         h = attn.heads
         # fold (hw) into the batch: [nb, hw*heads, n, d]
         qh = self._heads(qq, h).reshape(nb, hw * h, 1, c // h)
         kh = self._heads(keys, h).reshape(nb, hw * h, -1, c // h)
         vh = self._heads(vals, h).reshape(nb, hw * h, -1, c // h)
-        mask = torch.zeros(st.slot_valid.shape, device=q.device, dtype=q.dtype)
-        mask.masked_fill_(~st.slot_valid.to(q.device), float("-inf"))
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None, None, :])  # [nb, hw*h, 1, d]
+        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)  # [nb, hw*h, 1, d]
         o = o.reshape(nb, hw, h, 1, c // h)
         return self._unheads(o).reshape(n_rows, 1, c)
 
@@ -220,6 +236,7 @@ class StreamAttentionController:
         st = self.state
         st.mode, st.full_mask, st.write_step = "full", None, None
         st.steps, st.write_slots, st.slot_pos, st.slot_valid, st.query_pos = [], [], None, None, None
+        st._on_device = {}
 
     # -- state -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
