@@ -33,7 +33,9 @@ def child(model: str, size: int, n: int, threads: int, t_index_list: list[int]) 
     m = Live2DiffMethod(model={"size": model}, t_index_list=t_index_list)
     m.prepare("a watercolor painting", height=size, width=size, seed=0)
     g = torch.Generator().manual_seed(0)
-    base = torch.nn.functional.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size))[0]
+    base = torch.nn.functional.interpolate(
+        torch.rand(1, 3, size // 8, size // 8, generator=g), size=(size, size)
+    )[0]
     proc = psutil.Process()
     rss_at = {}
     emitted = 0
@@ -71,8 +73,20 @@ def main() -> None:
     runs = []
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     for n in args.lengths:
-        cmd = [sys.executable, __file__, "--model", args.model, "--size", str(args.size), "--threads",
-               str(args.threads), "--t-index-list", *map(str, args.t_index_list), "--child", str(n)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--model",
+            args.model,
+            "--size",
+            str(args.size),
+            "--threads",
+            str(args.threads),
+            "--t-index-list",
+            *map(str, args.t_index_list),
+            "--child",
+            str(n),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
         runs.append(json.loads(out.strip().splitlines()[-1]))
     short, long = runs[0], runs[-1]
