@@ -167,19 +167,25 @@ class StreamTemporalAttnProcessor:
         kv = self.cache.ensure(hw, c, k.device, k.dtype)
         kv[steps, 0, :, slots] = k.reshape(nb, hw, c)  # append W·x (no position) to each row's step cache
         kv[steps, 1, :, slots] = v.reshape(nb, hw, c)
-        keys = kv[:, 0].index_select(0, steps) + k_pe[pos].unsqueeze(
-            1
-        )  # [nb, hw, L, C], positions re-applied
-        vals = kv[:, 1].index_select(0, steps) + v_pe[pos].unsqueeze(1)
-        qq = q.reshape(nb, hw, 1, c) + q_pe[qpos].reshape(nb, 1, 1, c)
+        s0 = st.steps[0]
+        if st.steps == list(range(s0, s0 + nb)):  # rows at consecutive steps: a view, no copy
+            k_c, v_c = kv[s0 : s0 + nb, 0], kv[s0 : s0 + nb, 1]
+        else:
+            k_c, v_c = kv[:, 0].index_select(0, steps), kv[:, 1].index_select(0, steps)
+        # One query per row against L cached keys: scores = q·(W_k x + W_k pe) = q·W_k x + q·W_k pe, so the
+        # position terms ([nb, L, C], shared by all h*w pixels) never get broadcast into a copy of the cache.
         h = attn.heads
-        # fold (hw) into the batch: [nb, hw*heads, n, d]
-        qh = self._heads(qq, h).reshape(nb, hw * h, 1, c // h)
-        kh = self._heads(keys, h).reshape(nb, hw * h, -1, c // h)
-        vh = self._heads(vals, h).reshape(nb, hw * h, -1, c // h)
-        o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=bias)  # [nb, hw*h, 1, d]
-        o = o.reshape(nb, hw, h, 1, c // h)
-        return self._unheads(o).reshape(n_rows, 1, c)
+        d = c // h
+        L = k_c.shape[2]
+        qh = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, 1, h, d)
+        kpe, vpe = k_pe[pos].reshape(nb, L, h, d), v_pe[pos].reshape(nb, L, h, d)
+        scores = (k_c.reshape(nb, hw, L, h, d) * qh).sum(-1)  # [nb, hw, L, h]
+        scores = scores + torch.einsum("nxhd,nlhd->nxlh", qh[:, :, 0], kpe)
+        scores = scores * attn.scale + bias.reshape(nb, 1, L, 1)
+        w = scores.softmax(dim=2)
+        out = (v_c.reshape(nb, hw, L, h, d) * w.unsqueeze(-1)).sum(2)  # [nb, hw, h, d]
+        out = out + torch.einsum("nxlh,nlhd->nxhd", w, vpe)
+        return out.reshape(n_rows, 1, c)
 
 
 class StreamAttentionController:

@@ -151,7 +151,9 @@ class Live2DiffStream:
                 return self._run_warmup()
             return []
         x = self.schedule.add_noise(z, noise[0:1], 0)
-        self.in_flight.append(_InFlight(index, x, noise, depth_feat))
+        self.in_flight.insert(
+            0, _InFlight(index, x, noise, depth_feat)
+        )  # newest first: rows at steps 0, 1, ...
         if self.stream_batch:
             return self._stream_call()
         out: list[tuple[int, Tensor]] = []
