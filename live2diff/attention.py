@@ -143,9 +143,10 @@ class StreamTemporalAttnProcessor:
         if f > q_pe.shape[0]:
             raise ValueError(f"{f} frames exceed the motion module's {q_pe.shape[0]} positions")
         if st.write_step is not None:
-            kv = self.cache.ensure(n_rows, c, k.device, k.dtype)
-            kv[st.write_step, 0, :, :f] = k
-            kv[st.write_step, 1, :, :f] = v
+            h = attn.heads
+            kv = self.cache.ensure(n_rows, h, c // h, k.device, k.dtype)
+            kv[0, st.write_step, :, :, :f] = k.reshape(n_rows, f, h, c // h).transpose(1, 2)
+            kv[1, st.write_step, :, :, :f] = v.reshape(n_rows, f, h, c // h).transpose(1, 2)
         q, k, v = q + q_pe[:f], k + k_pe[:f], v + v_pe[:f]
         mask = None if st.full_mask is None else st.full_mask.to(q.device, q.dtype)
         h = attn.heads
@@ -164,27 +165,29 @@ class StreamTemporalAttnProcessor:
             )
         hw = n_rows // nb
         steps, slots, pos, qpos, bias = st.on(q.device, q.dtype)
-        kv = self.cache.ensure(hw, c, k.device, k.dtype)
-        kv[steps, 0, :, slots] = k.reshape(nb, hw, c)  # append W·x (no position) to each row's step cache
-        kv[steps, 1, :, slots] = v.reshape(nb, hw, c)
-        s0 = st.steps[0]
-        if st.steps == list(range(s0, s0 + nb)):  # rows at consecutive steps: a view, no copy
-            k_c, v_c = kv[s0 : s0 + nb, 0], kv[s0 : s0 + nb, 1]
-        else:
-            k_c, v_c = kv[:, 0].index_select(0, steps), kv[:, 1].index_select(0, steps)
-        # One query per row against L cached keys: scores = q·(W_k x + W_k pe) = q·W_k x + q·W_k pe, so the
-        # position terms ([nb, L, C], shared by all h*w pixels) never get broadcast into a copy of the cache.
         h = attn.heads
         d = c // h
-        L = k_c.shape[2]
-        qh = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, 1, h, d)
-        kpe, vpe = k_pe[pos].reshape(nb, L, h, d), v_pe[pos].reshape(nb, L, h, d)
-        scores = (k_c.reshape(nb, hw, L, h, d) * qh).sum(-1)  # [nb, hw, L, h]
-        scores = scores + torch.einsum("nxhd,nlhd->nxlh", qh[:, :, 0], kpe)
-        scores = scores * attn.scale + bias.reshape(nb, 1, L, 1)
-        w = scores.softmax(dim=2)
-        out = (v_c.reshape(nb, hw, L, h, d) * w.unsqueeze(-1)).sum(2)  # [nb, hw, h, d]
-        out = out + torch.einsum("nxlh,nlhd->nxhd", w, vpe)
+        kv = self.cache.ensure(hw, h, d, k.device, k.dtype)  # [2, S, hw, h, L, d]
+        kv[0, steps, :, :, slots] = k.reshape(
+            nb, hw, h, d
+        )  # append W·x (no position) to each row's step cache
+        kv[1, steps, :, :, slots] = v.reshape(nb, hw, h, d)
+        s0 = st.steps[0]
+        if st.steps == list(range(s0, s0 + nb)):  # rows at consecutive steps: contiguous views, no copy
+            k_c, v_c = kv[0, s0 : s0 + nb], kv[1, s0 : s0 + nb]
+        else:
+            k_c, v_c = kv[0].index_select(0, steps), kv[1].index_select(0, steps)
+        L = k_c.shape[-2]
+        # One query per row against L cached keys: q·(W_k x + W_k pe) = q·W_k x + q·W_k pe, so the position terms
+        # ([nb, L, C], shared by all h*w pixels) are never broadcast into a copy of the cache.
+        qh = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, h, 1, d)
+        kpe = k_pe[pos].reshape(nb, L, h, d).permute(0, 2, 3, 1)  # [nb, h, d, L]
+        vpe = v_pe[pos].reshape(nb, L, h, d).transpose(1, 2)  # [nb, h, L, d]
+        scores = torch.matmul(qh, k_c.transpose(-1, -2))  # [nb, hw, h, 1, L]
+        scores = scores + torch.matmul(qh.squeeze(3).transpose(1, 2), kpe).transpose(1, 2).unsqueeze(3)
+        w = (scores * attn.scale + bias.reshape(nb, 1, 1, 1, L)).softmax(-1)
+        out = torch.matmul(w, v_c)  # [nb, hw, h, 1, d]
+        out = out + torch.matmul(w.squeeze(3).transpose(1, 2), vpe).transpose(1, 2).unsqueeze(3)
         return out.reshape(n_rows, 1, c)
 
 
@@ -255,7 +258,8 @@ class StreamAttentionController:
         return sum(p.cache.nbytes for p in self.processors)
 
     def cache_shapes(self) -> list[tuple[int, ...]]:
-        return [tuple(p.cache.kv.shape) for p in self.processors if p.cache.kv is not None]
+        """Per layer, in the reference's layout ``[n_steps, 2, h*w, window, C]``."""
+        return [p.cache.reference_shape for p in self.processors if p.cache.kv is not None]
 
 
 def causal_warmup_mask(

@@ -1,6 +1,7 @@
 """Key/value cache of the uni-directional temporal attention: fixed capacity, no growth with stream length.
 
-Layout (as the reference): one tensor per temporal-attention layer, ``[n_steps, 2 (k, v), h*w, window, C]``.
+Layout (as the reference): one tensor per temporal-attention layer holding ``[n_steps, 2 (k, v), h*w, window, C]``
+(stored head-major, see :class:`LayerKVCache`).
 Slots ``0 .. warmup-1`` hold the warmup frames (attention sinks, never evicted); slots ``warmup .. window-1`` are a
 FIFO ring of the most recent frames, the current frame included. Entries are the projections ``W·x`` *without*
 the position encoding; positions are assigned per slot at attention time by :class:`SlotIndex`, so when the ring
@@ -69,14 +70,19 @@ class SlotIndex:
 
 
 class LayerKVCache:
-    """One temporal-attention layer's cache, allocated on first write (when ``h*w`` and ``C`` are known)."""
+    """One temporal-attention layer's cache, allocated on first write (when ``h*w`` and ``C`` are known).
+
+    Holds the reference's ``[n_steps, 2, h*w, window, C]`` content, stored head-major as
+    ``[2, n_steps, h*w, heads, window, C/heads]`` so that one step's keys are contiguous and a query attends to them
+    with plain batched matmuls (no copy of the cache per call); :meth:`as_reference_layout` returns the reference
+    order."""
 
     def __init__(self, n_steps: int, window: int):
         self.n_steps, self.window = int(n_steps), int(window)
         self.kv: Tensor | None = None
 
-    def ensure(self, hw: int, channels: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-        shape = (self.n_steps, 2, hw, self.window, channels)
+    def ensure(self, hw: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+        shape = (2, self.n_steps, hw, heads, self.window, head_dim)
         if (
             self.kv is None
             or tuple(self.kv.shape) != shape
@@ -85,6 +91,20 @@ class LayerKVCache:
         ):
             self.kv = torch.zeros(shape, device=device, dtype=dtype)
         return self.kv
+
+    def as_reference_layout(self) -> Tensor | None:
+        """``[n_steps, 2 (k, v), h*w, window, C]`` (a copy), the reference's layout."""
+        if self.kv is None:
+            return None
+        two, s, hw, h, w, d = self.kv.shape
+        return self.kv.permute(1, 0, 2, 4, 3, 5).reshape(s, two, hw, w, h * d)
+
+    @property
+    def reference_shape(self) -> tuple[int, ...] | None:
+        if self.kv is None:
+            return None
+        two, s, hw, h, w, d = self.kv.shape
+        return (s, two, hw, w, h * d)
 
     def clear(self) -> None:
         self.kv = None

@@ -116,6 +116,9 @@ def test_cache_equivalence_short_stream_equals_one_masked_pass(patched, warmup):
     emb = prompt_embeds(patched, n)
     t = torch.tensor(500)
     streamed, ctl = _stream_unet(patched, lat, emb, t, warmup, window)
+    for proc in ctl.processors:  # the reference's layout: [n_steps, 2 (k, v), h*w, window, C]
+        ref = proc.cache.as_reference_layout()
+        assert ref.shape[:2] == (1, 2) and ref.shape[3] == window
     with torch.no_grad(), ctl.full(mask=causal_warmup_mask(n, warmup)):
         offline = patched.unet(lat, t, emb).sample
     torch.testing.assert_close(streamed, offline, rtol=1e-4, atol=1e-5)
