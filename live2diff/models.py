@@ -79,10 +79,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             "motion_num_attention_heads": 8,
             "motion_max_seq_length": 24,
         },
-        "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "text_encoder": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+        },
         "vae": {"kind": "tiny", "block_out_channels": [8, 8, 8, 8], "num_blocks": [1, 1, 1, 1]},
         "depth": {"kind": "tiny", "resolution": 64, "channels": 8},
         "mapping_channels": [8, 8, 16, 16],
+        "mapping_init": "random",
     },
     "mid": {
         "unet": {
@@ -94,10 +100,16 @@ PRESETS: dict[str, dict[str, Any]] = {
             "motion_num_attention_heads": 8,
             "motion_max_seq_length": 24,
         },
-        "text_encoder": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4},
+        "text_encoder": {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        },
         "vae": {"kind": "tiny", "block_out_channels": [32, 32, 32, 32], "num_blocks": [1, 2, 2, 2]},
         "depth": {"kind": "tiny", "resolution": 128, "channels": 16},
         "mapping_channels": [16, 32, 96, 256],
+        "mapping_init": "random",
     },
     "sd15": {
         "unet": {
@@ -179,7 +191,11 @@ class HFTokenizer:
         if isinstance(prompts, str):
             prompts = [prompts]
         return self._tok(
-            list(prompts), padding="max_length", max_length=self.model_max_length, truncation=True, return_tensors="pt"
+            list(prompts),
+            padding="max_length",
+            max_length=self.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
 
 
@@ -241,7 +257,9 @@ class MappingNetwork(nn.Module):
     Same layout and parameter names as the reference's ``flow_conv_in`` (conv_in, blocks.{0..5}, conv_out), so its
     checkpoint keys map one to one; ``conv_out`` starts at zero so an untrained mapper leaves the UNet unchanged."""
 
-    def __init__(self, out_channels: int, in_channels: int = 4, block_out_channels: Sequence[int] = (16, 32, 96, 256)):
+    def __init__(
+        self, out_channels: int, in_channels: int = 4, block_out_channels: Sequence[int] = (16, 32, 96, 256)
+    ):
         super().__init__()
         ch = list(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
@@ -300,8 +318,14 @@ class Components:
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if dtype not in table:
         raise ValueError(f"unknown dtype '{dtype}' (hardware.dtype); use one of {sorted(table)}")
     return table[dtype]
@@ -316,7 +340,9 @@ def _check_path(path: Any, key: str, what: str) -> Path | None:
     return p
 
 
-def build_components(model_cfg: Any, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32") -> Components:
+def build_components(
+    model_cfg: Any, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"
+) -> Components:
     """Build every component for ``model_cfg`` (a ``conf/model/*.yaml`` node, a dict or just a size name).
 
     Random weights come from ``torch.manual_seed(model.seed)`` so two builds are identical. Local weights listed
@@ -349,7 +375,9 @@ def build_components(model_cfg: Any, device: str | torch.device = "cpu", dtype: 
         depth, mapper = None, None
         if depth_kind != "none":
             depth = _build_depth(cfg, depth_kind, paths["depth"])
-            mapper = MappingNetwork(unet.config.block_out_channels[0], unet.config.in_channels, cfg["mapping_channels"])
+            mapper = MappingNetwork(
+                unet.config.block_out_channels[0], unet.config.in_channels, cfg["mapping_channels"]
+            )
             if _get(cfg, "mapping_init", "zero") == "random":  # exercise the depth path in random-weight runs
                 nn.init.normal_(mapper.conv_out.weight, std=0.02)
 
@@ -368,8 +396,19 @@ def build_components(model_cfg: Any, device: str | torch.device = "cpu", dtype: 
             scale = float(_get(cfg, f"{key}_scale", 1.0))
             fuse_lora_file(paths[key], unet, text_encoder, scale=scale, key=f"model.weights.{key}")
 
-    comps = Components(unet, vae, text_encoder, tokenizer, scheduler, depth, mapper, device, dtype,
-                       int(cfg.get("clip_skip", 2)), cfg)
+    comps = Components(
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        depth,
+        mapper,
+        device,
+        dtype,
+        int(cfg.get("clip_skip", 2)),
+        cfg,
+    )
     for m in comps.modules().values():
         m.eval().requires_grad_(False)
         p = next(m.parameters(), None)
@@ -405,7 +444,8 @@ def _motion_adapter(cfg: dict):
         motion_num_attention_heads=int(u["motion_num_attention_heads"]),
         motion_norm_num_groups=int(u["norm_num_groups"]),
         motion_max_seq_length=int(u["motion_max_seq_length"]),
-        use_motion_mid_block=True,
+        # The reference has no motion module in the mid block (AnimateDiff v1 layout, motion_module_mid_block=False).
+        use_motion_mid_block=bool(u.get("motion_mid_block", False)),
     )
 
 
@@ -423,30 +463,41 @@ def _build_unet(cfg: dict, base: Path | None):
 
         sd = _load_state_dict(base, "model.weights.base")
         unet2d.load_state_dict(convert_ldm_unet_checkpoint(sd, unet2d.config), strict=True)
-    return UNetMotionModel.from_unet2d(unet2d, motion_adapter=_motion_adapter(cfg), load_weights=True)
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # from_unet2d casts with .to(), which warns about fp32 modules (there are none)
+    try:
+        return UNetMotionModel.from_unet2d(unet2d, motion_adapter=_motion_adapter(cfg), load_weights=True)
+    finally:
+        dlogging.set_verbosity(level)
 
 
-def build_unet2d(comps: Components) -> nn.Module:
-    """A plain ``UNet2DConditionModel`` sharing the spatial weights of ``comps.unet`` (for per-frame baselines)."""
-    from diffusers import UNet2DConditionModel
-
-    unet = comps.unet
+def build_unet2d_config_from_motion(unet: nn.Module) -> dict[str, Any]:
+    """``UNet2DConditionModel`` config with the spatial layout of a ``UNetMotionModel``."""
     cfg = dict(unet.config)
     n = len(cfg["block_out_channels"])
-    cfg2 = dict(
+    return dict(
         sample_size=cfg.get("sample_size") or 64,
         in_channels=cfg["in_channels"],
         out_channels=cfg["out_channels"],
         down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
         up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
-        block_out_channels=cfg["block_out_channels"],
+        block_out_channels=list(cfg["block_out_channels"]),
         layers_per_block=cfg["layers_per_block"],
         norm_num_groups=cfg["norm_num_groups"],
         cross_attention_dim=cfg["cross_attention_dim"],
         attention_head_dim=cfg["num_attention_heads"],
     )
-    u2 = UNet2DConditionModel(**cfg2)
-    sd = {k: v for k, v in unet.state_dict().items() if "motion_modules" not in k}
+
+
+def build_unet2d(comps: Components) -> nn.Module:
+    """A plain ``UNet2DConditionModel`` with the spatial weights of ``comps.unet`` (per-frame baselines): same
+    weights, no motion modules. Build it *before* installing Live2Diff's attention if both are used."""
+    from diffusers import UNet2DConditionModel
+
+    u2 = UNet2DConditionModel(**build_unet2d_config_from_motion(comps.unet))
+    sd = {k: v for k, v in comps.unet.state_dict().items() if "motion_modules" not in k}
     u2.load_state_dict(sd, strict=True)
     return u2.to(device=comps.device, dtype=comps.dtype).eval().requires_grad_(False)
 
@@ -507,7 +558,9 @@ def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):
         if base is not None:
             from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-            vae.load_state_dict(convert_ldm_vae_checkpoint(_load_state_dict(base, "model.weights.base"), vae.config))
+            vae.load_state_dict(
+                convert_ldm_vae_checkpoint(_load_state_dict(base, "model.weights.base"), vae.config)
+            )
         return vae
     ch = list(v["block_out_channels"])
     nb = list(v["num_blocks"])
@@ -526,7 +579,9 @@ def _build_scheduler(base: Path | None):
     if base is not None and base.is_dir() and (base / "scheduler").exists():
         return LCMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
     # SD1.5's noise schedule; LCM's original 50-step schedule.
-    return LCMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", original_inference_steps=50)
+    return LCMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", original_inference_steps=50
+    )
 
 
 def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
@@ -537,7 +592,9 @@ def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
         from transformers import DPTConfig, DPTForDepthEstimation
 
         if path is not None:
-            return DepthEstimator(DPTDepth(DPTForDepthEstimation.from_pretrained(path, local_files_only=True)), res)
+            return DepthEstimator(
+                DPTDepth(DPTForDepthEstimation.from_pretrained(path, local_files_only=True)), res
+            )
         # Random DPT (DPT-Large layout) for speed runs without weights.
         return DepthEstimator(DPTDepth(DPTForDepthEstimation(DPTConfig(image_size=res))), res)
     raise ValueError(f"unknown depth kind '{kind}' (model.depth.kind); use tiny, dpt or none")
@@ -582,7 +639,7 @@ def _is_tiny_vae(vae: nn.Module) -> bool:
 @torch.no_grad()
 def vae_encode(comps: Components, frames01: Tensor) -> Tensor:
     """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/8,W/8]`` (deterministic: the posterior mean for KL)."""
-    x = (frames01.to(comps.device, comps.dtype) * 2 - 1)
+    x = frames01.to(comps.device, comps.dtype) * 2 - 1
     if _is_tiny_vae(comps.vae):
         lat = comps.vae.encode(x).latents
     else:
@@ -643,10 +700,16 @@ class LCMSchedule:
         return self._c(self.c_out, j, x_t) * x0_pred + self._c(self.c_skip, j, x_t) * x_t
 
 
-def make_lcm_schedule(scheduler: Any, t_index_list: Sequence[int], num_inference_steps: int = 50) -> LCMSchedule:
+def make_lcm_schedule(
+    scheduler: Any, t_index_list: Sequence[int], num_inference_steps: int = 50
+) -> LCMSchedule:
     """Pick ``t_index_list`` out of LCM's ``num_inference_steps``-step schedule (index 0 = noisiest)."""
     t_index_list = [int(t) for t in t_index_list]
-    if not t_index_list or sorted(t_index_list) != t_index_list or len(set(t_index_list)) != len(t_index_list):
+    if (
+        not t_index_list
+        or sorted(t_index_list) != t_index_list
+        or len(set(t_index_list)) != len(t_index_list)
+    ):
         raise ValueError(f"t_index_list must be strictly increasing and non-empty, got {t_index_list}")
     if t_index_list[-1] >= num_inference_steps or t_index_list[0] < 0:
         raise ValueError(f"t_index_list entries must lie in [0, {num_inference_steps}), got {t_index_list}")
