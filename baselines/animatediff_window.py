@@ -29,7 +29,7 @@ class AnimateDiffWindow:
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (32, 45),
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
         window: int = 16,
         stride: int = 8,
         num_inference_steps: int = 50,

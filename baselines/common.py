@@ -104,7 +104,7 @@ class LatentStreamMethod:
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (32, 45),
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
         stream_batch: bool = True,
         noise: str = "fixed",
         cfg_type: str = "none",

@@ -20,7 +20,7 @@ class PerFrameImg2Img(LatentStreamMethod):
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (32, 45),
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
         noise: str = "per_frame",
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,

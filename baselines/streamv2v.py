@@ -172,7 +172,7 @@ class StreamV2V(StreamDiffusion):
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (32, 45),
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
         cfg_type: str = "none",
         guidance_scale: float = 1.0,
         delta: float = 1.0,

@@ -98,7 +98,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default="", help="comma-separated; default: every conf/method/*.yaml")
     p.add_argument("--model", default="mid")
-    p.add_argument("--videos", type=int, default=2)
+    p.add_argument("--videos", type=int, default=3)
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--size", type=int, default=64, help="frame height = width")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared machine)")
