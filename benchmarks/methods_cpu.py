@@ -41,7 +41,6 @@ def overrides(method: str, args: argparse.Namespace) -> list[str]:
 def measure_one(method: str, args: argparse.Namespace) -> dict:
     """Run one method in this process; return its figures."""
     import numpy as np
-    import pandas as pd
     from hydra import compose, initialize_config_dir
 
     from eval.cli import run_from_config

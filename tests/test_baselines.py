@@ -10,7 +10,14 @@ import torch
 from baselines.animatediff_window import AnimateDiffWindow
 from baselines.per_frame_img2img import PerFrameImg2Img
 from baselines.streamdiffusion import SimilarImageFilter, StreamDiffusion
-from baselines.streamv2v import BankEntry, FeatureBank, FeatureBankAttnProcessor, StreamV2V, nearest_features, tome_merge
+from baselines.streamv2v import (
+    BankEntry,
+    FeatureBank,
+    FeatureBankAttnProcessor,
+    StreamV2V,
+    nearest_features,
+    tome_merge,
+)
 from eval.datasets.synthetic import generate_clip
 from live2diff.models import vae_decode, vae_encode
 
