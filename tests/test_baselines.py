@@ -229,3 +229,16 @@ def test_animatediff_window_is_bidirectional():
     changed[1] = torch.rand_like(changed[1])
     out, _ = run(m, changed)
     assert not torch.equal(out[0], base[0])
+
+
+# ------------------------------------------------------------------------------------------ odd frame sizes
+@pytest.mark.parametrize("make", [lambda: StreamDiffusion(t_index_list=[40]), lambda: AnimateDiffWindow(window=2,
+                                                                                                        stride=1)])
+def test_frame_size_not_a_multiple_of_the_vae_stride(make):
+    """Frames are resized to the VAE's stride for the model and the outputs resized back."""
+    m = make()
+    m.prepare("p", height=60, width=76, seed=0)
+    frames = torch.rand(3, 3, 60, 76)
+    outs = [o for i, f in enumerate(frames) for o in m.push(i, f)] + m.flush()
+    assert sorted(j for j, _ in outs) == [0, 1, 2]
+    assert all(o.shape == (3, 60, 76) and 0 <= o.min() and o.max() <= 1 for _, o in outs)
