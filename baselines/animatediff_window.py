@@ -38,7 +38,9 @@ class AnimateDiffWindow:
         self.comps = dataclasses.replace(comps, depth=None, depth_mapper=None)
         max_len = int(self.comps.unet.config.get("motion_max_seq_length", 32))
         if not 1 <= int(window) <= max_len:
-            raise ValueError(f"window must be in [1, {max_len}] (the motion module's positions), got {window}")
+            raise ValueError(
+                f"window must be in [1, {max_len}] (the motion module's positions), got {window}"
+            )
         if not 1 <= int(stride) <= int(window):
             raise ValueError(f"stride must be in [1, window={window}], got {stride}")
         self.window, self.stride = int(window), int(stride)

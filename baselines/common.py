@@ -115,10 +115,14 @@ class LatentStreamMethod:
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         if cfg_type not in CFG_TYPES:
-            raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r} (full/initialize: not implemented)")
+            raise ValueError(
+                f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r} (full/initialize: not implemented)"
+            )
         self.comps = build_image_components(model, device, dtype)
         self.device = self.comps.device
-        self.schedule: LCMSchedule = make_lcm_schedule(self.comps.scheduler, t_index_list, num_inference_steps)
+        self.schedule: LCMSchedule = make_lcm_schedule(
+            self.comps.scheduler, t_index_list, num_inference_steps
+        )
         self.stream_batch = bool(stream_batch)
         self.noise_mode = noise
         self.cfg_type = cfg_type
@@ -145,7 +149,9 @@ class LatentStreamMethod:
         f = self.comps.vae_scale_factor
         self.latent_shape = (1, self.comps.latent_channels, self.work_size[0] // f, self.work_size[1] // f)
         self.prompt_embeds = encode_prompt(self.comps, prompt)
-        self.init_noise = torch.cat([seeded_noise(self.latent_shape, self.seed, j) for j in range(self.n_steps)])
+        self.init_noise = torch.cat(
+            [seeded_noise(self.latent_shape, self.seed, j) for j in range(self.n_steps)]
+        )
         self.init_noise = self.init_noise.to(self.device, self.comps.dtype)
         self._prepared = True
 

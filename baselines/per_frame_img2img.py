@@ -25,5 +25,14 @@ class PerFrameImg2Img(LatentStreamMethod):
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,
     ) -> None:
-        super().__init__(model, device, dtype, t_index_list, stream_batch=False, noise=noise, cfg_type="none",
-                         guidance_scale=guidance_scale, num_inference_steps=num_inference_steps)
+        super().__init__(
+            model,
+            device,
+            dtype,
+            t_index_list,
+            stream_batch=False,
+            noise=noise,
+            cfg_type="none",
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        )

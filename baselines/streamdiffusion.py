@@ -38,12 +38,18 @@ class SimilarImageFilter:
     def skip_probability(self, x: Tensor) -> float:
         if self.prev is None or self.threshold >= 1:
             return 0.0
-        cos = torch.nn.functional.cosine_similarity(self.prev.reshape(-1), x.reshape(-1), dim=0, eps=1e-6).item()
+        cos = torch.nn.functional.cosine_similarity(
+            self.prev.reshape(-1), x.reshape(-1), dim=0, eps=1e-6
+        ).item()
         return max(0.0, 1.0 - (1.0 - cos) / (1.0 - self.threshold))
 
     def should_skip(self, x: Tensor, sample: float) -> bool:
         """``x``: the frame in [-1, 1] (as the reference compares preprocessed images); ``sample`` ~ U[0, 1)."""
-        if self.prev is not None and self.skip_probability(x) >= sample and self.skip_count < self.max_skip_frame:
+        if (
+            self.prev is not None
+            and self.skip_probability(x) >= sample
+            and self.skip_count < self.max_skip_frame
+        ):
             self.skip_count += 1
             self.n_skipped += 1
             return True
@@ -71,11 +77,21 @@ class StreamDiffusion(LatentStreamMethod):
     ) -> None:
         self.filter = (
             SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
-            if similar_image_filter else None
+            if similar_image_filter
+            else None
         )
-        super().__init__(model, device, dtype, t_index_list, stream_batch=stream_batch, noise=noise,
-                         cfg_type=cfg_type, guidance_scale=guidance_scale, delta=delta,
-                         num_inference_steps=num_inference_steps)
+        super().__init__(
+            model,
+            device,
+            dtype,
+            t_index_list,
+            stream_batch=stream_batch,
+            noise=noise,
+            cfg_type=cfg_type,
+            guidance_scale=guidance_scale,
+            delta=delta,
+            num_inference_steps=num_inference_steps,
+        )
 
     def reset(self) -> None:
         super().reset()

@@ -116,8 +116,16 @@ class FeatureBankAttnProcessor:
         self.name, self.bank, self.fuse = name, bank, fuse
         self.strength, self.threshold = float(strength), float(threshold)
 
-    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
-                 attention_mask: Tensor | None = None, temb: Tensor | None = None, *args, **kwargs) -> Tensor:
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        temb: Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise RuntimeError("FeatureBankAttnProcessor is for self-attention layers without a mask")
         residual = hidden_states
@@ -158,7 +166,9 @@ class FeatureBankAttnProcessor:
             fused.append(x)
         for r in range(flat.shape[0]):  # written after every row has read: a call never sees its own frames
             if self.bank.write[r]:
-                entry = BankEntry(key[r].detach().clone(), value[r].detach().clone(), flat[r].detach().clone())
+                entry = BankEntry(
+                    key[r].detach().clone(), value[r].detach().clone(), flat[r].detach().clone()
+                )
                 self.bank.add(self.name, self.bank.steps[r], entry, self.bank.indices[r])
         if not self.fuse:
             return out
@@ -193,20 +203,34 @@ class StreamV2V(StreamDiffusion):
         if int(bank_size) < 1 or int(update_interval) < 1:
             raise ValueError("bank_size and update_interval must be >= 1")
         if update == "tome" and int(bank_size) != 1:
-            raise ValueError("update=tome keeps one merged entry per layer and step: set bank_size: 1 (or update: fifo)")
+            raise ValueError(
+                "update=tome keeps one merged entry per layer and step: set bank_size: 1 (or update: fifo)"
+            )
         self.bank = FeatureBank(int(bank_size), update)
         self.update_interval = int(update_interval)
-        super().__init__(model, device, dtype, t_index_list, stream_batch=True, noise="fixed", cfg_type=cfg_type,
-                         guidance_scale=guidance_scale, delta=delta, similar_image_filter=similar_image_filter,
-                         similar_image_filter_threshold=similar_image_filter_threshold,
-                         similar_image_filter_max_skip_frame=similar_image_filter_max_skip_frame,
-                         num_inference_steps=num_inference_steps)
+        super().__init__(
+            model,
+            device,
+            dtype,
+            t_index_list,
+            stream_batch=True,
+            noise="fixed",
+            cfg_type=cfg_type,
+            guidance_scale=guidance_scale,
+            delta=delta,
+            similar_image_filter=similar_image_filter,
+            similar_image_filter_threshold=similar_image_filter_threshold,
+            similar_image_filter_max_skip_frame=similar_image_filter_max_skip_frame,
+            num_inference_steps=num_inference_steps,
+        )
         procs = {}
         for name, proc in self.comps.unet.attn_processors.items():
             if name.endswith("attn1.processor"):
                 layer = name[: -len(".processor")]
                 fuse = bool(fusion) and any(layer.startswith(p) for p in fusion_layers)
-                procs[name] = FeatureBankAttnProcessor(layer, self.bank, fuse, fusion_strength, fusion_threshold)
+                procs[name] = FeatureBankAttnProcessor(
+                    layer, self.bank, fuse, fusion_strength, fusion_threshold
+                )
             else:
                 procs[name] = proc
         self.comps.unet.set_attn_processor(procs)

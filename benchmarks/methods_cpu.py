@@ -31,10 +31,17 @@ OUT = ROOT / "benchmarks" / "results"
 
 def overrides(method: str, args: argparse.Namespace) -> list[str]:
     return [
-        f"method=[{method}]", f"model={args.model}", "hardware=cpu", f"hardware.threads={args.threads}",
-        f"dataset.num_videos={args.videos}", f"dataset.num_frames={args.frames}",
-        f"dataset.height={args.size}", f"dataset.width={args.size}",
-        "runner.resume=false", "runner.save_strips=false", "report.enabled=false",
+        f"method=[{method}]",
+        f"model={args.model}",
+        "hardware=cpu",
+        f"hardware.threads={args.threads}",
+        f"dataset.num_videos={args.videos}",
+        f"dataset.num_frames={args.frames}",
+        f"dataset.height={args.size}",
+        f"dataset.width={args.size}",
+        "runner.resume=false",
+        "runner.save_strips=false",
+        "report.enabled=false",
     ]
 
 
@@ -76,9 +83,11 @@ def measure_one(method: str, args: argparse.Namespace) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | per-call p50 (ms) | per-call p95 (ms) | E2E latency p50 (ms) | E2E latency p95 (ms) | "
-            "first frame (ms) | FPS | peak RSS (MiB) | RSS over identity (MiB) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| method | per-call p50 (ms) | per-call p95 (ms) | E2E latency p50 (ms) | E2E latency p95 (ms) | "
+        "first frame (ms) | FPS | peak RSS (MiB) | RSS over identity (MiB) |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     floor = next((r["peak_rss_mib"] for r in rows if r["method"] == "identity" and "error" not in r), None)
     for r in rows:
@@ -109,15 +118,37 @@ def main() -> int:
     if args.one:
         print(json.dumps(measure_one(args.one, args)))
         return 0
-    methods = [m for m in args.methods.split(",") if m] or sorted(f.stem for f in (CONF / "method").glob("*.yaml"))
+    methods = [m for m in args.methods.split(",") if m] or sorted(
+        f.stem for f in (CONF / "method").glob("*.yaml")
+    )
     rows = []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": str(args.threads),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
-            cmd = [sys.executable, __file__, "--one", m, "--tmp", tmp, "--model", args.model, "--videos",
-                   str(args.videos), "--frames", str(args.frames), "--size", str(args.size), "--threads",
-                   str(args.threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                m,
+                "--tmp",
+                tmp,
+                "--model",
+                args.model,
+                "--videos",
+                str(args.videos),
+                "--frames",
+                str(args.frames),
+                "--size",
+                str(args.size),
+                "--threads",
+                str(args.threads),
+            ]
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             try:
                 row = json.loads(res.stdout.strip().splitlines()[-1])
@@ -127,21 +158,31 @@ def main() -> int:
             print(json.dumps(row), file=sys.stderr)
     setup = {
         "command": " ".join([Path(sys.executable).name, "benchmarks/methods_cpu.py", *sys.argv[1:]]),
-        "model": args.model, "videos": args.videos, "frames_per_video": args.frames,
-        "frame_size": [args.size, args.size], "torch_threads": args.threads, "dataset": "synthetic",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "model": args.model,
+        "videos": args.videos,
+        "frames_per_video": args.frames,
+        "frame_size": [args.size, args.size],
+        "torch_threads": args.threads,
+        "dataset": "synthetic",
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+        },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=2) + "\n")
-    md = (f"# Methods on CPU — `{args.model}` model, synthetic clips\n\n"
-          f"{args.videos} videos x {args.frames} frames, {args.size}x{args.size}, {args.threads} torch thread(s), "
-          f"each method in its own process; {setup['timestamp']}.\n\n{table(rows)}\n\n"
-          "Per-call = one `push`; E2E latency = push of a frame to its emission (includes stream-batch lag and "
-          "window waits). FPS = frames / (last emission - first push). Peak RSS = whole process (CPU); 'over identity' subtracts the "
-          "harness floor (Python + torch + imports) measured the same way.\n\n"
-          f"Command: `{setup['command']}`\n")
+    md = (
+        f"# Methods on CPU — `{args.model}` model, synthetic clips\n\n"
+        f"{args.videos} videos x {args.frames} frames, {args.size}x{args.size}, {args.threads} torch thread(s), "
+        f"each method in its own process; {setup['timestamp']}.\n\n{table(rows)}\n\n"
+        "Per-call = one `push`; E2E latency = push of a frame to its emission (includes stream-batch lag and "
+        "window waits). FPS = frames / (last emission - first push). Peak RSS = whole process (CPU); 'over identity' subtracts the "
+        "harness floor (Python + torch + imports) measured the same way.\n\n"
+        f"Command: `{setup['command']}`\n"
+    )
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0 if all("error" not in r for r in rows) else 1

@@ -99,7 +99,13 @@ def test_similarity_filter_probability_and_max_skip():
     f = SimilarImageFilter(threshold=0.98, max_skip_frame=3)
     x = torch.rand(3, 8, 8) * 2 - 1
     assert not f.should_skip(x, 0.5)  # the first frame is always processed
-    assert [f.should_skip(x, 0.999) for _ in range(5)] == [True, True, True, False, True]  # at most 3 in a row
+    assert [f.should_skip(x, 0.999) for _ in range(5)] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]  # at most 3 in a row
     assert f.skip_probability(-x) == 0.0  # dissimilar: never skipped
     assert not SimilarImageFilter(threshold=1.0).should_skip(x, 0.0)  # threshold 1 disables skipping
 
@@ -109,7 +115,9 @@ def test_skip_pattern_reproducible_under_seed(clip):
     other skips — the draw is a function of (seed, frame index), not of a global RNG."""
     g = torch.Generator().manual_seed(0)
     base = clip[0]
-    frames = torch.stack([(base + 0.015 * torch.randn(base.shape, generator=g)).clamp(0, 1) for _ in range(12)])
+    frames = torch.stack(
+        [(base + 0.015 * torch.randn(base.shape, generator=g)).clamp(0, 1) for _ in range(12)]
+    )
     f = SimilarImageFilter(threshold=0.98)
     f.should_skip(frames[0] * 2 - 1, 1.0)
     p = f.skip_probability(frames[1] * 2 - 1)
@@ -232,8 +240,9 @@ def test_animatediff_window_is_bidirectional():
 
 
 # ------------------------------------------------------------------------------------------ odd frame sizes
-@pytest.mark.parametrize("make", [lambda: StreamDiffusion(t_index_list=[40]), lambda: AnimateDiffWindow(window=2,
-                                                                                                        stride=1)])
+@pytest.mark.parametrize(
+    "make", [lambda: StreamDiffusion(t_index_list=[40]), lambda: AnimateDiffWindow(window=2, stride=1)]
+)
 def test_frame_size_not_a_multiple_of_the_vae_stride(make):
     """Frames are resized to the VAE's stride for the model and the outputs resized back."""
     m = make()

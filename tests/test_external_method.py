@@ -51,8 +51,15 @@ def _user_dir(tmp_path: Path) -> Path:
 
 def _run(args: list[str], user: Path, results: Path) -> Path:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "run_eval.py"), *args, f"results_root={results}",
-           "dataset.num_videos=1", "dataset.num_frames=4", "report.bootstrap=50"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_eval.py"),
+        *args,
+        f"results_root={results}",
+        "dataset.num_videos=1",
+        "dataset.num_frames=4",
+        "report.bootstrap=50",
+    ]
     p = subprocess.run(cmd, cwd=user, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = Path(p.stdout.strip().splitlines()[-1].removeprefix("results: "))
@@ -69,8 +76,11 @@ def _frame_diff(run_dir: Path) -> dict[str, float]:
 
 def test_external_method_via_config_search_path(tmp_path):
     user = _user_dir(tmp_path)
-    run_dir = _run([f"hydra.searchpath=[file://{user / 'conf'}]", "method=[identity,inverter]"], user,
-                   tmp_path / "results")
+    run_dir = _run(
+        [f"hydra.searchpath=[file://{user / 'conf'}]", "method=[identity,inverter]"],
+        user,
+        tmp_path / "results",
+    )
     diff = _frame_diff(run_dir)
     assert set(diff) == {"identity", "inverter"}
     # |(1-a)/2 - (1-b)/2| = |a-b|/2: the user's class really produced the frames
@@ -79,8 +89,10 @@ def test_external_method_via_config_search_path(tmp_path):
 
 def test_external_method_via_override_only(tmp_path):
     user = _user_dir(tmp_path)
-    run_dir = _run(["method=[identity]", "+method.mine._target_=my_methods.Inverter", "+method.mine.strength=0.5"],
-                   user,
-                   tmp_path / "results")
+    run_dir = _run(
+        ["method=[identity]", "+method.mine._target_=my_methods.Inverter", "+method.mine.strength=0.5"],
+        user,
+        tmp_path / "results",
+    )
     diff = _frame_diff(run_dir)
     assert "mine" in diff and abs(diff["mine"] - diff["identity"] / 2) < 1e-4 * diff["identity"]
