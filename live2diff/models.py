@@ -595,8 +595,22 @@ def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
             return DepthEstimator(
                 DPTDepth(DPTForDepthEstimation.from_pretrained(path, local_files_only=True)), res
             )
-        # Random DPT (DPT-Large layout) for speed runs without weights.
-        return DepthEstimator(DPTDepth(DPTForDepthEstimation(DPTConfig(image_size=res))), res)
+        # Random DPT for speed runs without weights: MiDaS DPT-Hybrid layout (ViT-B/16 on a BiT backbone, ~122M
+        # parameters, as the reference's dpt_hybrid_384) or DPT-Large.
+        if str(_get(cfg, "depth.arch", "hybrid")) == "hybrid":
+            dpt_cfg = DPTConfig(
+                is_hybrid=True,
+                image_size=res,
+                backbone_featmap_shape=[1, 1024, res // 16, res // 16],
+                neck_ignore_stages=[0, 1],
+                readout_type="project",
+                reassemble_factors=[1, 1, 1, 0.5],
+                neck_hidden_sizes=[256, 512, 768, 768],
+                backbone_out_indices=[2, 5, 8, 11],
+            )
+        else:
+            dpt_cfg = DPTConfig(image_size=res)
+        return DepthEstimator(DPTDepth(DPTForDepthEstimation(dpt_cfg)), res)
     raise ValueError(f"unknown depth kind '{kind}' (model.depth.kind); use tiny, dpt or none")
 
 
