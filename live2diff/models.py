@@ -531,7 +531,13 @@ def _build_text(cfg: dict, base: Path | None):
 
         sd = _load_state_dict(base, "model.weights.base")
         te_sd = convert_ldm_clip_checkpoint(sd)
-        te.load_state_dict(te_sd, strict=False)
+        own = te.state_dict()
+        if not any(k.startswith("text_model.") for k in own):  # transformers 5 dropped the text_model level
+            te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
+        missing = [k for k in own if k not in te_sd and not k.endswith("position_ids")]
+        if missing:
+            raise ValueError(f"{base} (model.weights.base) lacks CLIP text weights, e.g. {missing[:3]}")
+        te.load_state_dict({k: v for k, v in te_sd.items() if k in own}, strict=False)
     return te, OpenClipTokenizer()
 
 
