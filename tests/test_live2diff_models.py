@@ -219,3 +219,50 @@ def test_lora_fusion_kohya_and_peft_formats():
             c.unet,
             c.text_encoder,
         )
+
+
+def _write_clip_tokenizer(folder):
+    """A transformers CLIPTokenizer folder built from the BPE vocabulary open_clip ships (no download)."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    folder.mkdir(parents=True)
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # CLIP's own spelling
+    (folder / "vocab.json").write_text(json.dumps({rename.get(k, k): v for k, v in tok.encoder.items()}))
+    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+    )
+
+
+def test_diffusers_folder_weights_are_loaded(tmp_path):
+    src = tiny_components(fresh=True)
+    base = tmp_path / "sd15"
+    build_unet2d(src).save_pretrained(base / "unet")
+    src.text_encoder.save_pretrained(base / "text_encoder")
+    src.scheduler.save_pretrained(base / "scheduler")
+    _write_clip_tokenizer(base / "tokenizer")
+    c = build_components({"size": "tiny", "weights": {"base": str(base)}})
+    own = c.unet.state_dict()
+    for k, v in src.unet.state_dict().items():
+        if "motion_modules" not in k:
+            assert torch.equal(own[k], v), k
+    for (k, v), (_, w) in zip(src.text_encoder.state_dict().items(), c.text_encoder.state_dict().items()):
+        assert torch.equal(v, w), k
+    ids_hf, ids_oc = c.tokenizer("a watercolor cat"), src.tokenizer("a watercolor cat")
+    n = int((ids_oc[0] != 0).sum())  # open_clip pads with 0, SD's tokenizer with <|endoftext|>
+    assert torch.equal(ids_hf[0, :n], ids_oc[0, :n])
+    (base / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(Exception):
+        build_components({"size": "tiny", "weights": {"base": str(base)}})
