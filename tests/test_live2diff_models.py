@@ -264,5 +264,5 @@ def test_diffusers_folder_weights_are_loaded(tmp_path):
     n = int((ids_oc[0] != 0).sum())  # open_clip pads with 0, SD's tokenizer with <|endoftext|>
     assert torch.equal(ids_hf[0, :n], ids_oc[0, :n])
     (base / "tokenizer" / "vocab.json").unlink()
-    with pytest.raises(Exception):
+    with pytest.raises(MissingWeightsError, match="vocab.json"):
         build_components({"size": "tiny", "weights": {"base": str(base)}})
