@@ -510,7 +510,9 @@ def _build_text(cfg: dict, base: Path | None):
 
         _require(base / "text_encoder", "model.weights.base", "the 'text_encoder' subfolder")
         for name in ("vocab.json", "merges.txt"):
-            _require(base / "tokenizer" / name, "model.weights.base", f"the CLIP tokenizer file tokenizer/{name}")
+            _require(
+                base / "tokenizer" / name, "model.weights.base", f"the CLIP tokenizer file tokenizer/{name}"
+            )
         te = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
         tok = HFTokenizer(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True))
         return te, tok
