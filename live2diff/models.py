@@ -82,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_encoder": {
             "hidden_size": 32,
             "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": 3,
             "num_attention_heads": 2,
         },
         "vae": {"kind": "tiny", "block_out_channels": [8, 8, 8, 8], "num_blocks": [1, 1, 1, 1]},
@@ -645,13 +645,17 @@ def _load_state_dict(path: Path, key: str) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------------ helpers
 @torch.no_grad()
 def encode_prompt(comps: Components, prompt: str | Sequence[str]) -> Tensor:
-    """Text embeddings ``[N, 77, D]``. ``clip_skip`` counts as in A1111: 1 = last layer, 2 = penultimate (+ final LN)."""
+    """Text embeddings ``[N, 77, D]``.
+
+    ``clip_skip`` follows the reference (and diffusers): ``k`` takes ``hidden_states[-(k + 1)]`` — the output of
+    the layer ``k`` before the last — then CLIP's final layer norm; 0/None takes the last layer. The reference's
+    style configs use ``clip_skip: 2``."""
     ids = comps.tokenizer(prompt).to(comps.device)
     te = comps.text_encoder
-    if comps.clip_skip <= 1:
+    if not comps.clip_skip:
         return te(ids)[0].to(comps.dtype)
     out = te(ids, output_hidden_states=True)
-    h = out.hidden_states[-comps.clip_skip]
+    h = out.hidden_states[-(comps.clip_skip + 1)]
     return getattr(te, "text_model", te).final_layer_norm(h).to(comps.dtype)
 
 

@@ -266,3 +266,14 @@ def test_diffusers_folder_weights_are_loaded(tmp_path):
     (base / "tokenizer" / "vocab.json").unlink()
     with pytest.raises(MissingWeightsError, match="vocab.json"):
         build_components({"size": "tiny", "weights": {"base": str(base)}})
+
+
+def test_clip_skip_follows_the_reference():
+    """clip_skip=k -> final_layer_norm(hidden_states[-(k + 1)]), as the reference's _encode_prompt."""
+    c = tiny_components()
+    ids = c.tokenizer("a cat")
+    with torch.no_grad():
+        hs = c.text_encoder(ids, output_hidden_states=True).hidden_states
+        expected = c.text_encoder.final_layer_norm(hs[-3])
+    assert c.clip_skip == 2
+    torch.testing.assert_close(encode_prompt(c, "a cat"), expected)
