@@ -370,7 +370,7 @@ def build_components(
         unet = _build_unet(cfg, paths["base"])
         text_encoder, tokenizer = _build_text(cfg, paths["base"])
         vae = _build_vae(cfg, paths["base"], paths["taesd"])
-        scheduler = _build_scheduler(paths["base"])
+        scheduler = _build_scheduler(cfg, paths["base"])
         depth_kind = str(_get(cfg, "depth.kind", "tiny"))
         depth, mapper = None, None
         if depth_kind != "none":
@@ -582,15 +582,22 @@ def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     )
 
 
-def _build_scheduler(base: Path | None):
+def _build_scheduler(cfg: dict, base: Path | None):
+    """LCM over the noise schedule the reference uses: its configs build a DDIMScheduler from
+    ``noise_scheduler_kwargs`` (linear betas 0.00085..0.012, steps_offset 1) and convert it with
+    ``LCMScheduler.from_config`` — not SD1.5's scaled-linear schedule. ``model.scheduler.from_base: true`` takes
+    the base folder's ``scheduler/`` config instead."""
     from diffusers import LCMScheduler
 
-    if base is not None and base.is_dir() and (base / "scheduler").exists():
+    sc = dict(cfg.get("scheduler") or {})
+    if sc.pop("from_base", False) and base is not None and base.is_dir():
+        _require(base / "scheduler", "model.weights.base", "the 'scheduler' subfolder")
         return LCMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
-    # SD1.5's noise schedule; LCM's original 50-step schedule.
-    return LCMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", original_inference_steps=50
+    kwargs = dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
     )
+    kwargs.update(sc)
+    return LCMScheduler(original_inference_steps=50, **kwargs)
 
 
 def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:

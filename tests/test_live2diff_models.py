@@ -58,6 +58,10 @@ def test_lcm_schedule_matches_the_50_step_schedule_and_strength():
     s = make_lcm_schedule(tiny_components().scheduler, [30, 36, 42])
     assert s.timesteps.tolist() == [399, 279, 159]
     assert abs(s.strength - 0.4) < 1e-9
+    # the reference's noise schedule: linear betas 0.00085..0.012 (its DDIM kwargs), not SD's scaled-linear
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
+    expected = torch.cumprod(1 - betas, 0)[s.timesteps].sqrt()
+    torch.testing.assert_close(s.alpha_sqrt, expected)
     x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     # LCM's boundary condition recovers x0 from a perfect noise prediction (c_skip ~ 0 at these timesteps)
     torch.testing.assert_close(s.denoise(s.add_noise(x0, eps, 1), eps, 1), x0, rtol=1e-3, atol=1e-4)
