@@ -82,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_encoder": {
             "hidden_size": 32,
             "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": 3,
             "num_attention_heads": 2,
         },
         "vae": {"kind": "tiny", "block_out_channels": [8, 8, 8, 8], "num_blocks": [1, 1, 1, 1]},
@@ -370,7 +370,7 @@ def build_components(
         unet = _build_unet(cfg, paths["base"])
         text_encoder, tokenizer = _build_text(cfg, paths["base"])
         vae = _build_vae(cfg, paths["base"], paths["taesd"])
-        scheduler = _build_scheduler(paths["base"])
+        scheduler = _build_scheduler(cfg, paths["base"])
         depth_kind = str(_get(cfg, "depth.kind", "tiny"))
         depth, mapper = None, None
         if depth_kind != "none":
@@ -509,7 +509,10 @@ def _build_text(cfg: dict, base: Path | None):
         from transformers import CLIPTokenizer
 
         _require(base / "text_encoder", "model.weights.base", "the 'text_encoder' subfolder")
-        _require(base / "tokenizer", "model.weights.base", "the 'tokenizer' subfolder")
+        for name in ("vocab.json", "merges.txt"):
+            _require(
+                base / "tokenizer" / name, "model.weights.base", f"the CLIP tokenizer file tokenizer/{name}"
+            )
         te = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
         tok = HFTokenizer(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True))
         return te, tok
@@ -531,7 +534,13 @@ def _build_text(cfg: dict, base: Path | None):
 
         sd = _load_state_dict(base, "model.weights.base")
         te_sd = convert_ldm_clip_checkpoint(sd)
-        te.load_state_dict(te_sd, strict=False)
+        own = te.state_dict()
+        if not any(k.startswith("text_model.") for k in own):  # transformers 5 dropped the text_model level
+            te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
+        missing = [k for k in own if k not in te_sd and not k.endswith("position_ids")]
+        if missing:
+            raise ValueError(f"{base} (model.weights.base) lacks CLIP text weights, e.g. {missing[:3]}")
+        te.load_state_dict({k: v for k, v in te_sd.items() if k in own}, strict=False)
     return te, OpenClipTokenizer()
 
 
@@ -573,15 +582,22 @@ def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     )
 
 
-def _build_scheduler(base: Path | None):
+def _build_scheduler(cfg: dict, base: Path | None):
+    """LCM over the noise schedule the reference uses: its configs build a DDIMScheduler from
+    ``noise_scheduler_kwargs`` (linear betas 0.00085..0.012, steps_offset 1) and convert it with
+    ``LCMScheduler.from_config`` — not SD1.5's scaled-linear schedule. ``model.scheduler.from_base: true`` takes
+    the base folder's ``scheduler/`` config instead."""
     from diffusers import LCMScheduler
 
-    if base is not None and base.is_dir() and (base / "scheduler").exists():
+    sc = dict(cfg.get("scheduler") or {})
+    if sc.pop("from_base", False) and base is not None and base.is_dir():
+        _require(base / "scheduler", "model.weights.base", "the 'scheduler' subfolder")
         return LCMScheduler.from_pretrained(base, subfolder="scheduler", local_files_only=True)
-    # SD1.5's noise schedule; LCM's original 50-step schedule.
-    return LCMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", original_inference_steps=50
+    kwargs = dict(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False
     )
+    kwargs.update(sc)
+    return LCMScheduler(original_inference_steps=50, **kwargs)
 
 
 def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
@@ -595,8 +611,22 @@ def _build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
             return DepthEstimator(
                 DPTDepth(DPTForDepthEstimation.from_pretrained(path, local_files_only=True)), res
             )
-        # Random DPT (DPT-Large layout) for speed runs without weights.
-        return DepthEstimator(DPTDepth(DPTForDepthEstimation(DPTConfig(image_size=res))), res)
+        # Random DPT for speed runs without weights: MiDaS DPT-Hybrid layout (ViT-B/16 on a BiT backbone, ~122M
+        # parameters, as the reference's dpt_hybrid_384) or DPT-Large.
+        if str(_get(cfg, "depth.arch", "hybrid")) == "hybrid":
+            dpt_cfg = DPTConfig(
+                is_hybrid=True,
+                image_size=res,
+                backbone_featmap_shape=[1, 1024, res // 16, res // 16],
+                neck_ignore_stages=[0, 1],
+                readout_type="project",
+                reassemble_factors=[1, 1, 1, 0.5],
+                neck_hidden_sizes=[256, 512, 768, 768],
+                backbone_out_indices=[2, 5, 8, 11],
+            )
+        else:
+            dpt_cfg = DPTConfig(image_size=res)
+        return DepthEstimator(DPTDepth(DPTForDepthEstimation(dpt_cfg)), res)
     raise ValueError(f"unknown depth kind '{kind}' (model.depth.kind); use tiny, dpt or none")
 
 
@@ -622,13 +652,17 @@ def _load_state_dict(path: Path, key: str) -> dict[str, Tensor]:
 # ------------------------------------------------------------------------------------------------ helpers
 @torch.no_grad()
 def encode_prompt(comps: Components, prompt: str | Sequence[str]) -> Tensor:
-    """Text embeddings ``[N, 77, D]``. ``clip_skip`` counts as in A1111: 1 = last layer, 2 = penultimate (+ final LN)."""
+    """Text embeddings ``[N, 77, D]``.
+
+    ``clip_skip`` follows the reference (and diffusers): ``k`` takes ``hidden_states[-(k + 1)]`` — the output of
+    the layer ``k`` before the last — then CLIP's final layer norm; 0/None takes the last layer. The reference's
+    style configs use ``clip_skip: 2``."""
     ids = comps.tokenizer(prompt).to(comps.device)
     te = comps.text_encoder
-    if comps.clip_skip <= 1:
+    if not comps.clip_skip:
         return te(ids)[0].to(comps.dtype)
     out = te(ids, output_hidden_states=True)
-    h = out.hidden_states[-comps.clip_skip]
+    h = out.hidden_states[-(comps.clip_skip + 1)]
     return getattr(te, "text_model", te).final_layer_norm(h).to(comps.dtype)
 
 

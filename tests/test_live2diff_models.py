@@ -58,6 +58,10 @@ def test_lcm_schedule_matches_the_50_step_schedule_and_strength():
     s = make_lcm_schedule(tiny_components().scheduler, [30, 36, 42])
     assert s.timesteps.tolist() == [399, 279, 159]
     assert abs(s.strength - 0.4) < 1e-9
+    # the reference's noise schedule: linear betas 0.00085..0.012 (its DDIM kwargs), not SD's scaled-linear
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
+    expected = torch.cumprod(1 - betas, 0)[s.timesteps].sqrt()
+    torch.testing.assert_close(s.alpha_sqrt, expected)
     x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     # LCM's boundary condition recovers x0 from a perfect noise prediction (c_skip ~ 0 at these timesteps)
     torch.testing.assert_close(s.denoise(s.add_noise(x0, eps, 1), eps, 1), x0, rtol=1e-3, atol=1e-4)
@@ -219,3 +223,61 @@ def test_lora_fusion_kohya_and_peft_formats():
             c.unet,
             c.text_encoder,
         )
+
+
+def _write_clip_tokenizer(folder):
+    """A transformers CLIPTokenizer folder built from the BPE vocabulary open_clip ships (no download)."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    folder.mkdir(parents=True)
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # CLIP's own spelling
+    (folder / "vocab.json").write_text(json.dumps({rename.get(k, k): v for k, v in tok.encoder.items()}))
+    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+    )
+
+
+def test_diffusers_folder_weights_are_loaded(tmp_path):
+    src = tiny_components(fresh=True)
+    base = tmp_path / "sd15"
+    build_unet2d(src).save_pretrained(base / "unet")
+    src.text_encoder.save_pretrained(base / "text_encoder")
+    src.scheduler.save_pretrained(base / "scheduler")
+    _write_clip_tokenizer(base / "tokenizer")
+    c = build_components({"size": "tiny", "weights": {"base": str(base)}})
+    own = c.unet.state_dict()
+    for k, v in src.unet.state_dict().items():
+        if "motion_modules" not in k:
+            assert torch.equal(own[k], v), k
+    for (k, v), (_, w) in zip(src.text_encoder.state_dict().items(), c.text_encoder.state_dict().items()):
+        assert torch.equal(v, w), k
+    ids_hf, ids_oc = c.tokenizer("a watercolor cat"), src.tokenizer("a watercolor cat")
+    n = int((ids_oc[0] != 0).sum())  # open_clip pads with 0, SD's tokenizer with <|endoftext|>
+    assert torch.equal(ids_hf[0, :n], ids_oc[0, :n])
+    (base / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(MissingWeightsError, match="vocab.json"):
+        build_components({"size": "tiny", "weights": {"base": str(base)}})
+
+
+def test_clip_skip_follows_the_reference():
+    """clip_skip=k -> final_layer_norm(hidden_states[-(k + 1)]), as the reference's _encode_prompt."""
+    c = tiny_components()
+    ids = c.tokenizer("a cat")
+    with torch.no_grad():
+        hs = c.text_encoder(ids, output_hidden_states=True).hidden_states
+        expected = c.text_encoder.final_layer_norm(hs[-3])
+    assert c.clip_skip == 2
+    torch.testing.assert_close(encode_prompt(c, "a cat"), expected)
