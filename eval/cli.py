@@ -50,6 +50,12 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
         if missing:
             raise ValueError(f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source")
     atomic_write_json(run_dir / "reference.json", refs)
+    weights = (cfg.get("model") or {}).get("weights") or {}
+    notes = []
+    if not any(v for v in weights.values()):
+        notes.append(f"model={cfg.model.get('size', '?')} with random-initialised weights (no model.weights set): "
+                     "quality figures exercise the harness and the methods' mechanics, not their image quality")
+    atomic_write_json(run_dir / "notes.json", notes)
     settings = RunnerSettings.from_config({**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed})
     context = {"hardware": OmegaConf.to_container(cfg.hardware, resolve=True)}
     log.info("%d method(s) x %d video(s) -> %s", len(methods), len(videos), run_dir)

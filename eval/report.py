@@ -231,14 +231,19 @@ def plot_over_time(frames: pd.DataFrame, metric: str, desc: dict, path: Path) ->
 
 
 # -- reported (paper / reference README) figures -----------------------------------------------------------------
+def load_json_lists(dirs: list[Path], name: str) -> list:
+    """The union (in order, without repeats) of the JSON list ``name`` of each run folder that has one."""
+    out: list = []
+    for d in dirs:
+        p = Path(d) / name
+        if p.is_file():
+            out += [r for r in json.loads(p.read_text()) if r not in out]
+    return out
+
+
 def load_references(dirs: list[Path]) -> list[dict]:
     """``reference.json`` of each run: figures published elsewhere, each with its source (see conf/experiment)."""
-    refs: list[dict] = []
-    for d in dirs:
-        p = Path(d) / "reference.json"
-        if p.is_file():
-            refs += [r for r in json.loads(p.read_text()) if r not in refs]
-    return refs
+    return load_json_lists(dirs, "reference.json")
 
 
 def reference_rows(refs: list[dict], table: pd.DataFrame, desc: dict) -> list[list[str]]:
@@ -276,7 +281,7 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         paired.to_csv(out / "paired.csv", index=False)
 
     md, body = [], []
-    notes = sorted({d["note"] for d in desc.values() if d.get("note")})
+    notes = sorted({d["note"] for d in desc.values() if d.get("note")} | set(load_json_lists(dirs, "notes.json")))
     md.append("# live2diff-bench results\n")
     body.append("<h1>live2diff-bench results</h1>")
     md.append(f"Runs: {', '.join(sorted(set(units['run'])))} — {units['video'].nunique()} videos, "

@@ -15,9 +15,11 @@ Public API (used by the baselines too): :func:`build_components`, :class:`Compon
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -544,12 +546,47 @@ def _build_text(cfg: dict, base: Path | None):
     return te, OpenClipTokenizer()
 
 
+class PixelAutoencoder(nn.Module):
+    """A weight-free, structure-preserving VAE stand-in (``model.vae.kind: pixel``, the ``tiny`` default).
+
+    A random-initialised TAESD decodes *every* latent to a nearly constant image, so with random weights every
+    quality metric would compare flat grey frames. This stand-in keeps the image's structure instead: the latent is
+    the 8×8 block average of the RGB frame in [-1, 1] plus its luma as a 4th channel, and decoding upsamples the
+    colour channels bilinearly. Outputs are blurry versions of the input perturbed by whatever the (random) UNet
+    does, so temporal metrics respond to the method's latent-space behaviour. Same interface as diffusers' VAEs.
+    """
+
+    def __init__(self, factor: int = 8) -> None:
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        levels = int(round(math.log2(factor))) + 1
+        self.config = FrozenDict(scaling_factor=1.0, latent_channels=4, block_out_channels=[4] * levels)
+        self.factor = factor
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .to()/.dtype something to move
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    def encode(self, x: Tensor):
+        rgb = F.avg_pool2d(x, self.factor)
+        lat = torch.cat([rgb, rgb.mean(dim=1, keepdim=True)], dim=1)
+        return SimpleNamespace(latents=lat, latent_dist=SimpleNamespace(mean=lat))
+
+    def decode(self, z: Tensor):
+        h, w = z.shape[-2] * self.factor, z.shape[-1] * self.factor
+        return SimpleNamespace(sample=F.interpolate(z[:, :3], size=(h, w), mode="bilinear", align_corners=False))
+
+
 def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     v = cfg["vae"]
     if taesd is not None:
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
+    if v.get("kind", "tiny") == "pixel":
+        return PixelAutoencoder()
     if v.get("kind", "tiny") == "kl":
         if base is not None and base.is_dir():
             return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
