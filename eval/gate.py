@@ -3,9 +3,9 @@
 Absolute times on a shared CI machine move by tens of percent with the neighbours' load, so the gate never compares
 them. It compares **ratios measured in one process**: a method's median per-frame time divided by the median time
 of a fixed calibration workload run right before and right after it (interleaved, so whatever load slows the method
-slows the calibration too). Each repetition streams every selected video through every method (the method order
-rotates between repetitions), discarding each stream's first ``warmup_frames``; the gate's figure is the **median
-of the k repetition ratios**. A method regresses when its ratio exceeds the reference's by more than the tolerance
+slows the calibration too — per frame: a calibration call precedes every push). Each repetition streams every
+selected video through every method (the method order rotates between repetitions), discarding each stream's first
+``warmup_frames``; the gate's figure is the **median of the k repetition ratios**. A method regresses when its ratio exceeds the reference's by more than the tolerance
 *and* the change is larger than ``min_change_ms`` at the current machine speed (a floor for microsecond methods such
 as ``identity``, whose relative jitter is large and meaningless).
 
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.interface import StreamMethod
+from eval.interface import StreamMethod, method_device
 from eval.store import atomic_write_json, content_key
-from eval.timing import run_stream
+from eval.timing import run_stream, synchronize
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +104,23 @@ class MethodTiming:
         return float((r.max() - r.min()) / 2 / np.median(r)) if r.size and np.median(r) > 0 else math.nan
 
 
-def _time_calibration(calibrate: Callable[[], Any], calls: int, clock: Callable[[], float]) -> list[float]:
-    out = []
-    for _ in range(calls):
-        start = clock()
-        calibrate()
-        out.append(clock() - start)
-    return out
+def _timed(fn: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, Any]:
+    start = clock()
+    out = fn()
+    return clock() - start, out
 
 
 def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Tensor]], *, repeats: int = 5,
-            warmup_frames: int = 4, calibration_calls: int = 5, statistic: str = "call",
+            warmup_frames: int = 4, calibration_calls: int = 1, statistic: str = "call",
             calibrate: Callable[[], Any] | None = None, clock: Callable[[], float] = time.perf_counter,
             seed: int = 42) -> dict[str, MethodTiming]:
     """Time every method over every ``(prompt, frames)`` stream, ``repeats`` times, interleaved with calibration.
 
-    Per repetition the sequence is ``calib, m1, calib, m2, calib, …`` (method order rotated by one each time);
-    a method's ratio divides the median of its kept per-frame times by the median calibration time of the blocks
-    on either side of it. ``statistic`` is ``call`` (each push's duration: the per-frame compute cost) or
-    ``latency`` (push → emission, which adds a stream batch's pipeline delay).
+    Interleaving is per frame: before each ``push`` the calibration workload runs ``calibration_calls`` times,
+    timed on its own, so a burst of load from a neighbour hits the method and its yardstick alike. A repetition's
+    ratio is the median of the method's kept per-frame times over the median of the calibration times taken
+    beside them; the method order rotates between repetitions. ``statistic`` is ``call`` (each push's duration:
+    the per-frame compute cost) or ``latency`` (push start → emission, which adds a stream batch's pipeline delay).
     """
     if repeats < 1 or calibration_calls < 1:
         raise ValueError("gate.repeats and gate.calibration_calls must be >= 1")
@@ -132,32 +130,54 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
     names = list(methods)
     out = {name: MethodTiming([], [], []) for name in names}
     for rep in range(repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)] if names else []
-        before = _time_calibration(calibrate, calibration_calls, clock)
+        order = names[rep % len(names):] + names[:rep % len(names)]
         for name in order:
             method = methods[name]
-            kept: list[np.ndarray] = []
+            kept_method: list[float] = []
+            kept_calib: list[float] = []
             for prompt, frames in streams:
-                h, w = frames.shape[-2:]
-                method.prepare(prompt, height=int(h), width=int(w), seed=seed)
-                try:
-                    rec = run_stream(method, frames, clock=clock)
-                finally:
-                    method.reset()
-                times = rec.call_s if statistic == "call" else rec.latency_s
-                kept.append(times[warmup_frames:])
-            kept_all = np.concatenate(kept) if kept else np.array([])
-            if kept_all.size == 0:
+                times, calib = _stream_interleaved(method, prompt, frames, calibrate, calibration_calls, statistic,
+                                                   clock, seed)
+                kept_method += times[warmup_frames:]
+                kept_calib += calib[warmup_frames * calibration_calls:]
+            if not kept_method:
                 raise ValueError(f"gate.warmup_frames={warmup_frames} leaves no timed frame: the streams have "
                                  f"{min(f.shape[0] for _, f in streams)} frames")
-            after = _time_calibration(calibrate, calibration_calls, clock)
-            calib = float(np.median(before + after))
-            frame = float(np.median(kept_all))
-            out[name].ratios.append(frame / calib)
+            frame, cal = float(np.median(kept_method)), float(np.median(kept_calib))
+            out[name].ratios.append(frame / cal)
             out[name].frame_ms.append(frame * 1e3)
-            out[name].calib_ms.append(calib * 1e3)
-            before = after
+            out[name].calib_ms.append(cal * 1e3)
     return out
+
+
+def _stream_interleaved(method: StreamMethod, prompt: str, frames: torch.Tensor, calibrate: Callable[[], Any],
+                        calls: int, statistic: str, clock: Callable[[], float], seed: int
+                        ) -> tuple[list[float], list[float]]:
+    """One stream through ``method`` with calibration calls before every push; per-frame times (s)."""
+    n = int(frames.shape[0])
+    device = method_device(method)
+    method.prepare(prompt, height=int(frames.shape[-2]), width=int(frames.shape[-1]), seed=seed)
+    calib, call = [], []
+    start_at, emitted_at = np.zeros(n), np.full(n, np.nan)
+    try:
+        for i in range(n):
+            calib += [_timed(calibrate, clock)[0] for _ in range(calls)]
+            start = clock()
+            emitted = method.push(i, frames[i])
+            synchronize(device)
+            end = clock()
+            start_at[i] = start
+            call.append(end - start)
+            for j, _ in emitted:
+                emitted_at[int(j)] = end
+        end = clock()
+        for j, _ in method.flush():
+            emitted_at[int(j)] = end
+    finally:
+        method.reset()
+    if statistic == "call":
+        return call, calib
+    return list(emitted_at - start_at), calib
 
 
 # -- deciding ---------------------------------------------------------------------------------------------------
