@@ -343,7 +343,7 @@ def plot_lag_over_time(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, p
         x = m.index.to_numpy() / fps if math.isfinite(fps) and fps > 0 else m.index.to_numpy()
         ax.plot(x, m.to_numpy(), marker=".", ms=4, lw=1.2, label=method)
     ax.set_xlabel("arrival time (s)" if rate.size else "frame index")
-    ax.set_ylabel(header("lag_ms", desc) + " (median over videos)")
+    ax.set_ylabel("lag (ms), median over videos")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
