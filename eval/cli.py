@@ -43,6 +43,13 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     resolved = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_json(run_dir / "provenance.json",
                       provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)))
+    refs = cfg.report.get("reference")
+    refs = OmegaConf.to_container(refs, resolve=True) if refs else []
+    for r in refs:
+        missing = {"method", "metric", "value", "source"} - set(r)
+        if missing:
+            raise ValueError(f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source")
+    atomic_write_json(run_dir / "reference.json", refs)
     settings = RunnerSettings.from_config({**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed})
     context = {"hardware": OmegaConf.to_container(cfg.hardware, resolve=True)}
     log.info("%d method(s) x %d video(s) -> %s", len(methods), len(videos), run_dir)

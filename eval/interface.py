@@ -31,7 +31,11 @@ class StreamMethod(Protocol):
 
     * ``lookahead: int = 0`` — how many *future* frames an output may depend on. Causal methods have 0; an offline
       sliding-window method declares its window. The contract test checks exactly this.
+    * ``initial_block: int = 0`` — the first ``initial_block`` frames are processed *together* (Live2Diff's
+      bidirectional warmup), so their outputs may depend on each other; after the block the ``lookahead`` rule holds.
     * ``device: torch.device | str = "cpu"`` — where it computes; the runner synchronises it around each push.
+
+    So output ``i`` may depend on input frames ``0 .. max(i + lookahead, initial_block - 1)`` and no others.
     """
 
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
@@ -59,6 +63,10 @@ def check_frame(frame: Tensor, *, what: str = "frame") -> None:
 
 def method_lookahead(method: object) -> int:
     return int(getattr(method, "lookahead", 0))
+
+
+def method_initial_block(method: object) -> int:
+    return int(getattr(method, "initial_block", 0))
 
 
 def method_device(method: object) -> torch.device:

@@ -230,6 +230,31 @@ def plot_over_time(frames: pd.DataFrame, metric: str, desc: dict, path: Path) ->
     return True
 
 
+# -- reported (paper / reference README) figures -----------------------------------------------------------------
+def load_references(dirs: list[Path]) -> list[dict]:
+    """``reference.json`` of each run: figures published elsewhere, each with its source (see conf/experiment)."""
+    refs: list[dict] = []
+    for d in dirs:
+        p = Path(d) / "reference.json"
+        if p.is_file():
+            refs += [r for r in json.loads(p.read_text()) if r not in refs]
+    return refs
+
+
+def reference_rows(refs: list[dict], table: pd.DataFrame, desc: dict) -> list[list[str]]:
+    idx = table.set_index(["method", "metric"])
+    rows = []
+    for r in refs:
+        key = (r["method"], r["metric"])
+        if key in idx.index:
+            m = idx.loc[key]
+            ours = f"{_fmt(m['mean'])} [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
+        else:
+            ours = "not run"
+        rows.append([r["method"], header(r["metric"], desc), _fmt(float(r["value"])), ours, r.get("source", "")])
+    return rows
+
+
 # -- the report -------------------------------------------------------------------------------------------------
 def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
@@ -307,6 +332,13 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
             rel = p.relative_to(out) if p.is_relative_to(out) else p
             md.append(f"**{p.parent.name} / {p.stem}**\n\n![{p.stem}]({rel})\n")
             body.append(f"<h3>{html.escape(p.parent.name)} / {html.escape(p.stem)}</h3><img src='{_b64(p)}'>")
+
+    refs = load_references(dirs)
+    if refs and not table.empty:
+        rrows = reference_rows(refs, table, desc)
+        rcols = ["method", "metric", "reported", "ours (95 % CI)", "source"]
+        md += ["## Reported figures beside ours\n", markdown_table(rcols, rrows), ""]
+        body += ["<h2>Reported figures beside ours</h2>", html_table(rcols, rrows)]
 
     failed = units[units["status"] == "error"]
     if not failed.empty:

