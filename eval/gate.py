@@ -47,8 +47,8 @@ CALIBRATION_VERSION = 1  # bump when the calibration workload changes: old refer
 
 EXIT_OK, EXIT_REGRESSION, EXIT_NO_REFERENCE = 0, 1, 3
 
-# Settings that change what a ratio means; everything else in ``gate`` (tolerances, paths, flags) does not.
-SETUP_GATE_KEYS = ("repeats", "warmup_frames", "calibration_calls", "clock", "statistic", "quantile")
+# Settings that change what a ratio means; the rest of ``gate`` (tolerances, repetitions, paths, flags) does not.
+SETUP_GATE_KEYS = ("warmup_frames", "calibration_calls", "clock", "statistic", "quantile")
 
 
 # -- measuring --------------------------------------------------------------------------------------------------
@@ -69,6 +69,19 @@ class Calibration:
         for _ in range(6):
             m = m @ self.a
         return float(y.mean() + m[0, 0])  # reading a value synchronises the device
+
+
+def resolve_clock(name: str, device: str, threads: int) -> str:
+    """``auto``: the thread's CPU time when all work runs on this one CPU thread (immune to preemption by other
+    processes, the main noise on a shared machine), wall-clock time otherwise (GPU, several threads)."""
+    if name == "auto":
+        return "thread" if device == "cpu" and threads == 1 else "wall"
+    if name not in CLOCKS:
+        raise ValueError(f"gate.clock must be auto, {' or '.join(CLOCKS)}; got {name!r}")
+    if name == "thread" and (device != "cpu" or threads != 1):
+        raise ValueError("gate.clock=thread measures one CPU thread: it needs hardware.device=cpu and "
+                         "hardware.threads=1 (or use gate.clock=wall)")
+    return name
 
 
 CLOCKS: dict[str, Callable[[], float]] = {
@@ -347,13 +360,8 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     g = cfg.gate
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
-    clock_name = str(g.get("clock", "wall"))
-    if clock_name not in CLOCKS:
-        raise ValueError(f"gate.clock must be one of {', '.join(CLOCKS)}, got {clock_name!r}")
     device = str(cfg.hardware.get("device", "cpu"))
-    if clock_name == "thread" and (device != "cpu" or torch.get_num_threads() != 1):
-        raise ValueError("gate.clock=thread measures one CPU thread: it needs hardware.device=cpu and "
-                         "hardware.threads=1")
+    clock_name = resolve_clock(str(g.get("clock", "auto")), device, torch.get_num_threads())
     method_cfgs = {str(k): OmegaConf.to_container(v, resolve=True) for k, v in (cfg.get("method") or {}).items()}
     if not method_cfgs:
         raise ValueError("the gate has no method to measure: pass e.g. method=[identity,busy]")
@@ -368,21 +376,26 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         run_stream(method, frames[: max(1, int(g.warmup_frames))])
         method.reset()
     setup = setup_of(cfg)
+    setup["gate"]["clock"] = clock_name
+    update = bool(g.get("update_reference", False))
+    repeats = int(g.repeats)
+    if update:  # the reference's own noise shifts every later comparison: measure it longer
+        repeats = int(g.get("reference_repeats") or 3 * repeats)
     machine = machine_info(device)
     log.info("gate: %d method(s) x %d video(s), %d repetitions, clock=%s", len(methods), len(streams),
-             int(g.repeats), clock_name)
-    timings = measure(methods, streams, repeats=int(g.repeats), warmup_frames=int(g.warmup_frames),
+             repeats, clock_name)
+    timings = measure(methods, streams, repeats=repeats, warmup_frames=int(g.warmup_frames),
                       calibration_calls=int(g.calibration_calls), statistic=str(g.get("statistic", "call")),
                       quantile=float(g.get("quantile", 0.5)),
                       calibrate=Calibration(device), clock=CLOCKS[clock_name], seed=int(cfg.seed))
     ref_path = Path(str(g.reference))
     lines = [f"Latency gate — reference {ref_path}", f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
              f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); clock={clock_name}, "
-             f"median of {int(g.repeats)} repetitions, ratio = q{float(g.get('quantile', 0.5)):g} of method "
+             f"median of {repeats} repetitions, ratio = q{float(g.get('quantile', 0.5)):g} of method "
              "per-frame times / same of calibration times"]
     result: dict[str, Any] = {"setup_hash": content_key(setup), "machine": machine,
                               "timings": {k: asdict(t) for k, t in timings.items()}}
-    if bool(g.get("update_reference", False)):
+    if update:
         ref = make_reference(timings, setup, machine, method_cfgs, git_state())
         atomic_write_json(ref_path, ref)
         lines.append(f"reference rewritten: {ref_path}")

@@ -230,8 +230,9 @@ def test_run_gate_end_to_end_with_a_fake_decision(tmp_path, monkeypatch):
         out = gate.run_gate(cfg, tmp_path / "r3")
         assert out.code == EXIT_REGRESSION and "REGRESSION" in out.text and "GATE FAILED" in out.text
         assert json.loads((tmp_path / "r3" / "gate.json").read_text())["exit_code"] == EXIT_REGRESSION
-        out = gate.run_gate(_cfg(tmp_path, repeats=3), tmp_path / "r4")
-        assert out.code == EXIT_NO_REFERENCE and "gate.repeats: reference 1, now 3" in out.text
+        assert gate.run_gate(_cfg(tmp_path, repeats=3), tmp_path / "r4").code == EXIT_REGRESSION  # k is free
+        out = gate.run_gate(_cfg(tmp_path, quantile=0.5), tmp_path / "r5")
+        assert out.code == EXIT_NO_REFERENCE and "gate.quantile: reference 0.1, now 0.5" in out.text
     finally:
         torch.set_num_threads(threads)
 
@@ -249,6 +250,16 @@ def test_method_config_change_is_compared_not_refused(tmp_path, monkeypatch):
         assert "method config changed" in {v.method: v for v in out.verdicts}["busy"].note
     finally:
         torch.set_num_threads(threads)
+
+
+def test_clock_choice():
+    assert gate.resolve_clock("auto", "cpu", 1) == "thread"
+    assert gate.resolve_clock("auto", "cpu", 4) == "wall"
+    assert gate.resolve_clock("auto", "cuda", 1) == "wall"
+    with pytest.raises(ValueError, match="hardware.threads=1"):
+        gate.resolve_clock("thread", "cpu", 2)
+    with pytest.raises(ValueError, match="gate.clock"):
+        gate.resolve_clock("sundial", "cpu", 1)
 
 
 def test_busy_slowdown_is_exactly_more_work():
