@@ -422,8 +422,32 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         if str(g.get("on_machine_mismatch", "warn")) == "fail":
             lines.append("not compared (gate.on_machine_mismatch=fail)")
             return _finish(GateOutcome(EXIT_NO_REFERENCE, "\n".join(lines), [], timings), run_dir, result)
-    verdicts = decide(timings, ref.get("methods", {}), tolerance=float(g.tolerance),
-                      tolerances=dict(g.get("tolerances") or {}), min_change_ms=float(g.get("min_change_ms", 0)))
+    judge = lambda t: decide(t, ref.get("methods", {}), tolerance=float(g.tolerance),  # noqa: E731
+                             tolerances=dict(g.get("tolerances") or {}), min_change_ms=float(g.get("min_change_ms", 0)))
+    verdicts = judge(timings)
+    retried: dict[str, list[float]] = {}
+    for _ in range(int(g.get("retries", 0))):
+        # Load on a shared machine only ever makes code look slower, so a regression is re-measured and the lower
+        # figure kept: a real regression shows again, a burst of someone else's work does not.
+        failing = {v.method: methods[v.method] for v in verdicts if v.status == "regression"}
+        if not failing:
+            break
+        log.info("gate: re-measuring %s", ", ".join(failing))
+        again = measure(failing, streams, repeats=repeats, warmup_frames=int(g.warmup_frames),
+                        calibration_calls=int(g.calibration_calls), statistic=str(g.get("statistic", "call")),
+                        quantile=float(g.get("quantile", 0.5)), calibrate=Calibration(device),
+                        clock=CLOCKS[clock_name], seed=int(cfg.seed))
+        for name, t in again.items():
+            retried.setdefault(name, [timings[name].ratio]).append(t.ratio)
+            if t.ratio < timings[name].ratio:
+                timings[name] = t
+        verdicts = judge(timings)
+    for v in verdicts:
+        if v.method in retried:
+            v.note = (v.note + "; " if v.note else "") + "re-measured, ratios " + ", ".join(
+                f"{r:.4g}" for r in retried[v.method]) + " (lowest kept)"
+    result["retried"] = retried
+    result["timings"] = {k: asdict(t) for k, t in timings.items()}
     for v in verdicts:
         r = ref.get("methods", {}).get(v.method, {})
         if v.status != "missing" and r and r.get("config_hash") != content_key(method_cfgs.get(v.method)):
