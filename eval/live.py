@@ -145,6 +145,7 @@ def run_live_stream(method: StreamMethod, frames: Tensor, video_fps: float, *, f
         # The offline figures below would count dropped frames or NaN push times; replace them with live ones.
         "fps": output_fps(emit_time, during_push),
         "call_p50_ms": float(np.nanmedian(call_s) * 1e3),
+        "steady_fps": float(1.0 / np.nanmedian(call_s)) if np.nanmedian(call_s) > 0 else float("nan"),
     }
     rec.extra = {
         "live": {"fps": rate, "policy": policy, "frames": n, "processed": int(processed.size)},

@@ -78,6 +78,7 @@ def test_drop_ratio_matches_expected_when_slower_than_the_source(cost):
     assert vm["output_fps"] == pytest.approx(fps / every)
     assert vm["lag_p50_ms"] == pytest.approx(cost * 1e3)
     assert vm["lag_p95_ms"] == pytest.approx(cost * 1e3)
+    assert vm["steady_fps"] == pytest.approx(1 / cost) and vm["call_p50_ms"] == pytest.approx(cost * 1e3)
     dropped = np.array(rec.extra["frame_metrics"]["dropped"])
     assert np.flatnonzero(dropped == 0).tolist() == list(range(0, n, every))
 
