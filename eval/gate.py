@@ -43,7 +43,7 @@ from eval.timing import run_stream, synchronize
 log = logging.getLogger(__name__)
 
 REFERENCE_SCHEMA = 1
-CALIBRATION_VERSION = 1  # bump when the calibration workload changes: old references become incompatible
+CALIBRATION_VERSION = 2  # bump when the calibration workload changes: old references become incompatible
 
 EXIT_OK, EXIT_REGRESSION, EXIT_NO_REFERENCE = 0, 1, 3
 
@@ -99,6 +99,7 @@ class MethodTiming:
     ratios: list[float]
     frame_ms: list[float]
     calib_ms: list[float]
+    calls: int = 0  # calibration calls per frame when matched to the method (0: fixed by gate.calibration_calls)
 
     @property
     def ratio(self) -> float:
@@ -126,21 +127,24 @@ def _timed(fn: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, An
 
 
 def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Tensor]], *, repeats: int = 5,
-            warmup_frames: int = 4, calibration_calls: int = 1, statistic: str = "call", quantile: float = 0.5,
+            warmup_frames: int = 4, calibration_calls: int = 0, statistic: str = "call", quantile: float = 0.5,
             calibrate: Callable[[], Any] | None = None, clock: Callable[[], float] = time.perf_counter,
             seed: int = 42) -> dict[str, MethodTiming]:
     """Time every method over every ``(prompt, frames)`` stream, ``repeats`` times, interleaved with calibration.
 
-    Interleaving is per frame: before each ``push`` the calibration workload runs ``calibration_calls`` times,
-    timed on its own, so a burst of load from a neighbour hits the method and its yardstick alike. A repetition's
+    Interleaving is per frame: before each ``push`` a block of ``calibration_calls`` calibration calls runs, timed
+    on its own (and divided by the count), so a burst of load from a neighbour hits the method and its yardstick
+    alike. ``calibration_calls=0`` matches the block's duration to the method's per-frame time (measured on one
+    untimed stream first): a preemption or a cache flush then lands on either with the same odds, whereas a
+    short yardstick beside a long frame escapes the disturbances the frame collects. A repetition's
     ratio is the ``quantile`` of the method's kept per-frame times over the same quantile of the calibration times
     taken beside them (0.5: medians; a low quantile such as 0.1 reads the undisturbed speed and ignores the
     preempted tail, which on an overcommitted machine can be most frames); the method order rotates between
     repetitions. ``statistic`` is ``call`` (each push's duration:
     the per-frame compute cost) or ``latency`` (push start → emission, which adds a stream batch's pipeline delay).
     """
-    if repeats < 1 or calibration_calls < 1:
-        raise ValueError("gate.repeats and gate.calibration_calls must be >= 1")
+    if repeats < 1 or calibration_calls < 0:
+        raise ValueError("gate.repeats must be >= 1 and gate.calibration_calls >= 0 (0: matched to the method)")
     if not 0 <= quantile <= 1:
         raise ValueError(f"gate.quantile must be in [0, 1], got {quantile}")
     if statistic not in ("call", "latency"):
@@ -148,6 +152,13 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
     calibrate = calibrate or Calibration()
     names = list(methods)
     out = {name: MethodTiming([], [], []) for name in names}
+    calls = {name: calibration_calls for name in names}
+    for name in names if calibration_calls == 0 else []:
+        prompt, frames = streams[0]
+        times, calib = _stream_interleaved(methods[name], prompt, frames, calibrate, 1, "call", clock, seed)
+        kept_t, kept_c = times[warmup_frames:] or times, calib[warmup_frames:] or calib
+        calls[name] = max(1, min(1000, round(float(np.median(kept_t)) / max(float(np.median(kept_c)), 1e-9))))
+        out[name].calls = calls[name]
     for rep in range(repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]
         for name in order:
@@ -155,10 +166,10 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
             kept_method: list[float] = []
             kept_calib: list[float] = []
             for prompt, frames in streams:
-                times, calib = _stream_interleaved(method, prompt, frames, calibrate, calibration_calls, statistic,
+                times, calib = _stream_interleaved(method, prompt, frames, calibrate, calls[name], statistic,
                                                    clock, seed)
                 kept_method += times[warmup_frames:]
-                kept_calib += calib[warmup_frames * calibration_calls:]
+                kept_calib += calib[warmup_frames:]
             if not kept_method:
                 raise ValueError(f"gate.warmup_frames={warmup_frames} leaves no timed frame: the streams have "
                                  f"{min(f.shape[0] for _, f in streams)} frames")
@@ -172,7 +183,8 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
 def _stream_interleaved(method: StreamMethod, prompt: str, frames: torch.Tensor, calibrate: Callable[[], Any],
                         calls: int, statistic: str, clock: Callable[[], float], seed: int
                         ) -> tuple[list[float], list[float]]:
-    """One stream through ``method`` with calibration calls before every push; per-frame times (s)."""
+    """One stream through ``method`` with a block of ``calls`` calibration calls before every push; per-frame
+    method times and per-call calibration times (block time / calls), in seconds."""
     n = int(frames.shape[0])
     device = method_device(method)
     method.prepare(prompt, height=int(frames.shape[-2]), width=int(frames.shape[-1]), seed=seed)
@@ -180,7 +192,10 @@ def _stream_interleaved(method: StreamMethod, prompt: str, frames: torch.Tensor,
     start_at, emitted_at = np.zeros(n), np.full(n, np.nan)
     try:
         for i in range(n):
-            calib += [_timed(calibrate, clock)[0] for _ in range(calls)]
+            start = clock()
+            for _ in range(calls):
+                calibrate()
+            calib.append((clock() - start) / calls)
             start = clock()
             emitted = method.push(i, frames[i])
             synchronize(device)
@@ -294,7 +309,8 @@ def make_reference(timings: dict[str, MethodTiming], setup: dict, machine: dict,
         "setup_hash": content_key(setup),
         "setup": setup,
         "methods": {name: {"ratio": t.ratio, "frame_ms": t.frame_ms_median, "calib_ms": t.calib_ms_median,
-                           "ratios": t.ratios, "config_hash": content_key(method_cfgs.get(name))}
+                           "ratios": t.ratios, "calibration_calls": t.calls,
+                           "config_hash": content_key(method_cfgs.get(name))}
                     for name, t in timings.items()},
     }
 
@@ -442,7 +458,8 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         for name, t in again.items():
             retried.setdefault(name, [timings[name].ratio]).append(t.ratio)
             old = timings[name]
-            timings[name] = MethodTiming(old.ratios + t.ratios, old.frame_ms + t.frame_ms, old.calib_ms + t.calib_ms)
+            timings[name] = MethodTiming(old.ratios + t.ratios, old.frame_ms + t.frame_ms, old.calib_ms + t.calib_ms,
+                                         old.calls)
     verdicts = judge(timings)
     for v in verdicts:
         if v.method in retried:

@@ -73,7 +73,7 @@ def test_ratio_is_invariant_to_machine_load():
         clock = LoadedClock(loads)
         methods = {"a": Costly(clock, 0.004), "b": Costly(clock, 0.010)}
         out[len(loads)] = measure(methods, streams(), repeats=3, warmup_frames=2, calibrate=lambda: clock.work(0.002),
-                                  clock=clock)
+                                  clock=clock, calibration_calls=1)
     for name, expected in (("a", 2.0), ("b", 5.0)):
         assert out[1][name].ratio == pytest.approx(expected)
         assert out[8][name].ratio == pytest.approx(expected)
@@ -83,11 +83,13 @@ def test_ratio_is_invariant_to_machine_load():
 def test_warmup_frames_are_discarded():
     clock = LoadedClock()
     m = {"m": Costly(clock, 0.004, first_cost=1.0)}  # the first two frames of every stream are very slow
-    t = measure(m, streams(n=6), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock)
+    t = measure(m, streams(n=6), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock,
+                calibration_calls=1)
     assert t["m"].ratio == pytest.approx(4.0)
     assert t["m"].frame_ms_median == pytest.approx(4.0)
     with pytest.raises(ValueError, match="warmup_frames"):
-        measure(m, streams(n=2), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock)
+        measure(m, streams(n=2), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock,
+                calibration_calls=1)
 
 
 def test_low_quantile_ignores_preempted_frames():
@@ -104,7 +106,7 @@ def test_low_quantile_ignores_preempted_frames():
         return orig(index, frame)
 
     m["m"].push = push
-    kw = dict(repeats=1, warmup_frames=0, calibrate=lambda: clock.work(0.002), clock=clock)
+    kw = dict(repeats=1, warmup_frames=0, calibrate=lambda: clock.work(0.002), clock=clock, calibration_calls=1)
     assert measure(m, streams(n=10), quantile=0.5, **kw)["m"].ratio == pytest.approx(7.0)
     assert measure(m, streams(n=10), quantile=0.1, **kw)["m"].ratio == pytest.approx(2.0)
     with pytest.raises(ValueError, match="quantile"):
@@ -122,7 +124,8 @@ def test_median_of_repetitions_ignores_one_disturbed_repetition():
     reps = []
     for rep in range(5):
         disturbed["rep"] = rep
-        reps.append(measure(m, streams(), repeats=1, warmup_frames=0, calibrate=calibrate, clock=clock)["m"].ratios[0])
+        reps.append(measure(m, streams(), repeats=1, warmup_frames=0, calibrate=calibrate, clock=clock,
+                            calibration_calls=1)["m"].ratios[0])
     t = MethodTiming(reps, [0.0] * 5, [1.0] * 5)
     assert reps[1] == pytest.approx(12.0)
     assert t.ratio == pytest.approx(3.0)
@@ -132,11 +135,40 @@ def test_latency_statistic_includes_pipeline_delay():
     clock = LoadedClock()
     m = {"m": Costly(clock, 0.002, delay=1)}
     calib = lambda: clock.work(0.001)  # noqa: E731
-    call = measure(m, streams(n=8), repeats=1, warmup_frames=1, calibrate=calib, clock=clock, statistic="call")
-    lat = measure(m, streams(n=8), repeats=1, warmup_frames=1, calibrate=calib, clock=clock, statistic="latency")
+    kw = dict(repeats=1, warmup_frames=1, calibrate=calib, clock=clock, calibration_calls=1)
+    call = measure(m, streams(n=8), statistic="call", **kw)
+    lat = measure(m, streams(n=8), statistic="latency", **kw)
     assert call["m"].ratio == pytest.approx(2.0)
     # emitted by the next push: own call + next frame's calibration + next call = 2 + 1 + 2 calibration units
     assert lat["m"].ratio == pytest.approx(5.0)
+
+
+class PreemptingClock(LoadedClock):
+    """Every ``slice`` seconds of work, someone else runs for ``penalty`` seconds: long calls are hit more often."""
+
+    def __init__(self, slice_s: float, penalty: float) -> None:
+        super().__init__()
+        self.slice, self.penalty, self.busy = slice_s, penalty, 0.0
+
+    def work(self, seconds: float) -> None:
+        hits = int((self.busy + seconds) / self.slice) - int(self.busy / self.slice)
+        self.busy += seconds
+        self.t += seconds + hits * self.penalty
+
+
+def test_calibration_matched_to_the_method_sees_the_same_preemption():
+    """A 2 ms yardstick beside an 8 ms frame escapes the preemptions the frame collects; a block of calls of
+    matched duration collects them too, and the ratio stays close to the true 4."""
+    kw = dict(repeats=1, warmup_frames=0, quantile=0.5)
+    clock = PreemptingClock(0.01, 0.005)
+    short = measure({"m": Costly(clock, 0.008)}, streams(n=20), calibrate=lambda: clock.work(0.002), clock=clock,
+                    calibration_calls=1, **kw)["m"]
+    clock = PreemptingClock(0.01, 0.005)
+    matched = measure({"m": Costly(clock, 0.008)}, streams(n=20), calibrate=lambda: clock.work(0.002), clock=clock,
+                      calibration_calls=0, **kw)["m"]
+    assert short.ratio == pytest.approx(6.5)  # (8 + 5) / 2: the frame is hit every time, the yardstick never
+    assert matched.calls >= 4  # sized from a probe stream, which is disturbed too (13 ms / 2 ms)
+    assert abs(matched.ratio - 4.0) < abs(short.ratio - 4.0) / 3
 
 
 # -- decision ---------------------------------------------------------------------------------------------------
