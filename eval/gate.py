@@ -127,7 +127,7 @@ def _timed(fn: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, An
 
 
 def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Tensor]], *, repeats: int = 5,
-            warmup_frames: int = 4, calibration_calls: int = 0, statistic: str = "call", quantile: float = 0.5,
+            warmup_frames: int = 4, calibration_calls: int = 1, statistic: str = "call", quantile: float = 0.5,
             calibrate: Callable[[], Any] | None = None, clock: Callable[[], float] = time.perf_counter,
             seed: int = 42) -> dict[str, MethodTiming]:
     """Time every method over every ``(prompt, frames)`` stream, ``repeats`` times, interleaved with calibration.
