@@ -99,7 +99,7 @@ class MethodTiming:
     ratios: list[float]
     frame_ms: list[float]
     calib_ms: list[float]
-    calls: int = 0  # calibration calls per frame when matched to the method (0: fixed by gate.calibration_calls)
+    calls: int = 0  # calibration calls per frame (gate.calibration_calls, or the matched count when that is 0)
 
     @property
     def ratio(self) -> float:
@@ -158,6 +158,7 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
         times, calib = _stream_interleaved(methods[name], prompt, frames, calibrate, 1, "call", clock, seed)
         kept_t, kept_c = times[warmup_frames:] or times, calib[warmup_frames:] or calib
         calls[name] = max(1, min(1000, round(float(np.median(kept_t)) / max(float(np.median(kept_c)), 1e-9))))
+    for name in names:
         out[name].calls = calls[name]
     for rep in range(repeats):
         order = names[rep % len(names):] + names[:rep % len(names)]
@@ -448,7 +449,8 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     # measurement. Those methods are measured `retries` more times and judged on the median of all repetitions,
     # so a burst of someone else's load cannot fail the gate alone, and a borderline pass gets more data.
     unsure = {v.method: methods[v.method] for v in verdicts
-              if v.status in ("ok", "regression") and math.isfinite(v.change) and v.change > tol_of(v.method) - margin}
+              if v.status in ("ok", "regression") and math.isfinite(v.change) and v.change > tol_of(v.method) - margin
+              and v.change_ms > float(g.get("min_change_ms", 0))}
     for _ in range(int(g.get("retries", 0)) if unsure else 0):
         log.info("gate: measuring %s again", ", ".join(unsure))
         again = measure(unsure, streams, repeats=repeats, warmup_frames=int(g.warmup_frames),
