@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-COLUMNS = ["source_fps", "output_fps", "drop_ratio", "lag_p50_ms", "lag_p95_ms", "call_p50_ms"]
+COLUMNS = ["source_fps", "output_fps", "drop_ratio", "lag_p50_ms", "lag_p95_ms", "call_p50_ms", "steady_fps"]
 
 
 def run(results_root: Path, overrides: list[str]) -> tuple[pd.DataFrame, str]:
@@ -65,9 +65,9 @@ def main() -> int:
         ("default methods, drop policy", [f"method=[{args.methods}]", "runner.live.policy=drop"]),
         (f"busy with {args.heavy_iterations} products per frame (slower than the 83 ms frame interval), drop",
          ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}", "runner.live.policy=drop"]),
-        (f"the same, latest policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
+        ("the same, latest policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
                                       "runner.live.policy=latest"]),
-        (f"the same, queue policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
+        ("the same, queue policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
                                      "runner.live.policy=queue"]),
     ]
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
