@@ -11,12 +11,24 @@ changes the result. ``compute()`` is the mean over finite scores; ``frame_scores
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+
+class _class_or_instance_method:
+    """Bind to the instance when called on one, to the class otherwise, so ``describe()`` works on both and an
+    instance can report its own configuration (e.g. the input-video reference row, random-weight warnings)."""
+
+    def __init__(self, func):
+        self.func = func
+
+    def __get__(self, obj, objtype=None):
+        target = obj if obj is not None else objtype
+        return self.func.__get__(target, objtype)
 
 
 class VideoMetric(Metric):
@@ -77,11 +89,28 @@ class VideoMetric(Metric):
         self._prev_output = None
         self._prev_source = None
 
-    @classmethod
-    def describe(cls) -> dict:
-        return {
-            "display_name": cls.display_name or cls.__name__,
-            "unit": cls.unit,
-            "higher_is_better": bool(cls.higher_is_better),
+    #: set ``False`` (per instance) when values cannot be compared with published numbers (random weights ...)
+    comparable: ClassVar[bool] = True
+    #: human-readable caveats shown beside the metric in tables and the report
+    notes: ClassVar[tuple[str, ...]] = ()
+
+    @_class_or_instance_method
+    def describe(self_or_cls) -> dict[str, Any]:
+        """What the report prints for this metric. On an instance it reflects that instance's configuration."""
+        d = {
+            "display_name": self_or_cls.display_name or getattr(self_or_cls, "__name__", type(self_or_cls).__name__),
+            "unit": self_or_cls.unit,
+            "higher_is_better": bool(self_or_cls.higher_is_better),
             "kind": "quality",
+            "comparable": bool(self_or_cls.comparable),
+            "notes": list(self_or_cls.notes),
         }
+        if self_or_cls.notes:  # the report prints each distinct ``note`` above its tables
+            d["note"] = f"{d['display_name']}: {'; '.join(self_or_cls.notes)}"
+        if not isinstance(self_or_cls, type):
+            d["config"] = self_or_cls.config()
+        return d
+
+    def config(self) -> dict[str, Any]:
+        """Settings that change the metric's value (recorded next to results); subclasses extend it."""
+        return {}

@@ -1,0 +1,183 @@
+"""CLIP text alignment (``clip_score``) and CLIP frame consistency (``clip_consistency``), with open_clip.
+
+Definitions, with ``e(x)`` the L2-normalised CLIP image embedding of frame x and ``e(p)`` that of the prompt:
+
+* ``clip_score``  per frame t: ``scale * cos(e(p), e(O_t))`` (``scale=100`` by default, no clamping at 0); the video's
+  value is the mean over frames. StreamV2V's script reports the plain cosine (set ``scale=1``).
+* ``clip_consistency`` per frame t >= 1: ``scale * cos(e(O_{t-1}), e(O_t))`` (``scale=1`` by default, so a static
+  video scores exactly 1.0), mean over consecutive pairs, as StreamV2V's script computes it.
+
+Frames are preprocessed as CLIP expects, on tensors: bicubic resize (antialiased) of the shorter side to the
+model's input size, centre crop, clamp to [0, 1], normalisation with the model's mean/std. (The reference pipelines
+do the same through PIL; values differ from them by resampling round-off only.)
+
+Weights: ``weights=/path/open_clip_pytorch_model.bin|.safetensors`` (the open_clip checkpoint of ``model_name``;
+for OpenAI's ``openai/clip-vit-base-patch32``, the model the StreamV2V script uses, take ``model_name=ViT-B-32-quickgelu``
+with the open_clip/timm conversion of those weights). With ``weights=None`` a tiny random-init CLIP is used so
+that everything runs offline; its values are marked not comparable. One model is loaded per (name, file, device)
+and shared by every metric that asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from eval.metrics.base import VideoMetric
+from eval.metrics.weights import resolve_weights
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "metrics.clip_score.weights"
+RANDOM_NOTE = "random CLIP weights — not comparable"
+
+#: a tiny ViT CLIP (same code path as ViT-B-32, a fraction of its size): the offline default
+TINY_CFG: dict[str, Any] = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@dataclass
+class ClipModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    comparable: bool
+    label: str
+    device: str
+    _text_cache: dict[str, Tensor] = field(default_factory=dict)
+
+    def preprocess(self, frames: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` in [0, 1] -> normalised model input ``[N, 3, S, S]``."""
+        x = frames.to(self.device, torch.float32)
+        size = min(self.image_size)
+        if tuple(x.shape[-2:]) != tuple(self.image_size):
+            x = TF.resize(x, size, interpolation=InterpolationMode.BICUBIC, antialias=True)
+            x = TF.center_crop(x, list(self.image_size))
+        x = x.clamp(0, 1)
+        return TF.normalize(x, self.mean, self.std)
+
+    @torch.no_grad()
+    def embed_images(self, frames: Tensor, batch_size: int = 16) -> Tensor:
+        out = [self.model.encode_image(self.preprocess(frames[i:i + batch_size]))
+               for i in range(0, frames.shape[0], batch_size)]
+        return F.normalize(torch.cat(out).double(), dim=-1)  # float64: a static video scores exactly 1
+
+    @torch.no_grad()
+    def embed_text(self, prompt: str) -> Tensor:
+        if prompt not in self._text_cache:
+            tokens = self.tokenizer([prompt]).to(self.device)
+            self._text_cache[prompt] = F.normalize(self.model.encode_text(tokens).double(), dim=-1)[0]
+        return self._text_cache[prompt]
+
+
+_CACHE: dict[tuple, ClipModel] = {}
+_LOCK = threading.Lock()
+
+
+def load_clip(model_name: str = "ViT-B-32", weights: str | None = None, device: str = "cpu",
+              config_key: str = CONFIG_KEY, require_weights: bool = False) -> ClipModel:
+    """The CLIP model for these settings, loaded once per process and shared (cached)."""
+    if require_weights and not weights:
+        raise ValueError(f"CLIP: real weights are required here (no random fallback); set {config_key}=/path/to/"
+                         f"open_clip_pytorch_model.bin (the open_clip checkpoint of {model_name})")
+    path = str(resolve_weights(weights, config_key, "CLIP")) if weights else None
+    key = (model_name if path else "tiny-random", path, str(device))
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = _build(model_name, path, device)
+        return _CACHE[key]
+
+
+def _build(model_name: str, path: str | None, device: str) -> ClipModel:
+    import open_clip
+
+    tiny = path is None or model_name == "tiny"
+    base = "ViT-B-32" if tiny else model_name
+    kwargs = TINY_CFG if tiny else {}
+    if path is None:
+        log.warning("CLIP metrics: no weights given (%s); using a tiny random-init CLIP — %s", CONFIG_KEY,
+                    RANDOM_NOTE)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = open_clip.create_model(base, pretrained=None, device=device, **kwargs)
+    else:
+        model = open_clip.create_model(base, pretrained=path, device=device, **kwargs)
+    model.eval()
+    pp = open_clip.get_model_preprocess_cfg(model)
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    label = f"{'tiny' if tiny else model_name} ({path or 'random init'})"
+    return ClipModel(model, open_clip.get_tokenizer(base), size, tuple(pp["mean"]), tuple(pp["std"]),
+                     comparable=path is not None, label=label, device=str(device))
+
+
+class _ClipMetric(VideoMetric):
+    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
+                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clip = load_clip(model_name, weights, device, require_weights=require_weights)
+        self.batch_size, self.scale = batch_size, float(scale)
+        self.comparable = self.clip.comparable
+        self.notes = () if self.clip.comparable else (RANDOM_NOTE,)
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.clip.label, "scale": self.scale}
+
+
+class ClipScore(_ClipMetric):
+    """Text-frame alignment: ``scale * cos(text, frame)`` per output frame (scale 100 by default)."""
+
+    higher_is_better = True
+    display_name = "CLIP score"
+    unit = "100·cos"
+    context_frames = 0
+
+    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
+                 batch_size: int = 16, scale: float = 100.0, require_weights: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
+        if self.scale != 100.0:
+            self.unit = f"{self.scale:g}·cos"
+        self._warned = False
+
+    def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
+        if prompt is None:
+            if not self._warned:
+                log.warning("clip_score: video has no prompt; its frames are scored NaN")
+                self._warned = True
+            return torch.full((output.shape[0],), float("nan"), dtype=torch.float64)
+        img = self.clip.embed_images(output, self.batch_size)
+        return (self.scale * (img @ self.clip.embed_text(prompt))).double().cpu()
+
+
+class ClipConsistency(_ClipMetric):
+    """Temporal consistency: ``scale * cos(frame t-1, frame t)`` of CLIP image embeddings (scale 1 by default)."""
+
+    higher_is_better = True
+    display_name = "CLIP consistency"
+    unit = "cos"
+    context_frames = 1
+
+    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
+                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False,
+                 **kwargs: Any) -> None:
+        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
+        if self.scale != 1.0:
+            self.unit = f"{self.scale:g}·cos"
+
+    def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
+        e = self.clip.embed_images(output, self.batch_size)
+        return (self.scale * (e[:-1] * e[1:]).sum(-1)).double().cpu()
