@@ -10,8 +10,18 @@ import pytest
 import torch
 
 from eval import gate
-from eval.gate import (EXIT_NO_REFERENCE, EXIT_OK, EXIT_REGRESSION, MethodTiming, decide, exit_status,
-                       format_table, make_reference, measure, setup_differences)
+from eval.gate import (
+    EXIT_NO_REFERENCE,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    MethodTiming,
+    decide,
+    exit_status,
+    format_table,
+    make_reference,
+    measure,
+    setup_differences,
+)
 
 
 class LoadedClock:
@@ -72,7 +82,7 @@ def test_ratio_is_invariant_to_machine_load():
     for loads in ([1.0], [1.0, 1.0, 3.0, 3.0, 0.5, 0.5, 2.0, 2.0]):  # each (calibration, push) pair shares a load
         clock = LoadedClock(loads)
         methods = {"a": Costly(clock, 0.004), "b": Costly(clock, 0.010)}
-        out[len(loads)] = measure(methods, streams(), repeats=3, warmup_frames=2, calibrate=lambda: clock.work(0.002),
+        out[len(loads)] = measure(methods, streams(), repeats=3, warmup_frames=2, calibrate=lambda c=clock: c.work(0.002),
                                   clock=clock, calibration_calls=1)
     for name, expected in (("a", 2.0), ("b", 5.0)):
         assert out[1][name].ratio == pytest.approx(expected)
