@@ -156,12 +156,18 @@ def run_live_stream(method: StreamMethod, frames: Tensor, video_fps: float, *, f
 
 
 def output_fps(emit_time: np.ndarray, during_push: np.ndarray) -> float:
-    """Achieved output rate in steady state: distinct emissions per second between the first and last emission made
-    by a ``push``. The final flush (a burst no live stream ever has) is left out unless nothing else is there."""
-    times = emit_time[during_push & np.isfinite(emit_time)]
-    if times.size < 2:
-        times = emit_time[np.isfinite(emit_time)]
-    if times.size < 2:
-        return float("nan")
-    span = float(times.max() - times.min())
-    return (times.size - 1) / span if span > 0 else float("nan")
+    """Achieved output rate in steady state: frames emitted after the first emission, per second until the last.
+
+    Emissions made by ``push`` count; the final flush (a burst no live stream ever has) only when nothing else is
+    there. Frames emitted together with the first one (a warm-up burst) are left out, so a method that releases
+    its first frames at once is not credited with a rate above its source.
+    """
+    finite = np.isfinite(emit_time)
+    for times in (emit_time[during_push & finite], emit_time[finite]):
+        if times.size == 0:
+            continue
+        first = times.min()
+        later = times[times > first]
+        if later.size and later.max() > first:
+            return float(later.size / (later.max() - first))
+    return float("nan")

@@ -130,6 +130,30 @@ def test_method_sees_consecutive_indices_and_pipeline_delay_adds_to_lag():
     assert vm["drop_ratio"] == pytest.approx(8 / 12)
 
 
+class WarmupBurst(CostMethod):
+    """Holds the first ``warmup`` frames and releases them together (as Live2Diff's joint warm-up pass does)."""
+
+    warmup = 4
+
+    def push(self, index, frame):
+        self.clock.t += self.cost
+        self.pending.append((index, frame))
+        if index + 1 < self.warmup:
+            return []
+        out, self.pending = self.pending, []
+        return out
+
+
+def test_a_warmup_burst_does_not_inflate_the_output_rate():
+    clock = FakeClock()
+    rec = run_live_stream(WarmupBurst(clock, 0.01), frames(20), 10.0, clock=clock, sleep=clock.sleep)
+    vm = rec.extra["video_metrics"]
+    assert vm["drop_ratio"] == 0
+    assert vm["output_fps"] == pytest.approx(10.0)  # 16 frames after the burst, one per 0.1 s
+    lag = np.array(rec.extra["frame_metrics"]["lag_ms"])
+    assert lag[:4] == pytest.approx([310.0, 210.0, 110.0, 10.0])
+
+
 def test_fps_override_and_waiting_for_the_source():
     clock = FakeClock()
     method = CostMethod(clock, 0.01)
