@@ -7,6 +7,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the run_eval.py subprocesses
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -15,7 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread: tiny models gain nothing from more, and shared CI machines lose a lot to oversubscription
+torch.set_num_threads(1)
 
 
 def compose(overrides: list[str] | None = None):

@@ -27,7 +27,7 @@ def test_run_eval_prints_table_and_writes_results(tmp_path):
 def test_shards_then_merge_report(tmp_path):
     for shard in (0, 1):
         rc, out = sh("run_eval.py", f"results_root={tmp_path}", "experiment_name=sharded", "dataset.num_videos=3",
-                     "dataset.num_frames=4", f"dataset.shard={shard}", "dataset.num_shards=2",
+                     "dataset.num_frames=4", "method=[identity]", f"dataset.shard={shard}", "dataset.num_shards=2",
                      f"hydra.run.dir={tmp_path}/sharded/shard{shard}", "report.print=false")
         assert rc == 0, out
     shard_videos = [pd.read_parquet(tmp_path / "sharded" / f"shard{s}" / "units.parquet").video.tolist()
@@ -44,7 +44,7 @@ def test_shards_then_merge_report(tmp_path):
 
 def test_multirun_sweep(tmp_path):
     rc, out = sh("run_eval.py", "-m", f"results_root={tmp_path}", "dataset.num_videos=1", "dataset.num_frames=4",
-                 "seed=1,2", f"hydra.sweep.dir={tmp_path}/sweep", "report.print=false")
+                 "seed=1,2", "method=[identity]", f"hydra.sweep.dir={tmp_path}/sweep", "report.print=false")
     assert rc == 0, out
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):

@@ -13,7 +13,9 @@ from tests.fake_methods import DelayMethod, FakeClock
 
 
 def run(tmp_path, *overrides, name="run"):
-    cfg = compose([f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *overrides])
+    """run_from_config with identity only (the harness is under test here, not the models)."""
+    default_method = [] if any(o.startswith("method=") for o in overrides) else ["method=[identity]"]
+    cfg = compose([f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *default_method, *overrides])
     return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
 
 

@@ -1,0 +1,38 @@
+"""Per-frame img2img: every frame VAE-encoded, noised to ``t_index_list[0]`` and denoised with LCM few-step, alone —
+no temporal module, no state carried between frames. The flicker baseline: whatever temporal consistency it shows
+comes from the input video and the shared noise only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from baselines.common import LatentStreamMethod
+
+
+class PerFrameImg2Img(LatentStreamMethod):
+    """Each push runs all ``len(t_index_list)`` steps on its own frame and returns it at once (no pipeline lag).
+
+    ``noise="per_frame"`` (default) draws fresh noise per frame, as independent img2img calls do; ``"fixed"``
+    reuses one noise tensor per step for every frame."""
+
+    def __init__(
+        self,
+        model: Any = "tiny",
+        device: str = "cpu",
+        dtype: str = "float32",
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        noise: str = "per_frame",
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 50,
+    ) -> None:
+        super().__init__(
+            model,
+            device,
+            dtype,
+            t_index_list,
+            stream_batch=False,
+            noise=noise,
+            cfg_type="none",
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+        )

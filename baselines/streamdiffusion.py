@@ -1,0 +1,119 @@
+"""StreamDiffusion (Kodaira et al., 2023; github.com/cumulo-autumn/StreamDiffusion) as a StreamMethod.
+
+* **Stream batch**: one UNet call per pushed frame holds every frame in flight, each at its own step of
+  ``t_index_list`` (newest at the noisiest); between steps the clean estimate is re-noised to the next timestep with
+  that step's fixed ``init_noise``. Output lags input by ``len(t_index_list) - 1`` pushes.
+* **RCFG, self-negative** (``cfg_type: self``): the negative noise prediction is the *stock noise* (initial noise
+  plus the residual implied by the previous step), so guidance costs no second UNet pass.
+* **Stochastic similarity filter**: a frame whose cosine similarity to the last processed input frame is high is
+  skipped with probability ``max(0, 1 - (1 - cos) / (1 - threshold))`` (at most ``max_skip_frame`` in a row) and
+  takes the output of that last processed frame. The random draw is a function of (seed, frame index), so the skip
+  pattern is reproducible under the seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from baselines.common import LatentStreamMethod, seeded_uniform
+from eval.interface import Emission
+
+
+class SimilarImageFilter:
+    """StreamDiffusion's filter with a seeded draw per frame instead of ``random.uniform``."""
+
+    def __init__(self, threshold: float = 0.98, max_skip_frame: int = 10) -> None:
+        self.threshold = float(threshold)
+        self.max_skip_frame = int(max_skip_frame)
+        self.reset()
+
+    def reset(self) -> None:
+        self.prev: Tensor | None = None
+        self.skip_count = 0
+        self.n_skipped = 0
+
+    def skip_probability(self, x: Tensor) -> float:
+        if self.prev is None or self.threshold >= 1:
+            return 0.0
+        cos = torch.nn.functional.cosine_similarity(
+            self.prev.reshape(-1), x.reshape(-1), dim=0, eps=1e-6
+        ).item()
+        return max(0.0, 1.0 - (1.0 - cos) / (1.0 - self.threshold))
+
+    def should_skip(self, x: Tensor, sample: float) -> bool:
+        """``x``: the frame in [-1, 1] (as the reference compares preprocessed images); ``sample`` ~ U[0, 1)."""
+        if (
+            self.prev is not None
+            and self.skip_probability(x) >= sample
+            and self.skip_count < self.max_skip_frame
+        ):
+            self.skip_count += 1
+            self.n_skipped += 1
+            return True
+        self.skip_count = 0
+        self.prev = x.detach().clone()
+        return False
+
+
+class StreamDiffusion(LatentStreamMethod):
+    def __init__(
+        self,
+        model: Any = "tiny",
+        device: str = "cpu",
+        dtype: str = "float32",
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        stream_batch: bool = True,
+        noise: str = "fixed",
+        cfg_type: str = "self",
+        guidance_scale: float = 1.2,
+        delta: float = 1.0,
+        similar_image_filter: bool = True,
+        similar_image_filter_threshold: float = 0.98,
+        similar_image_filter_max_skip_frame: int = 10,
+        num_inference_steps: int = 50,
+    ) -> None:
+        self.filter = (
+            SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
+            if similar_image_filter
+            else None
+        )
+        super().__init__(
+            model,
+            device,
+            dtype,
+            t_index_list,
+            stream_batch=stream_batch,
+            noise=noise,
+            cfg_type=cfg_type,
+            guidance_scale=guidance_scale,
+            delta=delta,
+            num_inference_steps=num_inference_steps,
+        )
+
+    def reset(self) -> None:
+        super().reset()
+        self.skipped: list[int] = []  # indices the similarity filter skipped in this stream
+        if getattr(self, "filter", None) is not None:
+            self.filter.reset()
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+    def admit(self, index: int, frame: Tensor, out: list[Emission]) -> bool:
+        if self.filter is None:
+            return True
+        if not self.filter.should_skip(frame * 2 - 1, seeded_uniform(self.seed, 104729, index)):
+            return True
+        # Skipped: the frame takes the output of the last processed frame — at once if that one is out already,
+        # otherwise together with it when it leaves the stream batch.
+        self.skipped.append(index)
+        src = self.last_processed
+        if src is not None and any(r is src for r in self.in_flight):
+            src.riders.append(index)
+        else:
+            out.append((index, self.last_output[1].clone()))
+        return False

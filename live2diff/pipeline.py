@@ -1,0 +1,251 @@
+"""Live2DiffStream: frame in -> VAE encode (+ depth) -> stream-batched LCM denoising with cached temporal attention
+-> VAE decode -> frame out.
+
+Life of a video (``attention="unidirectional"``, the model as published):
+
+1. **Warmup.** The first ``warmup`` frames are buffered, then denoised *together* through every step of
+   ``t_index_list`` with full temporal attention among themselves; at each step their keys/values fill that step's
+   warmup slots of every temporal-attention cache. All warmup frames are emitted at once.
+2. **Streaming.** Each new frame is encoded, noised to the first timestep and joins the *stream batch*: one UNet
+   call holds the newest frame at step 0, the previous frame at step 1, ... (StreamDiffusion); each row attends to its
+   own step's cache (warmup sinks + ring of recent frames, itself included) and appends its keys/values there.
+   After the call the finished row (last step) is decoded and emitted; the others are re-noised with fresh noise to
+   their next timestep (LCM multistep). Output therefore lags input by ``n_steps - 1`` frames; ``flush`` drains.
+
+Other modes: ``warmup=0`` (no sinks: a ring of ``window`` recent frames); ``stream_batch=False`` (each frame runs
+all its steps at once, lag 0 — the same numbers, one UNet call per step); ``attention="bidirectional_window"``
+(no cache: every frame re-denoises the last ``window`` frames jointly with full attention and keeps the newest —
+the naive alternative, ``window`` times the work).
+
+Noise: every frame draws its ``n_steps`` noise tensors from one seeded CPU generator when it is pushed, so a run is
+a pure function of (weights, frames, prompt, seed) on a given device, whatever the batching.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from live2diff.attention import StreamAttentionController, install_stream_attention
+from live2diff.models import (
+    Components,
+    depth_latents,
+    encode_prompt,
+    make_lcm_schedule,
+    vae_decode,
+    vae_encode,
+)
+
+log = logging.getLogger(__name__)
+
+ATTENTION_MODES = ("unidirectional", "bidirectional_window")
+
+
+@dataclass
+class _InFlight:
+    index: int
+    x: Tensor  # [1, 4, h, w] noisy latent at `step`
+    noise: Tensor  # [n_steps, 4, h, w]
+    depth_feat: Tensor | None  # mapping-network output [1, C0, h, w]
+    step: int = 0
+
+
+@dataclass
+class _Buffered:
+    index: int
+    z: Tensor  # clean latent [1, 4, h, w]
+    noise: Tensor
+    depth_feat: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class _DepthInjector:
+    """Adds the current call's depth features to ``unet.conv_in``'s output (a forward hook, not a fork)."""
+
+    def __init__(self, unet):
+        self.feat: Tensor | None = None
+        self.handle = unet.conv_in.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        if self.feat is None:
+            return output
+        if self.feat.shape != output.shape:
+            raise RuntimeError(
+                f"depth features {tuple(self.feat.shape)} do not match conv_in output {tuple(output.shape)}"
+            )
+        return output + self.feat
+
+
+class Live2DiffStream:
+    """The streaming pipeline over :class:`~live2diff.models.Components` (which it patches: it owns the UNet)."""
+
+    def __init__(
+        self,
+        comps: Components,
+        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        warmup: int = 8,
+        window: int = 16,
+        attention: str = "unidirectional",
+        depth: bool = True,
+        stream_batch: bool = True,
+    ):
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got '{attention}'")
+        self.comps = comps
+        self.schedule = make_lcm_schedule(comps.scheduler, list(t_index_list))
+        self.n_steps = self.schedule.n_steps
+        self.warmup = int(warmup) if attention == "unidirectional" else 0
+        self.window = int(window)
+        self.attention = attention
+        self.use_depth = bool(depth) and comps.depth is not None and comps.depth_mapper is not None
+        self.stream_batch = bool(stream_batch)
+        self.ctl: StreamAttentionController = install_stream_attention(
+            comps.unet, self.n_steps, window=self.window, warmup=self.warmup
+        )
+        self.depth_injector = _DepthInjector(comps.unet)
+        self.prompt_embeds: Tensor | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    @property
+    def lookahead(self) -> int:
+        """Future frames an output may depend on: the warmup frames are denoised jointly."""
+        return max(self.warmup - 1, 0) if self.attention == "unidirectional" else 0
+
+    def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
+        self.reset()
+        self.prompt_embeds = encode_prompt(self.comps, prompt)
+        self.height, self.width = int(height), int(width)
+        f = self.comps.vae_scale_factor
+        self.proc_h, self.proc_w = max(f, round(height / f) * f), max(f, round(width / f) * f)
+        self.latent_hw = (self.proc_h // f, self.proc_w // f)
+        self.generator = torch.Generator("cpu").manual_seed(int(seed))
+
+    def reset(self) -> None:
+        self.ctl.reset()
+        self.depth_injector.feat = None
+        self.warmup_buffer: list[_Buffered] = []
+        self.in_flight: list[_InFlight] = []
+        self.window_buffer: collections.deque[_Buffered] = collections.deque(maxlen=self.window)
+        self.warmed_up = self.warmup == 0
+        self.generator = None
+
+    # ------------------------------------------------------------------------------------------------ stream API
+    @torch.no_grad()
+    def push(self, index: int, frame: Tensor) -> list[tuple[int, Tensor]]:
+        if self.prompt_embeds is None or self.generator is None:
+            raise RuntimeError("call prepare(prompt, height=, width=, seed=) before push()")
+        z, depth_feat = self._encode(frame)
+        noise = torch.randn((self.n_steps, *z.shape[1:]), generator=self.generator).to(z.device, z.dtype)
+        if self.attention == "bidirectional_window":
+            self.window_buffer.append(_Buffered(index, z, noise, depth_feat))
+            return self._run_window()
+        if not self.warmed_up:
+            self.warmup_buffer.append(_Buffered(index, z, noise, depth_feat))
+            if len(self.warmup_buffer) == self.warmup:
+                return self._run_warmup()
+            return []
+        x = self.schedule.add_noise(z, noise[0:1], 0)
+        self.in_flight.insert(
+            0, _InFlight(index, x, noise, depth_feat)
+        )  # newest first: rows at steps 0, 1, ...
+        if self.stream_batch:
+            return self._stream_call()
+        out: list[tuple[int, Tensor]] = []
+        while self.in_flight:  # sequential: finish this frame's steps now, one UNet call per step
+            out += self._stream_call()
+        return out
+
+    @torch.no_grad()
+    def flush(self) -> list[tuple[int, Tensor]]:
+        out: list[tuple[int, Tensor]] = []
+        if self.warmup_buffer:  # stream shorter than the warmup: denoise what there is, jointly
+            out += self._run_warmup()
+        while self.in_flight:
+            out += self._stream_call()
+        return out
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def _encode(self, frame: Tensor) -> tuple[Tensor, Tensor | None]:
+        x = frame.to(self.comps.device, self.comps.dtype)[None]
+        if x.shape[-2:] != (self.proc_h, self.proc_w):
+            x = F.interpolate(x, (self.proc_h, self.proc_w), mode="bilinear", align_corners=False)
+        z = vae_encode(self.comps, x)
+        feat = None
+        if self.use_depth:
+            feat = self.comps.depth_mapper(depth_latents(self.comps, x))
+        return z, feat
+
+    def _decode(self, latents: Tensor) -> list[Tensor]:
+        img = vae_decode(self.comps, latents)
+        if img.shape[-2:] != (self.height, self.width):
+            img = F.interpolate(img, (self.height, self.width), mode="bilinear", align_corners=False)
+        return [f.float().cpu() for f in img]
+
+    def _unet(self, x: Tensor, timesteps: Tensor, depth_feat: Tensor | None) -> Tensor:
+        """``x``: ``[B, 4, F, h, w]``; ``depth_feat``: ``[B*F, C0, h, w]`` in (b, f) order, or None."""
+        b, _, f = x.shape[:3]
+        emb = self.prompt_embeds.expand(b * f, -1, -1)
+        self.depth_injector.feat = depth_feat
+        try:
+            return self.comps.unet(x, timesteps.to(x.device), emb).sample
+        finally:
+            self.depth_injector.feat = None
+
+    def _denoise_jointly(self, items: list[_Buffered], write_cache: bool) -> Tensor:
+        """All steps over ``items`` as one clip with full temporal attention; returns clean latents ``[n, 4, h, w]``."""
+        z = torch.cat([it.z for it in items])  # [n, 4, h, w]
+        noise = torch.stack([it.noise for it in items])  # [n, k, 4, h, w]
+        feats = torch.cat([it.depth_feat for it in items]) if self.use_depth else None
+        x = self.schedule.add_noise(z, noise[:, 0], 0)
+        n = len(items)
+        for j in range(self.n_steps):
+            with self.ctl.full(write_step=j if write_cache else None, n_frames=n):
+                eps = self._unet(x.transpose(0, 1)[None], self.schedule.timesteps[j : j + 1], feats)
+            x0 = self.schedule.denoise(x, eps[0].transpose(0, 1), j)
+            if j + 1 < self.n_steps:
+                x = self.schedule.add_noise(x0, noise[:, j + 1], j + 1)
+        return x0
+
+    def _run_warmup(self) -> list[tuple[int, Tensor]]:
+        items, self.warmup_buffer = self.warmup_buffer, []
+        x0 = self._denoise_jointly(items, write_cache=True)
+        self.warmed_up = True
+        return list(zip([it.index for it in items], self._decode(x0)))
+
+    def _run_window(self) -> list[tuple[int, Tensor]]:
+        items = list(self.window_buffer)
+        x0 = self._denoise_jointly(items, write_cache=False)
+        return [(items[-1].index, self._decode(x0[-1:])[0])]
+
+    def _stream_call(self) -> list[tuple[int, Tensor]]:
+        """One UNet call over every in-flight frame (each at its own step); emits the frame that finishes."""
+        rows = self.in_flight
+        if not self.stream_batch:
+            rows = rows[:1]
+        steps = [r.step for r in rows]
+        x = torch.cat([r.x for r in rows])  # [nb, 4, h, w]
+        feats = torch.cat([r.depth_feat for r in rows]) if self.use_depth else None
+        step_t = torch.tensor(steps)
+        with self.ctl.stream(steps):
+            eps = self._unet(x[:, :, None], self.schedule.timesteps[step_t], feats)[:, :, 0]
+        x0 = self.schedule.denoise(x, eps, step_t)
+        out: list[tuple[int, Tensor]] = []
+        keep: list[_InFlight] = []
+        for i, r in enumerate(rows):
+            if r.step + 1 == self.n_steps:
+                out.append((r.index, self._decode(x0[i : i + 1])[0]))
+            else:
+                r.step += 1
+                r.x = self.schedule.add_noise(x0[i : i + 1], r.noise[r.step : r.step + 1], r.step)
+                keep.append(r)
+        self.in_flight = keep + self.in_flight[len(rows) :]
+        return out
+
+    def cache_bytes(self) -> int:
+        return self.ctl.cache_bytes()

@@ -1,0 +1,42 @@
+"""Shared helpers for the Live2Diff tests (imported explicitly; the lead owns tests/conftest.py)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from live2diff.models import Components, build_components, encode_prompt
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(seed: int) -> Components:
+    return build_components({"size": "tiny", "seed": seed}, "cpu", "float32")
+
+
+def tiny_components(seed: int = 0, fresh: bool = False) -> Components:
+    """Tiny random components; ``fresh`` builds a new copy (tests that patch the UNet must not share it)."""
+    if fresh:
+        return build_components({"size": "tiny", "seed": seed}, "cpu", "float32")
+    return _cached(seed)
+
+
+def randomise_motion_out(unet: torch.nn.Module, std: float = 0.2, seed: int = 1) -> None:
+    """Give the motion modules' output projections real weight so the temporal path matters in the tests."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in unet.named_parameters():
+        if "motion_modules" in name and "proj_out" in name:
+            p.data = torch.randn(p.shape, generator=g) * std
+
+
+def prompt_embeds(comps: Components, n: int, prompt: str = "a watercolor cat") -> torch.Tensor:
+    return encode_prompt(comps, prompt).repeat(n, 1, 1)
+
+
+def frames(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """``[n, 3, size, size]`` smooth moving pattern in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, size // 8, size // 8, generator=g)
+    base = torch.nn.functional.interpolate(base[None], size=(size, size), mode="bilinear")[0]
+    out = [torch.roll(base, shifts=(i, 2 * i), dims=(1, 2)) for i in range(n)]
+    return torch.stack(out).clamp(0, 1)

@@ -1,0 +1,262 @@
+"""Each baseline's defining mechanism (the StreamMethod contract itself is tests/test_method_contract.py).
+
+Tiny random-init model, 64x64 frames, CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from baselines.animatediff_window import AnimateDiffWindow
+from baselines.per_frame_img2img import PerFrameImg2Img
+from baselines.streamdiffusion import SimilarImageFilter, StreamDiffusion
+from baselines.streamv2v import (
+    BankEntry,
+    FeatureBank,
+    FeatureBankAttnProcessor,
+    StreamV2V,
+    nearest_features,
+    tome_merge,
+)
+from eval.datasets.synthetic import generate_clip
+from live2diff.models import vae_decode, vae_encode
+
+H = W = 64
+
+
+def run(method, frames, seed=7, prompt="an oil painting"):
+    """Stream ``frames``; return outputs in index order and the push at which each was emitted (len = flush)."""
+    method.prepare(prompt, height=H, width=W, seed=seed)
+    outs, when = {}, {}
+    for i, f in enumerate(frames):
+        for j, o in method.push(i, f.clone()):
+            outs[j], when[j] = o, i
+    for j, o in method.flush():
+        outs[j], when[j] = o, len(frames)
+    assert sorted(outs) == list(range(len(frames)))
+    return torch.stack([outs[i] for i in range(len(frames))]), [when[i] for i in range(len(frames))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Many small ops: on a shared 2-core machine, 2 intra-op threads were ~20x slower than 1 (barrier waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return generate_clip(8, H, W, seed=11).frames
+
+
+# ------------------------------------------------------------------------------------------ stream batch
+def test_stream_batch_equals_sequential_denoising_with_same_noise(clip):
+    """Output i of the stream batch = the k LCM steps run on frame i alone, written out here, with the same
+    per-step noise — and it comes out k - 1 pushes late."""
+    m = StreamDiffusion(t_index_list=[20, 30, 40], cfg_type="none", similar_image_filter=False)
+    out, when = run(m, clip)
+    assert when[:5] == [2, 3, 4, 5, 6]  # lag = len(t_index_list) - 1
+    assert when[-2:] == [len(clip)] * 2  # drained by flush
+    m.prepare("an oil painting", height=H, width=W, seed=7)
+    s, c = m.schedule, m.comps
+    for i in (0, 5):
+        x0 = vae_encode(c, clip[i][None])
+        x = s.add_noise(x0, m.init_noise[0:1], 0)
+        for j in range(s.n_steps):
+            eps = c.unet(x, s.timesteps[j : j + 1], encoder_hidden_states=m.prompt_embeds).sample
+            x0 = s.denoise(x, eps, j)
+            if j + 1 < s.n_steps:
+                x = s.add_noise(x0, m.init_noise[j + 1 : j + 2], j + 1)
+        torch.testing.assert_close(out[i], vae_decode(c, x0)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_stream_batch_with_rcfg_equals_per_frame_schedule(clip):
+    """RCFG's stock noise travels with its frame through the batch, so batched == one frame at a time."""
+    kw = dict(t_index_list=[20, 30, 40], cfg_type="self", guidance_scale=1.4, similar_image_filter=False)
+    a, _ = run(StreamDiffusion(stream_batch=True, **kw), clip)
+    b, when = run(StreamDiffusion(stream_batch=False, **kw), clip)
+    assert when == list(range(len(clip)))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    c, _ = run(StreamDiffusion(stream_batch=True, **{**kw, "cfg_type": "none"}), clip)
+    assert not torch.allclose(a, c, atol=1e-4), "RCFG (guidance 1.4) has no effect"
+
+
+def test_per_frame_img2img_uses_no_other_frame(clip):
+    m = PerFrameImg2Img()
+    out, when = run(m, clip)
+    assert when == list(range(len(clip)))  # no lag
+    m.prepare("an oil painting", height=H, width=W, seed=7)
+    alone = m.push(5, clip[5].clone())
+    assert alone[0][0] == 5 and torch.equal(alone[0][1], out[5])
+
+
+# ------------------------------------------------------------------------------------------ similarity filter
+def test_similarity_filter_skips_an_exact_duplicate(clip):
+    frames = torch.stack([clip[0], clip[3], clip[3], clip[6]])  # frame 2 duplicates frame 1
+    m = StreamDiffusion(similar_image_filter=True, similar_image_filter_threshold=0.98)
+    out, when = run(m, frames)
+    assert m.n_skipped == 1
+    assert torch.equal(out[2], out[1]), "a skipped frame takes the last processed frame's output"
+    assert when[2] == when[1], "...and leaves together with it"
+    off, _ = run(StreamDiffusion(similar_image_filter=False), frames)
+    torch.testing.assert_close(out[[0, 1, 3]], off[[0, 1, 3]])
+
+
+def test_similarity_filter_probability_and_max_skip():
+    f = SimilarImageFilter(threshold=0.98, max_skip_frame=3)
+    x = torch.rand(3, 8, 8) * 2 - 1
+    assert not f.should_skip(x, 0.5)  # the first frame is always processed
+    assert [f.should_skip(x, 0.999) for _ in range(5)] == [
+        True,
+        True,
+        True,
+        False,
+        True,
+    ]  # at most 3 in a row
+    assert f.skip_probability(-x) == 0.0  # dissimilar: never skipped
+    assert not SimilarImageFilter(threshold=1.0).should_skip(x, 0.0)  # threshold 1 disables skipping
+
+
+def test_skip_pattern_reproducible_under_seed(clip):
+    """Near-duplicates (skip probability strictly between 0 and 1): the same seed gives the same skips, other seeds
+    other skips — the draw is a function of (seed, frame index), not of a global RNG."""
+    g = torch.Generator().manual_seed(0)
+    base = clip[0]
+    frames = torch.stack(
+        [(base + 0.015 * torch.randn(base.shape, generator=g)).clamp(0, 1) for _ in range(12)]
+    )
+    f = SimilarImageFilter(threshold=0.98)
+    f.should_skip(frames[0] * 2 - 1, 1.0)
+    p = f.skip_probability(frames[1] * 2 - 1)
+    assert 0.05 < p < 0.95, f"test frames should be near-duplicates, skip probability {p}"
+    m = StreamDiffusion(similar_image_filter=True, similar_image_filter_threshold=0.98, t_index_list=[45])
+    patterns = {}
+    for seed in (1, 1, 2, 3, 4, 5):
+        run(m, frames, seed=seed)
+        patterns.setdefault(seed, []).append(tuple(m.skipped))
+        m.reset()
+    assert patterns[1][0] == patterns[1][1]
+    assert len({p[0] for p in patterns.values()}) > 1
+
+
+# ------------------------------------------------------------------------------------------ StreamV2V
+@pytest.mark.parametrize("update,size", [("fifo", 3), ("tome", 1)])
+def test_feature_bank_stays_bounded_over_200_frames(update, size):
+    frames = generate_clip(200, H, W, seed=5).frames
+    m = StreamV2V(update=update, bank_size=size, update_interval=1, t_index_list=[32, 45])
+    m.prepare("a sketch", height=H, width=W, seed=1)
+    sizes = []
+    for i, f in enumerate(frames):
+        m.push(i, f)
+        assert m.bank.max_entries() <= size
+        sizes.append(m.bank.nbytes())
+    m.flush()
+    assert sizes[-1] == max(sizes) == sizes[50], "bank memory must stop growing once full"
+    n_layers = sum(k.endswith("attn1.processor") for k in m.comps.unet.attn_processors)
+    assert len(m.bank.entries) == n_layers * 2  # one queue per self-attention layer and denoising step
+
+
+def test_feature_bank_changes_later_frames_only(clip):
+    """Frame 0 meets an empty bank, so it equals plain stream batch; later frames attend to banked frames. (The
+    tiny random model's decoder damps the effect to ~1e-6, hence exact comparisons; the arithmetic of the
+    processor is checked below.)"""
+    plain, _ = run(StreamDiffusion(cfg_type="none", similar_image_filter=False), clip)
+    v2v, _ = run(StreamV2V(update="fifo", bank_size=2, update_interval=1, fusion=False), clip)
+    assert torch.equal(v2v[0], plain[0])
+    assert not torch.equal(v2v[4], plain[4])
+    fused, _ = run(StreamV2V(update="fifo", bank_size=2, update_interval=1, fusion_threshold=-1.0), clip)
+    assert torch.equal(fused[0], v2v[0]) and not torch.equal(fused[4], v2v[4]), "feature fusion has no effect"
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_extended_self_attention_and_fusion_arithmetic(fuse):
+    """The processor = attention over [own keys; banked keys] (then blend with the nearest banked outputs)."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=8, heads=2, dim_head=4).eval()
+    bank = FeatureBank(size=2, update="fifo")
+    banked = BankEntry(torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8))
+    bank.add("layer", 0, banked, index=0)
+    bank.steps, bank.indices, bank.write = [0], [1], [False]
+    attn.set_processor(FeatureBankAttnProcessor("layer", bank, fuse=fuse, strength=0.8, threshold=-1.0))
+    x = torch.randn(1, 6, 8)
+    with torch.no_grad():
+        got = attn(x)
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        k, v = torch.cat([k[0], banked.keys]), torch.cat([v[0], banked.values])
+        split = lambda t: t.view(1, -1, 2, 4).transpose(1, 2)  # noqa: E731
+        o = torch.nn.functional.scaled_dot_product_attention(split(q[0]), split(k), split(v))
+        want = attn.to_out[0](o.transpose(1, 2).reshape(1, -1, 8))
+        if fuse:
+            want = 0.2 * want + 0.8 * nearest_features(want[0], banked.outputs, -1.0)[None]
+    torch.testing.assert_close(got, want)
+
+
+def test_update_interval_writes_every_nth_frame(clip):
+    m = StreamV2V(update="fifo", bank_size=8, update_interval=3)
+    run(m, clip)  # 8 frames: 0, 3 and 6 are written (at every step)
+    assert m.bank.max_entries() == 3
+    m.reset()
+    assert m.bank.max_entries() == 0
+
+
+def test_nearest_features_and_tome_merge():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bank = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(nearest_features(x, bank, 0.99), torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
+    e = [BankEntry(*(torch.randn(10, 4) for _ in range(3))) for _ in range(2)]
+    merged = tome_merge(e[0], e[1], seed=3)
+    assert merged.keys.shape == (10, 4)
+    torch.testing.assert_close(merged.keys, tome_merge(e[0], e[1], seed=3).keys)
+
+
+# ------------------------------------------------------------------------------------------ AnimateDiff window
+def test_animatediff_window_lookahead_is_exact():
+    """window 4, stride 2: output 0 depends on frame 3 (= 0 + lookahead) and on no later frame; it is emitted at
+    push 3, i.e. exactly lookahead pushes late."""
+    frames = generate_clip(10, H, W, seed=9).frames
+    m = AnimateDiffWindow(window=4, stride=2)
+    assert m.lookahead == 3
+    base, when = run(m, frames)
+    assert when[:4] == [3, 3, 5, 5] and when[-1] == len(frames)
+    changed = frames.clone()
+    changed[3] = torch.rand_like(changed[3])
+    out, _ = run(m, changed)
+    assert not torch.equal(out[0], base[0]), "output 0 must see frame 3 (inside its window)"
+    changed = frames.clone()
+    changed[4:] = torch.rand_like(changed[4:])
+    out, _ = run(m, changed)
+    assert torch.equal(out[:1], base[:1]), "output 0 must not see frame 4"
+    # frames 2..3 sit in two windows ([0,4) and [2,6)): their latents are averaged, so they see frame 5
+    changed = frames.clone()
+    changed[5] = torch.rand_like(changed[5])
+    out, _ = run(m, changed)
+    assert torch.equal(out[:2], base[:2]) and not torch.equal(out[2], base[2])
+
+
+def test_animatediff_window_is_bidirectional():
+    """Unlike a causal method, output 0 changes when a *later* frame in its window changes (motion modules)."""
+    frames = generate_clip(4, H, W, seed=9).frames
+    m = AnimateDiffWindow(window=4, stride=4)
+    base, _ = run(m, frames)
+    changed = frames.clone()
+    changed[1] = torch.rand_like(changed[1])
+    out, _ = run(m, changed)
+    assert not torch.equal(out[0], base[0])
+
+
+# ------------------------------------------------------------------------------------------ odd frame sizes
+@pytest.mark.parametrize(
+    "make", [lambda: StreamDiffusion(t_index_list=[40]), lambda: AnimateDiffWindow(window=2, stride=1)]
+)
+def test_frame_size_not_a_multiple_of_the_vae_stride(make):
+    """Frames are resized to the VAE's stride for the model and the outputs resized back."""
+    m = make()
+    m.prepare("p", height=60, width=76, seed=0)
+    frames = torch.rand(3, 3, 60, 76)
+    outs = [o for i, f in enumerate(frames) for o in m.push(i, f)] + m.flush()
+    assert sorted(j for j, _ in outs) == [0, 1, 2]
+    assert all(o.shape == (3, 60, 76) and 0 <= o.min() and o.max() <= 1 for _, o in outs)

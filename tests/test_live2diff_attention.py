@@ -1,0 +1,201 @@
+"""Temporal attention with the KV-cache: position re-application, cache equivalence (short and long streams)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from live2diff.attention import (
+    DeferredPositionalEmbedding,
+    StreamTemporalAttnProcessor,
+    TemporalAttentionState,
+    causal_warmup_mask,
+    install_stream_attention,
+    temporal_blocks,
+)
+from live2diff.kv_cache import LayerKVCache, SlotIndex
+from tests.conftest_live2diff import prompt_embeds, randomise_motion_out, tiny_components
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared CPU
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def patched():
+    """Fresh tiny components with non-zero motion output projections."""
+    comps = tiny_components(fresh=True)
+    randomise_motion_out(comps.unet)
+    return comps
+
+
+def _first_temporal_attn(unet):
+    _, tm = next(iter(temporal_blocks(unet)))
+    block = tm.transformer_blocks[0]
+    return block, block.attn1
+
+
+def test_position_reapplication_is_exact_for_bias_free_projections(patched):
+    block, attn = _first_temporal_attn(patched.unet)
+    pe = block.pos_embed.pe[0]  # [24, C]
+    x = torch.randn(5, 7, pe.shape[1])
+    for lin in (attn.to_q, attn.to_k, attn.to_v):
+        assert lin.bias is None
+        cached_then_positioned = lin(x) + F.linear(pe[:7], lin.weight)
+        torch.testing.assert_close(cached_then_positioned, lin(x + pe[:7]), rtol=1e-5, atol=1e-5)
+
+
+def test_stream_processor_full_mode_equals_diffusers_attention_on_x_plus_pe(patched):
+    """Our processor, positions added inside, equals diffusers' own processor on the pre-added hidden states."""
+    block, attn = _first_temporal_attn(patched.unet)
+    pe = block.pos_embed.pe
+    x = torch.randn(6, 9, pe.shape[2])
+    with torch.no_grad():
+        reference = attn(x + pe[:, :9])  # diffusers' default processor
+        deferred = DeferredPositionalEmbedding(pe)
+        attn.set_processor(
+            StreamTemporalAttnProcessor(TemporalAttentionState(), LayerKVCache(1, 16), deferred)
+        )
+        ours = attn(x)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_install_takes_over_position_embedding_and_keeps_state_dict_keys(patched):
+    keys_before = set(patched.unet.state_dict())
+    install_stream_attention(patched.unet, n_steps=2, window=16, warmup=8)
+    assert set(patched.unet.state_dict()) == keys_before
+    for _, tm in temporal_blocks(patched.unet):
+        for block in tm.transformer_blocks:
+            assert isinstance(block.pos_embed, DeferredPositionalEmbedding)
+            x = torch.randn(1, 3, block.pos_embed.pe.shape[2])
+            assert torch.equal(block.pos_embed(x), x)  # the addition moved into the processor
+
+
+def test_window_larger_than_positions_is_rejected(patched):
+    with pytest.raises(ValueError, match="positions"):
+        install_stream_attention(patched.unet, n_steps=1, window=32, warmup=8)
+
+
+def test_slot_index_ring_positions():
+    idx = SlotIndex(n_steps=1, window=6, warmup=2)
+    idx.set_warmup(0, 2)
+    slots = [idx.advance(0) for _ in range(6)]
+    assert slots == [2, 3, 4, 5, 2, 3]  # FIFO over the 4 ring slots
+    pos, valid = idx.positions(0)
+    assert all(valid)
+    # warmup at 0,1; ring oldest->newest: slots 4,5,2,3 -> positions 2,3,4,5
+    assert pos == [0, 1, 4, 5, 2, 3]
+
+
+def _stream_unet(comps, lat, emb, t, warmup, window):
+    """Warmup call on the first `warmup` frames, then one frame per call (single denoising step)."""
+    ctl = install_stream_attention(comps.unet, n_steps=1, window=window, warmup=warmup)
+    outs = []
+    with torch.no_grad():
+        if warmup:
+            with ctl.full(write_step=0, n_frames=warmup):
+                outs.append(comps.unet(lat[:, :, :warmup], t, emb[:warmup]).sample)
+        for i in range(warmup, lat.shape[2]):
+            with ctl.stream([0]):
+                outs.append(comps.unet(lat[:, :, i : i + 1], t.view(1), emb[:1]).sample)
+    return torch.cat(outs, dim=2), ctl
+
+
+@pytest.mark.parametrize("warmup", [8, 0])
+def test_cache_equivalence_short_stream_equals_one_masked_pass(patched, warmup):
+    n, window = 14, 16
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(1, 4, n, 8, 8, generator=g)
+    emb = prompt_embeds(patched, n)
+    t = torch.tensor(500)
+    streamed, ctl = _stream_unet(patched, lat, emb, t, warmup, window)
+    for proc in ctl.processors:  # the reference's layout: [n_steps, 2 (k, v), h*w, window, C]
+        ref = proc.cache.as_reference_layout()
+        assert ref.shape[:2] == (1, 2) and ref.shape[3] == window
+    with torch.no_grad(), ctl.full(mask=causal_warmup_mask(n, warmup)):
+        offline = patched.unet(lat, t, emb).sample
+    torch.testing.assert_close(streamed, offline, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # sanity: the temporal path matters (bidirectional differs)
+        bidirectional = patched.unet(lat, t, emb).sample
+    assert (bidirectional - offline).abs().max() > 1e-3
+
+
+class NaiveTemporalAttention:
+    """Reference for long streams: keeps every frame's temporal-attention input and, for each new frame, rebuilds
+    its key/value set (warmup frames + most recent frames up to the window) and their positions from scratch."""
+
+    def __init__(self, pe, warmup, window):
+        self.pe, self.warmup, self.window = pe[0], warmup, window
+        self.history: list[torch.Tensor] = []  # per frame [hw, C], without positions
+
+    def _attend(self, attn, x_q, q_pos, keys):
+        heads = attn.heads
+        q = attn.to_q(x_q + self.pe[q_pos])  # [hw, C]
+        ks = [attn.to_k(x + self.pe[p]) for p, x in keys]
+        vs = [attn.to_v(x + self.pe[p]) for p, x in keys]
+        hw, c = q.shape
+        d = c // heads
+        out = torch.zeros_like(q)
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            scores = torch.stack([(q[:, sl] * k[:, sl]).sum(-1) for k in ks], dim=-1) / math.sqrt(d)
+            w = scores.softmax(-1)
+            out[:, sl] = sum(w[:, i : i + 1] * vs[i][:, sl] for i in range(len(vs)))
+        return out
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        n_rows, f, c = hidden_states.shape
+        start = len(self.history)
+        for i in range(f):
+            self.history.append(hidden_states[:, i])
+        outs = []
+        for i in range(f):
+            me = start + i
+            if me < self.warmup:  # warmup frames: all warmup frames of the call, bidirectional
+                visible = list(range(start, start + f))
+            else:
+                recent = self.window - self.warmup
+                visible = list(range(min(self.warmup, me))) + list(
+                    range(max(self.warmup, me - recent + 1), me + 1)
+                )
+            keys = [(p, self.history[j]) for p, j in enumerate(visible)]
+            outs.append(self._attend(attn, self.history[me], visible.index(me), keys))
+        out = torch.stack(outs, dim=1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+@pytest.mark.parametrize("warmup", [8, 0])
+def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup):
+    n, window = 32, 16  # twice the window: the ring wraps and re-positions repeatedly
+    comps = tiny_components(fresh=True)
+    randomise_motion_out(comps.unet)
+    g = torch.Generator().manual_seed(1)
+    lat = torch.randn(1, 4, n, 4, 4, generator=g)
+    emb = prompt_embeds(comps, n)
+    t = torch.tensor(400)
+    streamed, _ = _stream_unet(comps, lat, emb, t, warmup, window)
+
+    naive = tiny_components(fresh=True)
+    randomise_motion_out(naive.unet)
+    install_stream_attention(
+        naive.unet, n_steps=1, window=window, warmup=warmup
+    )  # per-frame norm, deferred pe
+    for _, tm in temporal_blocks(naive.unet):
+        for block in tm.transformer_blocks:
+            for attn in (block.attn1, block.attn2):
+                attn.set_processor(NaiveTemporalAttention(block.pos_embed.pe, warmup, window))
+    outs = []
+    with torch.no_grad():
+        if warmup:
+            outs.append(naive.unet(lat[:, :, :warmup], t, emb[:warmup]).sample)
+        for i in range(warmup, n):
+            outs.append(naive.unet(lat[:, :, i : i + 1], t.view(1), emb[:1]).sample)
+    reference = torch.cat(outs, dim=2)
+    torch.testing.assert_close(streamed, reference, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,283 @@
+"""Builders, helpers, checkpoint converter and loading errors (offline, tiny)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from live2diff.convert import (
+    convert_reference_state_dict,
+    fuse_lora_state_dict,
+    load_reference_checkpoint,
+    to_reference_state_dict,
+)
+from live2diff.models import (
+    MissingWeightsError,
+    build_components,
+    build_unet2d,
+    encode_prompt,
+    make_lcm_schedule,
+    resolve_model_cfg,
+    vae_decode,
+    vae_encode,
+)
+from tests.conftest_live2diff import tiny_components
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_tiny_components_shapes_and_helpers():
+    c = tiny_components()
+    assert type(c.unet).__name__ == "UNetMotionModel" and type(c.vae).__name__ == "AutoencoderTiny"
+    assert c.unet.config.motion_num_attention_heads == 8 and c.unet.config.motion_max_seq_length == 24
+    assert not hasattr(c.unet.mid_block, "motion_modules")  # reference layout: no mid-block motion module
+    emb = encode_prompt(c, "a cat")
+    assert emb.shape == (1, 77, 32)
+    x = torch.rand(2, 3, 64, 64)
+    z = vae_encode(c, x)
+    assert z.shape == (2, 4, 8, 8)
+    y = vae_decode(c, z)
+    assert y.shape == (2, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
+
+
+def test_build_is_deterministic_per_seed():
+    a = build_components({"size": "tiny", "seed": 3})
+    b = build_components({"size": "tiny", "seed": 3})
+    for (n, p), (_, q) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_lcm_schedule_matches_the_50_step_schedule_and_strength():
+    s = make_lcm_schedule(tiny_components().scheduler, [30, 36, 42])
+    assert s.timesteps.tolist() == [399, 279, 159]
+    assert abs(s.strength - 0.4) < 1e-9
+    # the reference's noise schedule: linear betas 0.00085..0.012 (its DDIM kwargs), not SD's scaled-linear
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float32)
+    expected = torch.cumprod(1 - betas, 0)[s.timesteps].sqrt()
+    torch.testing.assert_close(s.alpha_sqrt, expected)
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    # LCM's boundary condition recovers x0 from a perfect noise prediction (c_skip ~ 0 at these timesteps)
+    torch.testing.assert_close(s.denoise(s.add_noise(x0, eps, 1), eps, 1), x0, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError):
+        make_lcm_schedule(tiny_components().scheduler, [40, 30])
+
+
+def test_unknown_size_suggests_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'tiny'"):
+        resolve_model_cfg({"size": "tiyn"})
+
+
+def test_unet2d_shares_spatial_weights():
+    c = tiny_components()
+    u2 = build_unet2d(c)
+    z = torch.randn(1, 4, 8, 8)
+    emb = encode_prompt(c, "x")
+    with torch.no_grad():
+        a = u2(z, 500, emb).sample
+    assert a.shape == z.shape
+
+
+@pytest.mark.parametrize("key", ["base", "motion", "lcm_lora", "style_lora", "dreambooth", "taesd", "depth"])
+def test_missing_weight_file_names_path_and_config_key(tmp_path, key):
+    missing = tmp_path / f"no_{key}.safetensors"
+    with pytest.raises(MissingWeightsError) as err:
+        build_components({"size": "tiny", "weights": {key: str(missing)}})
+    assert str(missing) in str(err.value) and f"model.weights.{key}" in str(err.value)
+
+
+def _reference_style_state_dict(unet, mapping_channels, seed=0):
+    """Synthetic checkpoint with the reference's key names and shapes (AnimateDiff layout + flow_conv_in),
+    written from the reference's module structure, not from our converter."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = unet.config
+    ch, layers = list(cfg.block_out_channels), cfg.layers_per_block
+    prefixes = [(f"down_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(ch) for j in range(layers)]
+    prefixes += [
+        (f"up_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(ch[::-1]) for j in range(layers + 1)
+    ]
+    sd = {}
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
+
+    for p, c in prefixes:
+        t = f"{p}.temporal_transformer"
+        sd.update(
+            {
+                f"{t}.norm.weight": r(c),
+                f"{t}.norm.bias": r(c),
+                f"{t}.proj_in.weight": r(c, c),
+                f"{t}.proj_in.bias": r(c),
+                f"{t}.proj_out.weight": r(c, c),
+                f"{t}.proj_out.bias": r(c),
+            }
+        )
+        b = f"{t}.transformer_blocks.0"
+        for a in (0, 1):
+            for proj in ("to_q", "to_k", "to_v"):
+                sd[f"{b}.attention_blocks.{a}.{proj}.weight"] = r(c, c)
+            sd[f"{b}.attention_blocks.{a}.to_out.0.weight"] = r(c, c)
+            sd[f"{b}.attention_blocks.{a}.to_out.0.bias"] = r(c)
+            sd[f"{b}.attention_blocks.{a}.pos_encoder.pe"] = r(1, 24, c)
+            sd[f"{b}.norms.{a}.weight"], sd[f"{b}.norms.{a}.bias"] = r(c), r(c)
+        sd[f"{b}.ff.net.0.proj.weight"], sd[f"{b}.ff.net.0.proj.bias"] = r(8 * c, c), r(8 * c)
+        sd[f"{b}.ff.net.2.weight"], sd[f"{b}.ff.net.2.bias"] = r(c, 4 * c), r(c)
+        sd[f"{b}.ff_norm.weight"], sd[f"{b}.ff_norm.bias"] = r(c), r(c)
+    m = list(mapping_channels)
+    sd["flow_conv_in.conv_in.weight"], sd["flow_conv_in.conv_in.bias"] = r(m[0], 4, 3, 3), r(m[0])
+    k = 0
+    for a, b2 in zip(m[:-1], m[1:]):
+        sd[f"flow_conv_in.blocks.{k}.weight"], sd[f"flow_conv_in.blocks.{k}.bias"] = r(a, a, 3, 3), r(a)
+        sd[f"flow_conv_in.blocks.{k + 1}.weight"], sd[f"flow_conv_in.blocks.{k + 1}.bias"] = (
+            r(b2, a, 3, 3),
+            r(b2),
+        )
+        k += 2
+    sd["flow_conv_in.conv_out.weight"], sd["flow_conv_in.conv_out.bias"] = r(ch[0], m[-1], 3, 3), r(ch[0])
+    return sd
+
+
+def test_converter_round_trip_on_reference_layout(tmp_path):
+    c = tiny_components(fresh=True)
+    ref = _reference_style_state_dict(c.unet, c.cfg["mapping_channels"])
+    ddp = {
+        ("module." + k if i % 2 else k): v for i, (k, v) in enumerate(ref.items())
+    }  # DDP prefixes, as saved
+    path = tmp_path / "live2diff.safetensors"
+    save_file(ddp, str(path))
+    conv = load_reference_checkpoint(path, c.unet, c.depth_mapper)
+    assert not conv.unknown
+    own = c.unet.state_dict()
+    for k, v in conv.unet.items():
+        assert torch.equal(own[k], v), k
+    for k, v in c.depth_mapper.state_dict().items():
+        assert torch.equal(v, ref["flow_conv_in." + k])
+    back = to_reference_state_dict(c.unet.state_dict(), c.depth_mapper.state_dict())
+    expected = {k: v for k, v in ref.items() if not k.endswith("pos_encoder.pe")}
+    assert set(back) == set(expected)
+    assert all(torch.equal(back[k], expected[k]) for k in expected)
+
+
+def test_converter_rejects_foreign_or_incomplete_checkpoints(tmp_path):
+    c = tiny_components(fresh=True)
+    ref = _reference_style_state_dict(c.unet, c.cfg["mapping_channels"])
+    foreign = dict(ref, **{"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)})
+    save_file(foreign, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(ValueError, match="neither motion modules"):
+        load_reference_checkpoint(tmp_path / "foreign.safetensors", c.unet, c.depth_mapper)
+    partial = {k: v for k, v in ref.items() if not k.startswith("up_blocks.0.")}
+    save_file(partial, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="missing"):
+        load_reference_checkpoint(tmp_path / "partial.safetensors", c.unet, c.depth_mapper)
+    no_mapper = {k: v for k, v in ref.items() if not k.startswith("flow_conv_in.")}
+    save_file(no_mapper, str(tmp_path / "nomap.safetensors"))
+    with pytest.raises(ValueError, match="depth.kind=none"):
+        load_reference_checkpoint(tmp_path / "nomap.safetensors", c.unet, c.depth_mapper)
+
+
+def test_build_components_loads_motion_checkpoint_from_config(tmp_path):
+    c = tiny_components(fresh=True)
+    ref = _reference_style_state_dict(c.unet, c.cfg["mapping_channels"], seed=7)
+    torch.save(ref, tmp_path / "live2diff.ckpt")  # pickle path: read back with weights_only=True
+    loaded = build_components({"size": "tiny", "weights": {"motion": str(tmp_path / "live2diff.ckpt")}})
+    conv = convert_reference_state_dict(ref)
+    own = loaded.unet.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in conv.unet.items())
+
+
+def test_lora_fusion_kohya_and_peft_formats():
+    c = tiny_components(fresh=True)
+    name = "down_blocks.0.attentions.0.proj_in"
+    lin = dict(c.unet.named_modules())[name]
+    w0 = lin.weight.clone()
+    out_c, in_c = w0.shape[:2]
+    down, up = torch.randn(4, in_c, *w0.shape[2:]), torch.randn(out_c, 4, *([1] * (w0.ndim - 2)))
+    kohya = {
+        f"lora_unet_{name.replace('.', '_')}.lora_down.weight": down,
+        f"lora_unet_{name.replace('.', '_')}.lora_up.weight": up,
+        f"lora_unet_{name.replace('.', '_')}.alpha": torch.tensor(2.0),
+    }
+    te_name = "text_model_encoder_layers_0_self_attn_q_proj"
+    q = c.text_encoder.encoder.layers[0].self_attn.q_proj
+    q0 = q.weight.clone()
+    kohya[f"lora_te_{te_name}.lora_down.weight"] = torch.randn(2, q0.shape[1])
+    kohya[f"lora_te_{te_name}.lora_up.weight"] = torch.randn(q0.shape[0], 2)
+    assert fuse_lora_state_dict(kohya, c.unet, c.text_encoder, scale=0.5) == 2
+    expected = w0 + 0.5 * (2.0 / 4) * (up.flatten(1) @ down.flatten(1)).reshape(w0.shape)
+    torch.testing.assert_close(lin.weight, expected)
+    assert not torch.equal(q.weight, q0)
+    peft = {f"unet.{name}.lora_A.weight": down, f"unet.{name}.lora_B.weight": up}
+    w1 = lin.weight.clone()
+    fuse_lora_state_dict(peft, c.unet, c.text_encoder)
+    torch.testing.assert_close(lin.weight, w1 + (up.flatten(1) @ down.flatten(1)).reshape(w0.shape))
+    with pytest.raises(ValueError, match="match no module"):
+        fuse_lora_state_dict(
+            {"lora_unet_nope.lora_down.weight": down, "lora_unet_nope.lora_up.weight": up},
+            c.unet,
+            c.text_encoder,
+        )
+
+
+def _write_clip_tokenizer(folder):
+    """A transformers CLIPTokenizer folder built from the BPE vocabulary open_clip ships (no download)."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    folder.mkdir(parents=True)
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # CLIP's own spelling
+    (folder / "vocab.json").write_text(json.dumps({rename.get(k, k): v for k, v in tok.encoder.items()}))
+    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "model_max_length": 77,
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+    )
+
+
+def test_diffusers_folder_weights_are_loaded(tmp_path):
+    src = tiny_components(fresh=True)
+    base = tmp_path / "sd15"
+    build_unet2d(src).save_pretrained(base / "unet")
+    src.text_encoder.save_pretrained(base / "text_encoder")
+    src.scheduler.save_pretrained(base / "scheduler")
+    _write_clip_tokenizer(base / "tokenizer")
+    c = build_components({"size": "tiny", "weights": {"base": str(base)}})
+    own = c.unet.state_dict()
+    for k, v in src.unet.state_dict().items():
+        if "motion_modules" not in k:
+            assert torch.equal(own[k], v), k
+    for (k, v), (_, w) in zip(src.text_encoder.state_dict().items(), c.text_encoder.state_dict().items()):
+        assert torch.equal(v, w), k
+    ids_hf, ids_oc = c.tokenizer("a watercolor cat"), src.tokenizer("a watercolor cat")
+    n = int((ids_oc[0] != 0).sum())  # open_clip pads with 0, SD's tokenizer with <|endoftext|>
+    assert torch.equal(ids_hf[0, :n], ids_oc[0, :n])
+    (base / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(MissingWeightsError, match="vocab.json"):
+        build_components({"size": "tiny", "weights": {"base": str(base)}})
+
+
+def test_clip_skip_follows_the_reference():
+    """clip_skip=k -> final_layer_norm(hidden_states[-(k + 1)]), as the reference's _encode_prompt."""
+    c = tiny_components()
+    ids = c.tokenizer("a cat")
+    with torch.no_grad():
+        hs = c.text_encoder(ids, output_hidden_states=True).hidden_states
+        expected = c.text_encoder.final_layer_norm(hs[-3])
+    assert c.clip_skip == 2
+    torch.testing.assert_close(encode_prompt(c, "a cat"), expected)
