@@ -58,6 +58,8 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--slowdown", type=float, default=1.2)
     p.add_argument("--method", default="busy", help="the method whose config knob injects the slowdown")
+    p.add_argument("--methods", default="identity,busy",
+                   help="methods each gate run measures (the experiment's others only add run time)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gate_power")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every gate run (e.g. gate.repeats=9)")
     args = p.parse_args()
@@ -67,6 +69,7 @@ def main() -> int:
         tmp = Path(tmp)
         ref = tmp / "reference.json"
         knob = f"method.{args.method}.slowdown"
+        args.overrides = [f"method=[{args.methods}]", *args.overrides]
         base = gate_run(tmp, ref, [*args.overrides, f"{knob}=1.0"], update=True)
         trials = []
         for t in range(args.trials):

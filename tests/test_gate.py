@@ -240,12 +240,24 @@ def test_reference_round_trip_and_setup_differences(tmp_path):
         gate.load_reference(path)
 
 
+def test_ci_latency_selects_live2diff_and_the_test_method():
+    from hydra import compose, initialize_config_dir
+
+    from eval.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=ci_latency"])
+    assert list(cfg.method) == ["identity", "busy", "live2diff"]
+    assert cfg.gate.enabled and cfg.hardware.threads == 1 and cfg.model.size == "tiny"
+
+
 def _cfg(tmp_path, **gate_over):
     from hydra import compose, initialize_config_dir
 
     from eval.cli import CONF_DIR
 
-    overrides = ["experiment=ci_latency", f"gate.reference={tmp_path / 'ref.json'}", "dataset.num_videos=1",
+    overrides = ["experiment=ci_latency", "method=[identity,busy]", f"gate.reference={tmp_path / 'ref.json'}",
+                 "dataset.num_videos=1",
                  "dataset.num_frames=6", "dataset.height=16", "dataset.width=16", "gate.repeats=1",
                  "gate.warmup_frames=2", "method.busy.iterations=1", "method.busy.size=8"]
     overrides += [f"gate.{k}={v}" for k, v in gate_over.items()]
