@@ -1,6 +1,6 @@
 """Live-mode tables: methods replayed at the source frame rate, per drop/queue policy.
 
-    python benchmarks/live_mode.py [--methods identity,busy] [--heavy-iterations 600] [-- extra overrides]
+    python benchmarks/live_mode.py [--methods identity,busy,live2diff] [--heavy-iterations 600] [-- overrides]
 
 Runs ``python run_eval.py runner.mode=live`` (synthetic clips at 12 FPS, CPU, one torch thread) for each scenario
 below and writes ``benchmarks/results/live_mode.md`` / ``.json``: per method, the mean over videos of the achieved
@@ -56,19 +56,21 @@ def markdown(df: pd.DataFrame) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", default="identity,busy")
+    p.add_argument("--methods", default="identity,busy,live2diff")
     p.add_argument("--heavy-iterations", type=int, default=600, help="busy work that exceeds the frame interval")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "live_mode")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     scenarios = [
-        ("default methods, drop policy", [f"method=[{args.methods}]", "runner.live.policy=drop"]),
+        ("default methods, drop policy", [f"method=[{args.methods}]", "model=tiny", "runner.live.policy=drop"]),
         (f"busy with {args.heavy_iterations} products per frame (slower than the 83 ms frame interval), drop",
          ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}", "runner.live.policy=drop"]),
         ("the same, latest policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
                                       "runner.live.policy=latest"]),
         ("the same, queue policy", ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}",
                                      "runner.live.policy=queue"]),
+        ("tiny live2diff at 100 FPS (a 10 ms frame interval), drop", ["method=[identity,live2diff]", "model=tiny",
+                                                                      "runner.live.fps=100", "runner.live.policy=drop"]),
     ]
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     md = ["# Live mode", "", f"Measured {started} on a shared 2-CPU machine (load average "
