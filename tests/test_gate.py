@@ -325,6 +325,20 @@ def test_failing_or_close_results_are_measured_again(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
 
 
+def test_reference_is_the_median_of_several_passes(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    seq = iter([2.0, 3.0, 2.2])
+    monkeypatch.setattr(gate, "measure", lambda methods, streams, **kw: (lambda r: {k: timing(r) for k in methods})(
+        next(seq)))
+    try:
+        gate.run_gate(_cfg(tmp_path, update_reference="true", reference_passes=3), None)
+        ref = json.loads((tmp_path / "ref.json").read_text())
+        assert ref["methods"]["busy"]["ratio"] == pytest.approx(2.2)
+        assert ref["methods"]["busy"]["pass_ratios"] == pytest.approx([2.0, 3.0, 2.2])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_method_config_change_is_compared_not_refused(tmp_path, monkeypatch):
     """The injected slowdown is a method-config change: noted, but still compared (that is what the gate judges)."""
     threads = torch.get_num_threads()
