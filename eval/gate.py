@@ -413,10 +413,11 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         # The reference's own error shifts every later comparison, so it is the median of several passes, each
         # measured exactly as a gate run measures (same k, so the same estimator).
         passes = [timings] + [measure_all() for _ in range(max(0, int(g.get("reference_passes", 1)) - 1))]
-        for name in timings:
-            ranked = sorted((p[name] for p in passes), key=lambda t: t.ratio)
-            timings[name] = ranked[len(ranked) // 2]
-            timings[name].pass_ratios = [p[name].ratio for p in passes]
+        for name in list(timings):
+            each = [p[name] for p in passes]
+            chosen = sorted(each, key=lambda t: t.ratio)[len(each) // 2]
+            chosen.pass_ratios = [t.ratio for t in each]
+            timings[name] = chosen
     ref_path = Path(str(g.reference))
     lines = [f"Latency gate — reference {ref_path}", f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
              f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); clock={clock_name}, "
