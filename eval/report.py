@@ -323,6 +323,10 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         md += [f"## {title}\n", f"![{title}]({name})", ""]
         body += [f"<h2>{html.escape(title)}</h2>", f"<img src='{_b64(out / name)}' alt='{html.escape(title)}'>"]
 
+    live_md, live_html = live_section(frames, videos, desc, out, n_boot, seed)
+    md += live_md
+    body += live_html
+
     strips = []
     for d in dirs:
         strips += sorted((Path(d) / "strips").glob("*/*.png"))
@@ -356,6 +360,61 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         f"<!doctype html><html><head><meta charset='utf-8'><title>live2diff-bench report</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     return out / "summary.md"
+
+
+# -- live mode --------------------------------------------------------------------------------------------------
+LIVE_COLUMNS = ("source_fps", "output_fps", "drop_ratio", "lag_p50_ms", "lag_p95_ms")
+
+
+def plot_lag_over_time(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, path: Path) -> bool:
+    """Lag (arrival → emission) against arrival time, median over videos; dropped frames leave gaps."""
+    lag = frames[frames["metric"] == "lag_ms"]
+    if lag.empty:
+        return False
+    rate = videos[videos["metric"] == "source_fps"].groupby("method")["value"].median()
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for method, g in lag.groupby("method", sort=False):
+        m = g.groupby("frame")["value"].median().dropna()
+        fps = float(rate.get(method, math.nan))
+        x = m.index.to_numpy() / fps if math.isfinite(fps) and fps > 0 else m.index.to_numpy()
+        ax.plot(x, m.to_numpy(), marker=".", ms=4, lw=1.2, label=method)
+    ax.set_xlabel("arrival time (s)" if rate.size else "frame index")
+    ax.set_ylabel("lag (ms), median over videos")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def live_section(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, out: Path, n_boot: int = 2000,
+                 seed: int = 0) -> tuple[list[str], list[str]]:
+    """The "Live" table (runner.mode=live results only) and the lag-over-time plot, as markdown and HTML parts."""
+    live_methods = set(videos.loc[videos["metric"] == "drop_ratio", "method"])
+    if not live_methods:
+        return [], []
+    sub = videos[videos["method"].isin(live_methods)]
+    quality = [m for m in metric_order(desc, list(dict.fromkeys(sub["metric"])))
+               if desc.get(m, {}).get("kind") == "quality"]
+    shown = [m for m in LIVE_COLUMNS if m in set(sub["metric"])] + quality
+    table = per_method_table(sub[sub["metric"].isin(shown)], desc, n_boot, seed)
+    methods, metrics, cells, best = summary_cells(table, desc)
+    order = [metrics.index(m) for m in shown if m in metrics]
+    cols = ["method"] + [header(metrics[i], desc) for i in order]
+    rows = [[m] + [r[i] for i in order] for m, r in zip(methods, cells)]
+    bold = [[b[i] for i in order] for b in best]
+    rows_md = [[r[0]] + [f"**{c}**" if b else c for c, b in zip(r[1:], br)] for r, br in zip(rows, bold)]
+    intro = ("Live mode: each video replayed at its frame rate; quality is scored on the frames a viewer sees "
+             "(a dropped frame's slot shows the last output). Lag = arrival of a frame → emission of its output.")
+    md = ["## Live\n", intro + "\n", markdown_table(cols, rows_md), ""]
+    body = ["<h2>Live</h2>", f"<p>{html.escape(intro)}</p>", html_table(cols, rows, bold)]
+    if plot_lag_over_time(frames, videos, desc, out / "lag_over_time.png"):
+        md += ["## Live lag over the stream\n", "![Live lag over the stream](lag_over_time.png)", ""]
+        body += ["<h2>Live lag over the stream</h2>",
+                 f"<img src='{_b64(out / 'lag_over_time.png')}' alt='Live lag over the stream'>"]
+    return md, body
 
 
 def main(argv: list[str] | None = None) -> int:

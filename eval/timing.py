@@ -133,6 +133,21 @@ FRAME_SYSTEM_METRICS: dict[str, dict] = {
     "call_ms": {"display_name": "Per-call time", "unit": "ms", "higher_is_better": False},
 }
 
+#: live mode (eval/live.py) adds these per-video and per-frame figures
+LIVE_METRICS: dict[str, dict] = {
+    "source_fps": {"display_name": "Source rate", "unit": "FPS", "higher_is_better": None},
+    "output_fps": {"display_name": "Achieved output rate", "unit": "FPS", "higher_is_better": True},
+    "drop_ratio": {"display_name": "Dropped frames", "unit": "fraction", "higher_is_better": False},
+    "lag_p50_ms": {"display_name": "Lag p50", "unit": "ms", "higher_is_better": False},
+    "lag_p95_ms": {"display_name": "Lag p95", "unit": "ms", "higher_is_better": False},
+}
+FRAME_LIVE_METRICS: dict[str, dict] = {
+    "lag_ms": {"display_name": "Lag (arrival to emission)", "unit": "ms", "higher_is_better": False},
+    "dropped": {"display_name": "Dropped", "unit": "", "higher_is_better": False},
+}
+SYSTEM_METRICS.update(LIVE_METRICS)
+FRAME_SYSTEM_METRICS.update(FRAME_LIVE_METRICS)
+
 
 def summarise(rec: StreamRecord) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Per-frame and per-video system figures of one stream."""
