@@ -42,7 +42,7 @@ class RunnerSettings:
     save_strips: bool = True
     strip_frames: int = 6
     mode: str = "offline"
-    extra: dict = field(default_factory=dict)  # mode-specific settings, part of every unit key
+    extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
     @classmethod
     def from_config(cls, cfg: DictConfig | dict) -> RunnerSettings:
@@ -123,7 +123,7 @@ class Runner:
         s = self.settings
         return content_key({
             "method": mcfg, "video": video.fingerprint, "metrics": self.metrics_cfg, "seed": s.seed,
-            "mode": s.mode, "extra": s.extra, "context": self.context,
+            "mode": s.mode, "mode_settings": s.extra.get(s.mode, {}), "context": self.context,
         })
 
     # -- the run ------------------------------------------------------------------------------------------------

@@ -370,3 +370,20 @@ def test_busy_slowdown_is_exactly_more_work():
     assert BusyMethod(iterations=20, slowdown=1.2).iterations == 24
     assert BusyMethod(iterations=20).iterations == 20
     assert math.isfinite(BusyMethod(iterations=50, size=16).checksum)
+
+
+def test_committed_reference_matches_the_ci_latency_setup():
+    """A change to the tiny model, the synthetic clips or the gate's measurement makes the committed reference
+    incomparable (the gate would refuse to compare): re-record it with --update-reference in the same change."""
+    from pathlib import Path
+
+    from eval.gate import load_reference, resolve_clock, setup_differences, setup_of
+    from tests.conftest import ROOT, compose
+
+    ref = load_reference(Path(ROOT) / "results" / "reference" / "ci_latency.json")
+    assert ref is not None, "results/reference/ci_latency.json is missing"
+    cfg = compose(["experiment=ci_latency"])
+    setup = setup_of(cfg)
+    setup["gate"]["clock"] = resolve_clock(cfg.gate.clock, cfg.hardware.device, int(cfg.hardware.threads or 0))
+    diffs = setup_differences(ref["setup"], setup)
+    assert not diffs, f"re-record the gate reference (python run_eval.py experiment=ci_latency --update-reference): {diffs}"
