@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: eval test lint bench venv clean
+.PHONY: eval test gate lint bench venv clean
 
 venv: $(STAMP)
 
@@ -24,11 +24,14 @@ eval: $(STAMP)
 test: $(STAMP)
 	$(PYTHON) -m pytest -q $(ARGS)
 
+gate: $(STAMP)
+	OMP_NUM_THREADS=1 $(PYTHON) run_eval.py experiment=ci_latency $(ARGS)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
-	$(PYTHON) benchmarks/run_all.py
+	@echo "Benchmarks (each writes JSON + markdown into benchmarks/results/):"; ls benchmarks/*.py
 
 clean:
 	rm -rf $(VENV) results/*/ outputs multirun

@@ -20,8 +20,14 @@ from eval.interface import Emission
 class BusyMethod:
     lookahead = 0
 
-    def __init__(self, iterations: int = 20, size: int = 256, slowdown: float = 1.0, delay: int = 0,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        iterations: int = 20,
+        size: int = 256,
+        slowdown: float = 1.0,
+        delay: int = 0,
+        device: str = "cpu",
+    ) -> None:
         if iterations < 0 or size < 1 or slowdown < 0 or delay < 0:
             raise ValueError("busy: iterations, slowdown and delay must be >= 0 and size >= 1")
         self.iterations = int(round(iterations * slowdown))

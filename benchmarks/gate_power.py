@@ -31,8 +31,15 @@ from eval.gate import machine_info  # noqa: E402
 
 
 def gate_run(results_root: Path, reference: Path, overrides: list[str], update: bool = False) -> dict:
-    cmd = [sys.executable, str(ROOT / "run_eval.py"), "experiment=ci_latency", f"results_root={results_root}",
-           f"gate.reference={reference}", "hydra.job_logging.root.level=WARNING", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_eval.py"),
+        "experiment=ci_latency",
+        f"results_root={results_root}",
+        f"gate.reference={reference}",
+        "hydra.job_logging.root.level=WARNING",
+        *overrides,
+    ]
     if update:
         cmd.append("--update-reference")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -46,11 +53,14 @@ def gate_run(results_root: Path, reference: Path, overrides: list[str], update: 
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"gate run failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     verdicts = {v["method"]: v for v in gate.get("verdicts", [])}
-    return {"exit": proc.returncode, "seconds": round(seconds, 2),
-            "flagged": sorted(m for m, v in verdicts.items() if v["status"] == "regression"),
-            "change": {m: v["change"] for m, v in verdicts.items()},
-            "spread": {m: v["spread"] for m, v in verdicts.items()},
-            "cmd": " ".join(shlex.quote(c) for c in cmd[1:])}
+    return {
+        "exit": proc.returncode,
+        "seconds": round(seconds, 2),
+        "flagged": sorted(m for m, v in verdicts.items() if v["status"] == "regression"),
+        "change": {m: v["change"] for m, v in verdicts.items()},
+        "spread": {m: v["spread"] for m, v in verdicts.items()},
+        "cmd": " ".join(shlex.quote(c) for c in cmd[1:]),
+    }
 
 
 def main() -> int:
@@ -58,10 +68,15 @@ def main() -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--slowdown", type=float, default=1.2)
     p.add_argument("--method", default="busy", help="the method whose config knob injects the slowdown")
-    p.add_argument("--methods", default="identity,busy",
-                   help="methods each gate run measures (the experiment's others only add run time)")
+    p.add_argument(
+        "--methods",
+        default="identity,busy",
+        help="methods each gate run measures (the experiment's others only add run time)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gate_power")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every gate run (e.g. gate.repeats=9)")
+    p.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides for every gate run (e.g. gate.repeats=9)"
+    )
     args = p.parse_args()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
@@ -77,38 +92,59 @@ def main() -> int:
                 r = gate_run(tmp, ref, [*args.overrides, f"{knob}={s}"])
                 r.update(kind=kind, trial=t)
                 trials.append(r)
-                print(f"{kind:9s} trial {t:2d}: exit {r['exit']} change {args.method} "
-                      f"{r['change'].get(args.method, float('nan')):+.1%} flagged {r['flagged']}", flush=True)
+                print(
+                    f"{kind:9s} trial {t:2d}: exit {r['exit']} change {args.method} "
+                    f"{r['change'].get(args.method, float('nan')):+.1%} flagged {r['flagged']}",
+                    flush=True,
+                )
     slowed = [r for r in trials if r["kind"] == "slowed"]
     unchanged = [r for r in trials if r["kind"] == "unchanged"]
     caught = sum(r["exit"] == 1 and args.method in r["flagged"] for r in slowed)
     alarms = sum(r["exit"] != 0 for r in unchanged)
     result = {
-        "started": started, "machine": machine_info(), "platform": platform.platform(),
-        "load_average_before": load_before, "load_average_after": os.getloadavg(),
-        "slowdown": args.slowdown, "method": args.method, "overrides": args.overrides, "trials": args.trials,
-        "catch_rate": caught / len(slowed), "caught": caught,
-        "false_alarm_rate": alarms / len(unchanged), "false_alarms": alarms,
+        "started": started,
+        "machine": machine_info(),
+        "platform": platform.platform(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "slowdown": args.slowdown,
+        "method": args.method,
+        "overrides": args.overrides,
+        "trials": args.trials,
+        "catch_rate": caught / len(slowed),
+        "caught": caught,
+        "false_alarm_rate": alarms / len(unchanged),
+        "false_alarms": alarms,
         "pass": caught / len(slowed) >= 0.95 and alarms / len(unchanged) <= 0.05,
-        "reference_run": base["cmd"], "runs": trials,
+        "reference_run": base["cmd"],
+        "runs": trials,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     ch = lambda rs: ", ".join(f"{r['change'].get(args.method, float('nan')):+.1%}" for r in rs)  # noqa: E731
     md = [
-        "# Latency gate power", "",
+        "# Latency gate power",
+        "",
         f"Measured {started} on {result['machine']['cpu']} ({result['machine']['cpu_count']} CPUs, shared; "
-        f"load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after).", "",
+        f"load average {load_before[0]:.2f} before, {result['load_average_after'][0]:.2f} after).",
+        "",
         f"Command: `python benchmarks/gate_power.py --trials {args.trials} --slowdown {args.slowdown}"
-        + (" " + " ".join(args.overrides) if args.overrides else "") + "`", "",
-        "| injected slowdown | trials | gate failed | rate | requirement |", "|---|---|---|---|---|",
+        + (" " + " ".join(args.overrides) if args.overrides else "")
+        + "`",
+        "",
+        "| injected slowdown | trials | gate failed | rate | requirement |",
+        "|---|---|---|---|---|",
         f"| {args.slowdown - 1:+.0%} (`{args.method}.slowdown={args.slowdown}`) | {len(slowed)} | {caught} | "
         f"catch rate **{caught / len(slowed):.0%}** | ≥ 95 % |",
-        f"| none | {len(unchanged)} | {alarms} | false-alarm rate **{alarms / len(unchanged):.0%}** | ≤ 5 % |", "",
-        f"Measured change of `{args.method}`'s ratio vs the reference, slowed trials: {ch(slowed)}", "",
-        f"Unchanged trials: {ch(unchanged)}", "",
+        f"| none | {len(unchanged)} | {alarms} | false-alarm rate **{alarms / len(unchanged):.0%}** | ≤ 5 % |",
+        "",
+        f"Measured change of `{args.method}`'s ratio vs the reference, slowed trials: {ch(slowed)}",
+        "",
+        f"Unchanged trials: {ch(unchanged)}",
+        "",
         f"Reference: `python {base['cmd']}`; each trial is one `python run_eval.py experiment=ci_latency ...` "
-        "process (see gate_power.json for every command, exit code and change).", "",
+        "process (see gate_power.json for every command, exit code and change).",
+        "",
     ]
     args.out.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))

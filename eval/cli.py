@@ -41,32 +41,53 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
         raise ValueError(f"the dataset has no videos for shard {cfg.dataset.get('shard', 0)}")
     metrics = build_metrics(cfg.metrics)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_json(run_dir / "provenance.json",
-                      provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)))
+    atomic_write_json(
+        run_dir / "provenance.json", provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device))
+    )
     refs = cfg.report.get("reference")
     refs = OmegaConf.to_container(refs, resolve=True) if refs else []
     for r in refs:
         missing = {"method", "metric", "value", "source"} - set(r)
         if missing:
-            raise ValueError(f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source")
+            raise ValueError(
+                f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source"
+            )
     atomic_write_json(run_dir / "reference.json", refs)
     weights = (cfg.get("model") or {}).get("weights") or {}
     notes = []
     if not any(v for v in weights.values()):
-        notes.append(f"model={cfg.model.get('size', '?')} with random-initialised weights (no model.weights set): "
-                     "quality figures exercise the harness and the methods' mechanics, not their image quality")
+        notes.append(
+            f"model={cfg.model.get('size', '?')} with random-initialised weights (no model.weights set): "
+            "quality figures exercise the harness and the methods' mechanics, not their image quality"
+        )
     atomic_write_json(run_dir / "notes.json", notes)
-    settings = RunnerSettings.from_config({**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed})
+    settings = RunnerSettings.from_config(
+        {**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed}
+    )
     context = {"hardware": OmegaConf.to_container(cfg.hardware, resolve=True)}
     log.info("%d method(s) x %d video(s) -> %s", len(methods), len(videos), run_dir)
-    runner = Runner(dict(methods), videos, metrics, cfg.metrics, UnitStore(cfg.results_root), run_dir, settings,
-                    context=context, progress=progress)
+    runner = Runner(
+        dict(methods),
+        videos,
+        metrics,
+        cfg.metrics,
+        UnitStore(cfg.results_root),
+        run_dir,
+        settings,
+        context=context,
+        progress=progress,
+    )
     summary = runner.run()
     if cfg.report.enabled:
         from eval.report import build_report
 
-        build_report([run_dir], run_dir, compare_to=cfg.report.get("compare_to"),
-                     n_boot=int(cfg.report.get("bootstrap", 2000)), seed=int(cfg.seed))
+        build_report(
+            [run_dir],
+            run_dir,
+            compare_to=cfg.report.get("compare_to"),
+            n_boot=int(cfg.report.get("bootstrap", 2000)),
+            seed=int(cfg.seed),
+        )
     return summary
 
 
@@ -91,7 +112,7 @@ def check_overrides(argv: list[str]) -> str | None:
             for item in arg.split("=", 1)[1].strip("[]").split(","):
                 item = item.strip().strip("'\"")
                 if item.startswith("file://"):
-                    extra.append(Path(item[len("file://"):]))
+                    extra.append(Path(item[len("file://") :]))
                 elif item:
                     return None  # pkg:// search paths: let Hydra resolve them
     for arg in argv:
@@ -113,6 +134,8 @@ def exit_code(summaries: list[RunSummary]) -> int:
     failed = sum(len(s.failed) for s in summaries)
     total = sum(len(s.units) for s in summaries)
     if failed:
-        print(f"{failed} of {total} units failed (see units.parquet / the report for reasons)", file=sys.stderr)
+        print(
+            f"{failed} of {total} units failed (see units.parquet / the report for reasons)", file=sys.stderr
+        )
         return 1
     return 0

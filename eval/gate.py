@@ -79,8 +79,10 @@ def resolve_clock(name: str, device: str, threads: int) -> str:
     if name not in CLOCKS:
         raise ValueError(f"gate.clock must be auto, {' or '.join(CLOCKS)}; got {name!r}")
     if name == "thread" and (device != "cpu" or threads != 1):
-        raise ValueError("gate.clock=thread measures one CPU thread: it needs hardware.device=cpu and "
-                         "hardware.threads=1 (or use gate.clock=wall)")
+        raise ValueError(
+            "gate.clock=thread measures one CPU thread: it needs hardware.device=cpu and "
+            "hardware.threads=1 (or use gate.clock=wall)"
+        )
     return name
 
 
@@ -99,7 +101,9 @@ class MethodTiming:
     ratios: list[float]
     frame_ms: list[float]
     calib_ms: list[float]
-    calls: int = 0  # calibration calls per frame (gate.calibration_calls, or the matched count when that is 0)
+    calls: int = (
+        0  # calibration calls per frame (gate.calibration_calls, or the matched count when that is 0)
+    )
 
     @property
     def ratio(self) -> float:
@@ -126,10 +130,19 @@ def _timed(fn: Callable[[], Any], clock: Callable[[], float]) -> tuple[float, An
     return clock() - start, out
 
 
-def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Tensor]], *, repeats: int = 5,
-            warmup_frames: int = 4, calibration_calls: int = 1, statistic: str = "call", quantile: float = 0.5,
-            calibrate: Callable[[], Any] | None = None, clock: Callable[[], float] = time.perf_counter,
-            seed: int = 42) -> dict[str, MethodTiming]:
+def measure(
+    methods: dict[str, StreamMethod],
+    streams: list[tuple[str, torch.Tensor]],
+    *,
+    repeats: int = 5,
+    warmup_frames: int = 4,
+    calibration_calls: int = 1,
+    statistic: str = "call",
+    quantile: float = 0.5,
+    calibrate: Callable[[], Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    seed: int = 42,
+) -> dict[str, MethodTiming]:
     """Time every method over every ``(prompt, frames)`` stream, ``repeats`` times, interleaved with calibration.
 
     Interleaving is per frame: before each ``push`` a block of ``calibration_calls`` calibration calls runs, timed
@@ -144,7 +157,9 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
     the per-frame compute cost) or ``latency`` (push start → emission, which adds a stream batch's pipeline delay).
     """
     if repeats < 1 or calibration_calls < 0:
-        raise ValueError("gate.repeats must be >= 1 and gate.calibration_calls >= 0 (0: matched to the method)")
+        raise ValueError(
+            "gate.repeats must be >= 1 and gate.calibration_calls >= 0 (0: matched to the method)"
+        )
     if not 0 <= quantile <= 1:
         raise ValueError(f"gate.quantile must be in [0, 1], got {quantile}")
     if statistic not in ("call", "latency"):
@@ -161,19 +176,22 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
     for name in names:
         out[name].calls = calls[name]
     for rep in range(repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             method = methods[name]
             kept_method: list[float] = []
             kept_calib: list[float] = []
             for prompt, frames in streams:
-                times, calib = _stream_interleaved(method, prompt, frames, calibrate, calls[name], statistic,
-                                                   clock, seed)
+                times, calib = _stream_interleaved(
+                    method, prompt, frames, calibrate, calls[name], statistic, clock, seed
+                )
                 kept_method += times[warmup_frames:]
                 kept_calib += calib[warmup_frames:]
             if not kept_method:
-                raise ValueError(f"gate.warmup_frames={warmup_frames} leaves no timed frame: the streams have "
-                                 f"{min(f.shape[0] for _, f in streams)} frames")
+                raise ValueError(
+                    f"gate.warmup_frames={warmup_frames} leaves no timed frame: the streams have "
+                    f"{min(f.shape[0] for _, f in streams)} frames"
+                )
             frame, cal = float(np.quantile(kept_method, quantile)), float(np.quantile(kept_calib, quantile))
             out[name].ratios.append(frame / cal)
             out[name].frame_ms.append(frame * 1e3)
@@ -181,9 +199,16 @@ def measure(methods: dict[str, StreamMethod], streams: list[tuple[str, torch.Ten
     return out
 
 
-def _stream_interleaved(method: StreamMethod, prompt: str, frames: torch.Tensor, calibrate: Callable[[], Any],
-                        calls: int, statistic: str, clock: Callable[[], float], seed: int
-                        ) -> tuple[list[float], list[float]]:
+def _stream_interleaved(
+    method: StreamMethod,
+    prompt: str,
+    frames: torch.Tensor,
+    calibrate: Callable[[], Any],
+    calls: int,
+    statistic: str,
+    clock: Callable[[], float],
+    seed: int,
+) -> tuple[list[float], list[float]]:
     """One stream through ``method`` with a block of ``calls`` calibration calls before every push; per-frame
     method times and per-call calibration times (block time / calls), in seconds."""
     n = int(frames.shape[0])
@@ -230,8 +255,14 @@ class Verdict:
     note: str = ""
 
 
-def decide(current: dict[str, MethodTiming], reference: dict[str, dict], *, tolerance: float = 0.15,
-           tolerances: dict[str, float] | None = None, min_change_ms: float = 0.0) -> list[Verdict]:
+def decide(
+    current: dict[str, MethodTiming],
+    reference: dict[str, dict],
+    *,
+    tolerance: float = 0.15,
+    tolerances: dict[str, float] | None = None,
+    min_change_ms: float = 0.0,
+) -> list[Verdict]:
     """Compare measured ratios with reference ratios (``{name: {"ratio": r, ...}}``); pure, no timing."""
     tolerances = tolerances or {}
     out = []
@@ -259,8 +290,14 @@ def decide(current: dict[str, MethodTiming], reference: dict[str, dict], *, tole
         out.append(v)
     for name in reference:
         if name not in current:
-            out.append(Verdict(name, "missing", ref_ratio=float(reference[name].get("ratio", math.nan)),
-                               note="in the reference but not selected in this run"))
+            out.append(
+                Verdict(
+                    name,
+                    "missing",
+                    ref_ratio=float(reference[name].get("ratio", math.nan)),
+                    note="in the reference but not selected in this run",
+                )
+            )
     return out
 
 
@@ -278,8 +315,15 @@ def machine_info(device: str = "cpu") -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "system": platform.system(), "arch": platform.machine(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": str(device)}
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "system": platform.system(),
+        "arch": platform.machine(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -289,19 +333,27 @@ MACHINE_KEYS = ("cpu", "cpu_count", "arch", "torch", "torch_threads", "device", 
 
 
 def machine_differences(ref: dict, now: dict) -> list[str]:
-    return [f"{k}: reference {ref.get(k)!r}, now {now.get(k)!r}" for k in MACHINE_KEYS if ref.get(k) != now.get(k)]
+    return [
+        f"{k}: reference {ref.get(k)!r}, now {now.get(k)!r}" for k in MACHINE_KEYS if ref.get(k) != now.get(k)
+    ]
 
 
 def setup_of(cfg: DictConfig | dict) -> dict:
     """The part of the config that defines the measurement (not the methods, not the tolerances)."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     gate = c.get("gate") or {}
-    return {"dataset": c.get("dataset"), "model": c.get("model"), "hardware": c.get("hardware"),
-            "gate": {k: gate.get(k) for k in SETUP_GATE_KEYS}, "calibration_version": CALIBRATION_VERSION}
+    return {
+        "dataset": c.get("dataset"),
+        "model": c.get("model"),
+        "hardware": c.get("hardware"),
+        "gate": {k: gate.get(k) for k in SETUP_GATE_KEYS},
+        "calibration_version": CALIBRATION_VERSION,
+    }
 
 
-def make_reference(timings: dict[str, MethodTiming], setup: dict, machine: dict, method_cfgs: dict,
-                   git: dict | None = None) -> dict:
+def make_reference(
+    timings: dict[str, MethodTiming], setup: dict, machine: dict, method_cfgs: dict, git: dict | None = None
+) -> dict:
     return {
         "schema": REFERENCE_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -309,11 +361,18 @@ def make_reference(timings: dict[str, MethodTiming], setup: dict, machine: dict,
         "machine": machine,
         "setup_hash": content_key(setup),
         "setup": setup,
-        "methods": {name: {"ratio": t.ratio, "frame_ms": t.frame_ms_median, "calib_ms": t.calib_ms_median,
-                           "ratios": t.ratios, "calibration_calls": t.calls,
-                           "pass_ratios": getattr(t, "pass_ratios", [t.ratio]),
-                           "config_hash": content_key(method_cfgs.get(name))}
-                    for name, t in timings.items()},
+        "methods": {
+            name: {
+                "ratio": t.ratio,
+                "frame_ms": t.frame_ms_median,
+                "calib_ms": t.calib_ms_median,
+                "ratios": t.ratios,
+                "calibration_calls": t.calls,
+                "pass_ratios": getattr(t, "pass_ratios", [t.ratio]),
+                "config_hash": content_key(method_cfgs.get(name)),
+            }
+            for name, t in timings.items()
+        },
     }
 
 
@@ -323,8 +382,10 @@ def load_reference(path: Path) -> dict | None:
         return None
     ref = json.loads(path.read_text())
     if ref.get("schema") != REFERENCE_SCHEMA:
-        raise ValueError(f"{path}: reference schema {ref.get('schema')!r}, this code reads {REFERENCE_SCHEMA}; "
-                         "regenerate it with --update-reference")
+        raise ValueError(
+            f"{path}: reference schema {ref.get('schema')!r}, this code reads {REFERENCE_SCHEMA}; "
+            "regenerate it with --update-reference"
+        )
     return ref
 
 
@@ -352,9 +413,20 @@ def _num(x: float, fmt: str = ".4g") -> str:
 def format_table(verdicts: list[Verdict]) -> str:
     mark = {"ok": "ok", "regression": "REGRESSION", "faster": "faster", "new": "new", "missing": "missing"}
     cols = ["method", "ref ratio", "ratio", "change", "tolerance", "frame ms", "spread", "verdict", "note"]
-    rows = [[v.method, _num(v.ref_ratio), _num(v.ratio), _pct(v.change),
-             f"{v.tolerance:.0%}" if math.isfinite(v.tolerance) else "–", _num(v.frame_ms, ".3f"),
-             f"±{v.spread:.1%}" if math.isfinite(v.spread) else "–", mark[v.status], v.note] for v in verdicts]
+    rows = [
+        [
+            v.method,
+            _num(v.ref_ratio),
+            _num(v.ratio),
+            _pct(v.change),
+            f"{v.tolerance:.0%}" if math.isfinite(v.tolerance) else "–",
+            _num(v.frame_ms, ".3f"),
+            f"±{v.spread:.1%}" if math.isfinite(v.spread) else "–",
+            mark[v.status],
+            v.note,
+        ]
+        for v in verdicts
+    ]
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda r: "| " + " | ".join(s.ljust(w) for s, w in zip(r, widths)) + " |"  # noqa: E731
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
@@ -380,7 +452,9 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         torch.set_num_threads(int(cfg.hardware.threads))
     device = str(cfg.hardware.get("device", "cpu"))
     clock_name = resolve_clock(str(g.get("clock", "auto")), device, torch.get_num_threads())
-    method_cfgs = {str(k): OmegaConf.to_container(v, resolve=True) for k, v in (cfg.get("method") or {}).items()}
+    method_cfgs = {
+        str(k): OmegaConf.to_container(v, resolve=True) for k, v in (cfg.get("method") or {}).items()
+    }
     if not method_cfgs:
         raise ValueError("the gate has no method to measure: pass e.g. method=[identity,busy]")
     videos = instantiate(cfg.dataset, _convert_="all").videos()
@@ -400,13 +474,27 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     if update:
         repeats = int(g.get("reference_repeats") or repeats)
     machine = machine_info(device)
-    log.info("gate: %d method(s) x %d video(s), %d repetitions, clock=%s", len(methods), len(streams),
-             repeats, clock_name)
+    log.info(
+        "gate: %d method(s) x %d video(s), %d repetitions, clock=%s",
+        len(methods),
+        len(streams),
+        repeats,
+        clock_name,
+    )
+
     def measure_all() -> dict[str, MethodTiming]:
-        return measure(methods, streams, repeats=repeats, warmup_frames=int(g.warmup_frames),
-                       calibration_calls=int(g.calibration_calls), statistic=str(g.get("statistic", "call")),
-                       quantile=float(g.get("quantile", 0.5)), calibrate=Calibration(device),
-                       clock=CLOCKS[clock_name], seed=int(cfg.seed))
+        return measure(
+            methods,
+            streams,
+            repeats=repeats,
+            warmup_frames=int(g.warmup_frames),
+            calibration_calls=int(g.calibration_calls),
+            statistic=str(g.get("statistic", "call")),
+            quantile=float(g.get("quantile", 0.5)),
+            calibrate=Calibration(device),
+            clock=CLOCKS[clock_name],
+            seed=int(cfg.seed),
+        )
 
     timings = measure_all()
     if update:
@@ -419,41 +507,65 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
             chosen.pass_ratios = [t.ratio for t in each]
             timings[name] = chosen
     ref_path = Path(str(g.reference))
-    lines = [f"Latency gate — reference {ref_path}", f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
-             f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); clock={clock_name}, "
-             f"median of {repeats} repetitions, ratio = q{float(g.get('quantile', 0.5)):g} of method "
-             "per-frame times / same of calibration times"]
-    result: dict[str, Any] = {"setup_hash": content_key(setup), "machine": machine,
-                              "timings": {k: asdict(t) for k, t in timings.items()}}
+    lines = [
+        f"Latency gate — reference {ref_path}",
+        f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
+        f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); clock={clock_name}, "
+        f"median of {repeats} repetitions, ratio = q{float(g.get('quantile', 0.5)):g} of method "
+        "per-frame times / same of calibration times",
+    ]
+    result: dict[str, Any] = {
+        "setup_hash": content_key(setup),
+        "machine": machine,
+        "timings": {k: asdict(t) for k, t in timings.items()},
+    }
     if update:
         ref = make_reference(timings, setup, machine, method_cfgs, git_state())
         atomic_write_json(ref_path, ref)
         lines.append(f"reference rewritten: {ref_path}")
-        rows = [Verdict(n, "new", ratio=t.ratio, frame_ms=t.frame_ms_median, spread=t.spread,
-                        note="recorded") for n, t in timings.items()]
+        rows = [
+            Verdict(n, "new", ratio=t.ratio, frame_ms=t.frame_ms_median, spread=t.spread, note="recorded")
+            for n, t in timings.items()
+        ]
         lines.append(format_table(rows))
         return _finish(GateOutcome(EXIT_OK, "\n".join(lines), rows, timings), run_dir, result)
     ref = load_reference(ref_path)
     if ref is None:
-        lines.append(f"NO REFERENCE at {ref_path}: create it with `python run_eval.py "
-                     f"experiment={cfg.get('experiment_name', 'ci_latency')} --update-reference` and commit it")
+        lines.append(
+            f"NO REFERENCE at {ref_path}: create it with `python run_eval.py "
+            f"experiment={cfg.get('experiment_name', 'ci_latency')} --update-reference` and commit it"
+        )
         return _finish(GateOutcome(EXIT_NO_REFERENCE, "\n".join(lines), [], timings), run_dir, result)
     if ref.get("setup_hash") != content_key(setup):
         diffs = setup_differences(ref.get("setup", {}), setup)
-        lines.append("SET-UP MISMATCH: the reference was measured with a different set-up, so its ratios are not "
-                     "comparable (not compared). Differences:")
+        lines.append(
+            "SET-UP MISMATCH: the reference was measured with a different set-up, so its ratios are not "
+            "comparable (not compared). Differences:"
+        )
         lines += [f"  - {d}" for d in diffs or ["(set-up hash differs)"]]
-        lines.append("Regenerate the reference deliberately with --update-reference if the change is intended.")
+        lines.append(
+            "Regenerate the reference deliberately with --update-reference if the change is intended."
+        )
         return _finish(GateOutcome(EXIT_NO_REFERENCE, "\n".join(lines), [], timings), run_dir, result)
     machine_diffs = machine_differences(ref.get("machine", {}), machine)
     if machine_diffs:
-        lines.append("MACHINE DIFFERS from the reference's (ratios transfer between machines only approximately):")
+        lines.append(
+            "MACHINE DIFFERS from the reference's (ratios transfer between machines only approximately):"
+        )
         lines += [f"  - {d}" for d in machine_diffs]
         if str(g.get("on_machine_mismatch", "warn")) == "fail":
             lines.append("not compared (gate.on_machine_mismatch=fail)")
             return _finish(GateOutcome(EXIT_NO_REFERENCE, "\n".join(lines), [], timings), run_dir, result)
-    judge = lambda t: decide(t, ref.get("methods", {}), tolerance=float(g.tolerance),  # noqa: E731
-                             tolerances=dict(g.get("tolerances") or {}), min_change_ms=float(g.get("min_change_ms", 0)))
+
+    def judge(t: dict) -> list[Verdict]:
+        return decide(
+            t,
+            ref.get("methods", {}),
+            tolerance=float(g.tolerance),
+            tolerances=dict(g.get("tolerances") or {}),
+            min_change_ms=float(g.get("min_change_ms", 0)),
+        )
+
     verdicts = judge(timings)
     retried: dict[str, list[float]] = {}
     tol_of = lambda name: float((g.get("tolerances") or {}).get(name, g.tolerance))  # noqa: E731
@@ -461,25 +573,41 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     # Sequential measurement: a result that fails, or passes by less than retry_margin, is not trusted to one
     # measurement. Those methods are measured `retries` more times and judged on the median of all repetitions,
     # so a burst of someone else's load cannot fail the gate alone, and a borderline pass gets more data.
-    unsure = {v.method: methods[v.method] for v in verdicts
-              if v.status in ("ok", "regression") and math.isfinite(v.change) and v.change > tol_of(v.method) - margin
-              and v.change_ms > float(g.get("min_change_ms", 0))}
+    unsure = {
+        v.method: methods[v.method]
+        for v in verdicts
+        if v.status in ("ok", "regression")
+        and math.isfinite(v.change)
+        and v.change > tol_of(v.method) - margin
+        and v.change_ms > float(g.get("min_change_ms", 0))
+    }
     for _ in range(int(g.get("retries", 0)) if unsure else 0):
         log.info("gate: measuring %s again", ", ".join(unsure))
-        again = measure(unsure, streams, repeats=repeats, warmup_frames=int(g.warmup_frames),
-                        calibration_calls=int(g.calibration_calls), statistic=str(g.get("statistic", "call")),
-                        quantile=float(g.get("quantile", 0.5)), calibrate=Calibration(device),
-                        clock=CLOCKS[clock_name], seed=int(cfg.seed))
+        again = measure(
+            unsure,
+            streams,
+            repeats=repeats,
+            warmup_frames=int(g.warmup_frames),
+            calibration_calls=int(g.calibration_calls),
+            statistic=str(g.get("statistic", "call")),
+            quantile=float(g.get("quantile", 0.5)),
+            calibrate=Calibration(device),
+            clock=CLOCKS[clock_name],
+            seed=int(cfg.seed),
+        )
         for name, t in again.items():
             retried.setdefault(name, [timings[name].ratio]).append(t.ratio)
             old = timings[name]
-            timings[name] = MethodTiming(old.ratios + t.ratios, old.frame_ms + t.frame_ms, old.calib_ms + t.calib_ms,
-                                         old.calls)
+            timings[name] = MethodTiming(
+                old.ratios + t.ratios, old.frame_ms + t.frame_ms, old.calib_ms + t.calib_ms, old.calls
+            )
     verdicts = judge(timings)
     for v in verdicts:
         if v.method in retried:
-            v.note = (v.note + "; " if v.note else "") + f"close or failing: measured {len(retried[v.method])}x " \
+            v.note = (
+                (v.note + "; " if v.note else "") + f"close or failing: measured {len(retried[v.method])}x "
                 f"(ratios {', '.join(f'{r:.4g}' for r in retried[v.method])}), median of all repetitions"
+            )
     result["retried"] = retried
     result["timings"] = {k: asdict(t) for k, t in timings.items()}
     for v in verdicts:
@@ -489,8 +617,9 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     lines.append(format_table(verdicts))
     code = exit_status(verdicts)
     bad = [v.method for v in verdicts if v.status == "regression"]
-    lines.append(f"GATE FAILED: slower than the reference beyond tolerance: {', '.join(bad)}" if bad
-                 else "gate passed")
+    lines.append(
+        f"GATE FAILED: slower than the reference beyond tolerance: {', '.join(bad)}" if bad else "gate passed"
+    )
     result["verdicts"] = [asdict(v) for v in verdicts]
     return _finish(GateOutcome(code, "\n".join(lines), verdicts, timings), run_dir, result)
 

@@ -44,15 +44,24 @@ def _next_frame(policy: str, arrival: np.ndarray, current: int, free_at: float) 
     """Source index the method takes next, once it is free at ``free_at`` after processing ``current``."""
     if policy == "queue":
         return current + 1
-    if policy == "drop":  # frames that arrived while busy are gone; wait for the first one at or after free_at
+    if (
+        policy == "drop"
+    ):  # frames that arrived while busy are gone; wait for the first one at or after free_at
         return max(current + 1, int(np.searchsorted(arrival, free_at, side="left")))
     # latest: the newest frame that has already arrived, else the next one to arrive
     return max(current + 1, int(np.searchsorted(arrival, free_at, side="right")) - 1)
 
 
-def run_live_stream(method: StreamMethod, frames: Tensor, video_fps: float, *, fps: float | None = None,
-                    policy: str = "drop", clock: Callable[[], float] | None = None,
-                    sleep: Callable[[float], None] | None = None) -> StreamRecord:
+def run_live_stream(
+    method: StreamMethod,
+    frames: Tensor,
+    video_fps: float,
+    *,
+    fps: float | None = None,
+    policy: str = "drop",
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> StreamRecord:
     """Replay ``frames`` as a live source at ``fps`` (default: the video's) through ``method``.
 
     Returns a :class:`StreamRecord` whose ``outputs`` are the frames a viewer sees, ``push_start``/``call_s`` the
@@ -63,8 +72,10 @@ def run_live_stream(method: StreamMethod, frames: Tensor, video_fps: float, *, f
     sleep = sleep or _sleep
     rate = float(fps) if fps else float(video_fps)
     if not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"live mode needs a positive frame rate; got video fps {video_fps!r} and "
-                         f"runner.live.fps {fps!r} (set runner.live.fps)")
+        raise ValueError(
+            f"live mode needs a positive frame rate; got video fps {video_fps!r} and "
+            f"runner.live.fps {fps!r} (set runner.live.fps)"
+        )
     if policy not in POLICIES:
         close = difflib.get_close_matches(str(policy), POLICIES, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -82,13 +93,17 @@ def run_live_stream(method: StreamMethod, frames: Tensor, video_fps: float, *, f
 
     def accept(emitted: list, when: float, by_push: bool) -> None:
         if not isinstance(emitted, list):
-            raise MethodContractError(f"push/flush must return a list of (index, frame), got {type(emitted).__name__}")
+            raise MethodContractError(
+                f"push/flush must return a list of (index, frame), got {type(emitted).__name__}"
+            )
         for item in emitted:
             if not (isinstance(item, tuple) and len(item) == 2):
                 raise MethodContractError(f"emissions must be (index, frame) tuples, got {item!r:.80}")
             k, out = item
             if not 0 <= int(k) < len(source_of):
-                raise MethodContractError(f"emitted index {k} was never pushed ({len(source_of)} frames pushed)")
+                raise MethodContractError(
+                    f"emitted index {k} was never pushed ({len(source_of)} frames pushed)"
+                )
             j = source_of[int(k)]
             if produced[j] is not None:
                 raise MethodContractError(f"frame {k} emitted twice")

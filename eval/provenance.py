@@ -10,15 +10,30 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "torchvision", "diffusers", "transformers", "torchmetrics", "open-clip-torch", "lpips",
-            "hydra-core", "numpy", "pandas", "av", "opencv-python-headless", "live2diff-bench")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "torchmetrics",
+    "open-clip-torch",
+    "lpips",
+    "hydra-core",
+    "numpy",
+    "pandas",
+    "av",
+    "opencv-python-headless",
+    "live2diff-bench",
+)
 
 
 def git_state(repo: Path | None = None) -> dict:
     repo = repo or Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -39,8 +54,13 @@ def package_versions() -> dict:
 
 
 def device_info(device: str = "cpu") -> dict:
-    info = {"requested": device, "platform": platform.platform(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads()}
+    info = {
+        "requested": device,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -30,7 +30,9 @@ def load_results(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
     for d in dirs:
         d = Path(d)
         if not (d / "videos.parquet").is_file():
-            raise FileNotFoundError(f"{d} is not a result folder (no videos.parquet); pass results/<experiment>/<run>")
+            raise FileNotFoundError(
+                f"{d} is not a result folder (no videos.parquet); pass results/<experiment>/<run>"
+            )
         for name, parts in (("frames", frames), ("videos", videos), ("units", units)):
             df = pd.read_parquet(d / f"{name}.parquet")
             df["run"] = d.name
@@ -47,13 +49,18 @@ def load_results(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataF
             log.warning("%d rows repeated across result dirs; keeping the last dir's", int(dup.sum()))
         return df[~dup].reset_index(drop=True)
 
-    return (merge(frames, ["method", "video", "frame", "metric"]), merge(videos, ["method", "video", "metric"]),
-            merge(units, ["method", "video"]), desc)
+    return (
+        merge(frames, ["method", "video", "frame", "metric"]),
+        merge(videos, ["method", "video", "metric"]),
+        merge(units, ["method", "video"]),
+        desc,
+    )
 
 
 # -- statistics -------------------------------------------------------------------------------------------------
-def bootstrap_ci(values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-                 ) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap CI over videos (NaNs dropped). One value -> a zero-width interval."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -80,8 +87,16 @@ def per_method_table(videos: pd.DataFrame, desc: dict, n_boot: int = 2000, seed:
     rows = []
     for (method, metric), g in videos.groupby(["method", "metric"], sort=False):
         mean, lo, hi = bootstrap_ci(g["value"].to_numpy(), n_boot, seed)
-        rows.append({"method": method, "metric": metric, "mean": mean, "ci_low": lo, "ci_high": hi,
-                     "n_videos": int(np.isfinite(g["value"].to_numpy()).sum())})
+        rows.append(
+            {
+                "method": method,
+                "metric": metric,
+                "mean": mean,
+                "ci_low": lo,
+                "ci_high": hi,
+                "n_videos": int(np.isfinite(g["value"].to_numpy()).sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=["method", "metric", "mean", "ci_low", "ci_high", "n_videos"])
 
 
@@ -97,8 +112,16 @@ def paired_table(videos: pd.DataFrame, reference: str, n_boot: int = 2000, seed:
         for metric, g in wide[[method, reference]].groupby(level="metric"):
             d = (g[method] - g[reference]).to_numpy()
             mean, lo, hi = bootstrap_ci(d, n_boot, seed)
-            rows.append({"method": method, "metric": metric, "diff": mean, "ci_low": lo, "ci_high": hi,
-                         "n_videos": int(np.isfinite(d).sum())})
+            rows.append(
+                {
+                    "method": method,
+                    "metric": metric,
+                    "diff": mean,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "n_videos": int(np.isfinite(d).sum()),
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "metric", "diff", "ci_low", "ci_high", "n_videos"])
 
 
@@ -123,7 +146,9 @@ def header(metric: str, desc: dict) -> str:
     return f"{d.get('display_name', metric)}{unit}{arrow}"
 
 
-def summary_cells(table: pd.DataFrame, desc: dict) -> tuple[list[str], list[str], list[list[str]], list[list[bool]]]:
+def summary_cells(
+    table: pd.DataFrame, desc: dict
+) -> tuple[list[str], list[str], list[list[str]], list[list[bool]]]:
     """Methods × metrics cells "mean ± half-CI" and which cell is best per metric."""
     methods = list(dict.fromkeys(table["method"]))
     metrics = metric_order(desc, list(dict.fromkeys(table["metric"])))
@@ -185,8 +210,11 @@ def _plt():
 
 
 def plot_quality_vs_speed(table: pd.DataFrame, desc: dict, path: Path, speed: str = "latency_p50_ms") -> bool:
-    quality = [m for m in metric_order(desc, list(dict.fromkeys(table["metric"])))
-               if desc.get(m, {}).get("kind") == "quality"]
+    quality = [
+        m
+        for m in metric_order(desc, list(dict.fromkeys(table["metric"])))
+        if desc.get(m, {}).get("kind") == "quality"
+    ]
     idx = table.set_index(["method", "metric"])
     if not quality or speed not in set(table["metric"]):
         return False
@@ -196,9 +224,15 @@ def plot_quality_vs_speed(table: pd.DataFrame, desc: dict, path: Path, speed: st
         for method in dict.fromkeys(table["method"]):
             if (method, metric) in idx.index and (method, speed) in idx.index:
                 x, y = idx.loc[(method, speed)], idx.loc[(method, metric)]
-                ax.errorbar(x["mean"], y["mean"], yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
-                            xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]], fmt="o", capsize=3,
-                            label=method)
+                ax.errorbar(
+                    x["mean"],
+                    y["mean"],
+                    yerr=[[y["mean"] - y["ci_low"]], [y["ci_high"] - y["mean"]]],
+                    xerr=[[x["mean"] - x["ci_low"]], [x["ci_high"] - x["mean"]]],
+                    fmt="o",
+                    capsize=3,
+                    label=method,
+                )
         ax.set_xlabel(header(speed, desc))
         ax.set_ylabel(header(metric, desc))
         ax.set_xscale("log")
@@ -256,7 +290,9 @@ def reference_rows(refs: list[dict], table: pd.DataFrame, desc: dict) -> list[li
             ours = f"{_fmt(m['mean'])} [{_fmt(m['ci_low'])}, {_fmt(m['ci_high'])}]"
         else:
             ours = "not run"
-        rows.append([r["method"], header(r["metric"], desc), _fmt(float(r["value"])), ours, r.get("source", "")])
+        rows.append(
+            [r["method"], header(r["metric"], desc), _fmt(float(r["value"])), ours, r.get("source", "")]
+        )
     return rows
 
 
@@ -265,8 +301,9 @@ def _b64(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity", n_boot: int = 2000,
-                 seed: int = 0) -> Path:
+def build_report(
+    dirs: list[Path], out: Path, compare_to: str | None = "identity", n_boot: int = 2000, seed: int = 0
+) -> Path:
     """Write the report for the results in ``dirs`` into ``out``; returns the path of ``summary.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -281,12 +318,16 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         paired.to_csv(out / "paired.csv", index=False)
 
     md, body = [], []
-    notes = sorted({d["note"] for d in desc.values() if d.get("note")} | set(load_json_lists(dirs, "notes.json")))
+    notes = sorted(
+        {d["note"] for d in desc.values() if d.get("note")} | set(load_json_lists(dirs, "notes.json"))
+    )
     md.append("# live2diff-bench results\n")
     body.append("<h1>live2diff-bench results</h1>")
-    md.append(f"Runs: {', '.join(sorted(set(units['run'])))} — {units['video'].nunique()} videos, "
-              f"{units['method'].nunique()} methods. Mean ± half-width of the 95 % bootstrap CI over videos; "
-              "↑/↓ = higher/lower is better; **bold** = best.\n")
+    md.append(
+        f"Runs: {', '.join(sorted(set(units['run'])))} — {units['video'].nunique()} videos, "
+        f"{units['method'].nunique()} methods. Mean ± half-width of the 95 % bootstrap CI over videos; "
+        "↑/↓ = higher/lower is better; **bold** = best.\n"
+    )
     body.append(f"<p>{html.escape(md[-1])}</p>")
     for note in notes:
         md.append(f"> **Note:** {note}\n")
@@ -295,21 +336,28 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
     if not table.empty:
         methods, metrics, cells, best = summary_cells(table, desc)
         cols = ["method"] + [header(m, desc) for m in metrics]
-        rows_md = [[m] + [f"**{c}**" if b else c for c, b in zip(r, br)] for m, r, br in zip(methods, cells, best)]
+        rows_md = [
+            [m] + [f"**{c}**" if b else c for c, b in zip(r, br)] for m, r, br in zip(methods, cells, best)
+        ]
         md += ["## Per method\n", markdown_table(cols, rows_md), ""]
         body += ["<h2>Per method</h2>", html_table(cols, [[m] + r for m, r in zip(methods, cells)], best)]
 
         if not paired.empty:
-            prow = [[r.method, header(r.metric, desc), f"{_fmt(r.diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"]
-                    for r in paired.itertuples() if r.metric in metrics]
+            prow = [
+                [r.method, header(r.metric, desc), f"{_fmt(r.diff)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"]
+                for r in paired.itertuples()
+                if r.metric in metrics
+            ]
             pcols = ["method", "metric", f"difference vs {compare_to} [95 % CI]"]
             md += [f"## Paired comparison against `{compare_to}`\n", markdown_table(pcols, prow), ""]
             body += [f"<h2>Paired comparison against {html.escape(compare_to)}</h2>", html_table(pcols, prow)]
 
         quality = [m for m in metrics if desc.get(m, {}).get("kind") == "quality"]
         shown = quality + [m for m in ("latency_p50_ms", "fps") if m in metrics]
-        vrows = [[f"{m} / {v}"] + [_fmt(wide.loc[(m, v), k]) if k in wide.columns else "–" for k in shown]
-                 for m, v in wide.index]
+        vrows = [
+            [f"{m} / {v}"] + [_fmt(wide.loc[(m, v), k]) if k in wide.columns else "–" for k in shown]
+            for m, v in wide.index
+        ]
         vcols = ["method / video"] + [header(k, desc) for k in shown]
         md += ["## Per video\n", markdown_table(vcols, vrows), ""]
         body += ["<h2>Per video</h2>", html_table(vcols, vrows)]
@@ -321,7 +369,10 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         figures.append(("End-to-end latency over the stream", "latency_over_time.png"))
     for title, name in figures:
         md += [f"## {title}\n", f"![{title}]({name})", ""]
-        body += [f"<h2>{html.escape(title)}</h2>", f"<img src='{_b64(out / name)}' alt='{html.escape(title)}'>"]
+        body += [
+            f"<h2>{html.escape(title)}</h2>",
+            f"<img src='{_b64(out / name)}' alt='{html.escape(title)}'>",
+        ]
 
     live_md, live_html = live_section(frames, videos, desc, out, n_boot, seed)
     md += live_md
@@ -352,13 +403,16 @@ def build_report(dirs: list[Path], out: Path, compare_to: str | None = "identity
         body += [f"<h2>Failed units ({len(failed)})</h2>", html_table(["method", "video", "reason"], frows)]
 
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
-             "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}.note{background:#fff4d6;padding:6px}")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%}.note{background:#fff4d6;padding:6px}"
+    )
     (out / "report.html").write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>live2diff-bench report</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
     return out / "summary.md"
 
 
@@ -389,15 +443,19 @@ def plot_lag_over_time(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, p
     return True
 
 
-def live_section(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, out: Path, n_boot: int = 2000,
-                 seed: int = 0) -> tuple[list[str], list[str]]:
+def live_section(
+    frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, out: Path, n_boot: int = 2000, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """The "Live" table (runner.mode=live results only) and the lag-over-time plot, as markdown and HTML parts."""
     live_methods = set(videos.loc[videos["metric"] == "drop_ratio", "method"])
     if not live_methods:
         return [], []
     sub = videos[videos["method"].isin(live_methods)]
-    quality = [m for m in metric_order(desc, list(dict.fromkeys(sub["metric"])))
-               if desc.get(m, {}).get("kind") == "quality"]
+    quality = [
+        m
+        for m in metric_order(desc, list(dict.fromkeys(sub["metric"])))
+        if desc.get(m, {}).get("kind") == "quality"
+    ]
     shown = [m for m in LIVE_COLUMNS if m in set(sub["metric"])] + quality
     table = per_method_table(sub[sub["metric"].isin(shown)], desc, n_boot, seed)
     methods, metrics, cells, best = summary_cells(table, desc)
@@ -406,14 +464,18 @@ def live_section(frames: pd.DataFrame, videos: pd.DataFrame, desc: dict, out: Pa
     rows = [[m] + [r[i] for i in order] for m, r in zip(methods, cells)]
     bold = [[b[i] for i in order] for b in best]
     rows_md = [[r[0]] + [f"**{c}**" if b else c for c, b in zip(r[1:], br)] for r, br in zip(rows, bold)]
-    intro = ("Live mode: each video replayed at its frame rate; quality is scored on the frames a viewer sees "
-             "(a dropped frame's slot shows the last output). Lag = arrival of a frame → emission of its output.")
+    intro = (
+        "Live mode: each video replayed at its frame rate; quality is scored on the frames a viewer sees "
+        "(a dropped frame's slot shows the last output). Lag = arrival of a frame → emission of its output."
+    )
     md = ["## Live\n", intro + "\n", markdown_table(cols, rows_md), ""]
     body = ["<h2>Live</h2>", f"<p>{html.escape(intro)}</p>", html_table(cols, rows, bold)]
     if plot_lag_over_time(frames, videos, desc, out / "lag_over_time.png"):
         md += ["## Live lag over the stream\n", "![Live lag over the stream](lag_over_time.png)", ""]
-        body += ["<h2>Live lag over the stream</h2>",
-                 f"<img src='{_b64(out / 'lag_over_time.png')}' alt='Live lag over the stream'>"]
+        body += [
+            "<h2>Live lag over the stream</h2>",
+            f"<img src='{_b64(out / 'lag_over_time.png')}' alt='Live lag over the stream'>",
+        ]
     return md, body
 
 

@@ -95,20 +95,36 @@ def describe_metrics(metrics: dict[str, Any]) -> dict[str, dict]:
     for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS):
         for name, d in table.items():
             desc[name] = {**d, "kind": "system"}
-    desc["nonfinite_frames"] = {"display_name": "Non-finite frames", "unit": "", "higher_is_better": False,
-                                "kind": "check"}
+    desc["nonfinite_frames"] = {
+        "display_name": "Non-finite frames",
+        "unit": "",
+        "higher_is_better": False,
+        "kind": "check",
+    }
     return desc
 
 
 class Runner:
-    def __init__(self, methods: dict[str, DictConfig | dict], videos: list[Video], metrics: dict[str, Any],
-                 metrics_cfg: Any, store: UnitStore, run_dir: Path, settings: RunnerSettings,
-                 context: dict | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        methods: dict[str, DictConfig | dict],
+        videos: list[Video],
+        metrics: dict[str, Any],
+        metrics_cfg: Any,
+        store: UnitStore,
+        run_dir: Path,
+        settings: RunnerSettings,
+        context: dict | None = None,
+        progress: bool = True,
+    ) -> None:
         self.method_cfgs = {str(k): v for k, v in methods.items()}
         self.videos = videos
         self.metrics = metrics
-        self.metrics_cfg = OmegaConf.to_container(metrics_cfg, resolve=True) if isinstance(metrics_cfg, DictConfig) \
+        self.metrics_cfg = (
+            OmegaConf.to_container(metrics_cfg, resolve=True)
+            if isinstance(metrics_cfg, DictConfig)
             else metrics_cfg
+        )
         self.store = store
         self.run_dir = Path(run_dir)
         self.settings = settings
@@ -121,10 +137,17 @@ class Runner:
         mcfg = self.method_cfgs[method_name]
         mcfg = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else mcfg
         s = self.settings
-        return content_key({
-            "method": mcfg, "video": video.fingerprint, "metrics": self.metrics_cfg, "seed": s.seed,
-            "mode": s.mode, "mode_settings": s.extra.get(s.mode, {}), "context": self.context,
-        })
+        return content_key(
+            {
+                "method": mcfg,
+                "video": video.fingerprint,
+                "metrics": self.metrics_cfg,
+                "seed": s.seed,
+                "mode": s.mode,
+                "mode_settings": s.extra.get(s.mode, {}),
+                "context": self.context,
+            }
+        )
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -149,8 +172,16 @@ class Runner:
             bar.close()
             for name in list(self._built):
                 self._release(name)
-            frames = pd.concat(frames_parts, ignore_index=True) if frames_parts else pd.DataFrame(columns=FRAME_COLUMNS)
-            videos = pd.concat(videos_parts, ignore_index=True) if videos_parts else pd.DataFrame(columns=VIDEO_COLUMNS)
+            frames = (
+                pd.concat(frames_parts, ignore_index=True)
+                if frames_parts
+                else pd.DataFrame(columns=FRAME_COLUMNS)
+            )
+            videos = (
+                pd.concat(videos_parts, ignore_index=True)
+                if videos_parts
+                else pd.DataFrame(columns=VIDEO_COLUMNS)
+            )
             self._write_run_tables(units, frames, videos)
         return RunSummary(self.run_dir, units, frames, videos)
 
@@ -172,9 +203,13 @@ class Runner:
 
             log.info("building method %s", name)
             method = instantiate(self.method_cfgs[name], _convert_="all")
-            missing = [a for a in ("prepare", "push", "flush", "reset") if not callable(getattr(method, a, None))]
+            missing = [
+                a for a in ("prepare", "push", "flush", "reset") if not callable(getattr(method, a, None))
+            ]
             if missing:
-                raise TypeError(f"method {name!r} ({type(method).__name__}) lacks StreamMethod methods {missing}")
+                raise TypeError(
+                    f"method {name!r} ({type(method).__name__}) lacks StreamMethod methods {missing}"
+                )
             self._built[name] = method
             self._warmup(method, frames)
         return self._built[name]
@@ -192,11 +227,17 @@ class Runner:
         method.flush()
         method.reset()
 
-    def _unit(self, method_name: str, video: Video) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
+    def _unit(
+        self, method_name: str, video: Video
+    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
         key = self.unit_key(method_name, video)
         if self.settings.resume and self.store.done(key):
             meta, fr, vr = self.store.read(key)
-            return UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0)), fr, vr
+            return (
+                UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0)),
+                fr,
+                vr,
+            )
         t0 = time.perf_counter()
         try:
             frames = video.load()
@@ -213,13 +254,34 @@ class Runner:
                     self._built[method_name].reset()
                 except Exception:  # noqa: BLE001
                     self._built.pop(method_name, None)
-            return UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0), None, None
-        meta = {"method": method_name, "video": video.name, "n_frames": int(frames.shape[0]),
-                "prompt": video.prompt, "fps": video.fps, "height": int(frames.shape[-2]),
-                "width": int(frames.shape[-1]), "extra": rec.extra}
+            return (
+                UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0),
+                None,
+                None,
+            )
+        meta = {
+            "method": method_name,
+            "video": video.name,
+            "n_frames": int(frames.shape[0]),
+            "prompt": video.prompt,
+            "fps": video.fps,
+            "height": int(frames.shape[-2]),
+            "width": int(frames.shape[-1]),
+            "extra": rec.extra,
+        }
         self.store.write(key, meta, fr, vr, files)
-        return UnitResult(method_name, video.name, key, "ok", n_frames=int(frames.shape[0]),
-                          seconds=time.perf_counter() - t0), fr, vr
+        return (
+            UnitResult(
+                method_name,
+                video.name,
+                key,
+                "ok",
+                n_frames=int(frames.shape[0]),
+                seconds=time.perf_counter() - t0,
+            ),
+            fr,
+            vr,
+        )
 
     def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
         h, w = frames.shape[-2:]
@@ -235,14 +297,19 @@ class Runner:
         finally:
             method.reset()
 
-    def _score(self, method_name: str, video: Video, frames: Tensor, rec: StreamRecord
-               ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bytes]]:
+    def _score(
+        self, method_name: str, video: Video, frames: Tensor, rec: StreamRecord
+    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bytes]]:
         outputs = torch.stack(rec.outputs)
         finite = torch.isfinite(outputs).flatten(1).all(dim=1)
         n_bad = int((~finite).sum())
         if n_bad:
-            log.warning("%s / %s: %d output frames contain NaN/inf; they are excluded from the metrics",
-                        method_name, video.name, n_bad)
+            log.warning(
+                "%s / %s: %d output frames contain NaN/inf; they are excluded from the metrics",
+                method_name,
+                video.name,
+                n_bad,
+            )
             outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0)
         outputs = outputs.clamp(0, 1)
         n = outputs.shape[0]
@@ -265,11 +332,17 @@ class Runner:
             valid = scores[np.isfinite(scores)]
             per_video[name] = float(valid.mean()) if valid.size else float("nan")
             metric.reset()
-        fr = pd.DataFrame([
-            (method_name, video.name, i, metric, float(vals[i]))
-            for metric, vals in per_frame.items() for i in range(n)
-        ], columns=FRAME_COLUMNS)
-        vr = pd.DataFrame([(method_name, video.name, k, float(v)) for k, v in per_video.items()], columns=VIDEO_COLUMNS)
+        fr = pd.DataFrame(
+            [
+                (method_name, video.name, i, metric, float(vals[i]))
+                for metric, vals in per_frame.items()
+                for i in range(n)
+            ],
+            columns=FRAME_COLUMNS,
+        )
+        vr = pd.DataFrame(
+            [(method_name, video.name, k, float(v)) for k, v in per_video.items()], columns=VIDEO_COLUMNS
+        )
         files = {}
         if self.settings.save_strips:
             files["strip.png"] = frame_strip_png(frames, outputs, self.settings.strip_frames)
@@ -330,7 +403,9 @@ def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
             stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         for a in arr:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

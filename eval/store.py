@@ -66,8 +66,14 @@ class UnitStore:
     def done(self, key: str) -> bool:
         return (self.path(key) / "unit.json").is_file()
 
-    def write(self, key: str, meta: dict, frames: pd.DataFrame, videos: pd.DataFrame,
-              files: dict[str, bytes] | None = None) -> Path:
+    def write(
+        self,
+        key: str,
+        meta: dict,
+        frames: pd.DataFrame,
+        videos: pd.DataFrame,
+        files: dict[str, bytes] | None = None,
+    ) -> Path:
         d = self.path(key)
         d.mkdir(parents=True, exist_ok=True)
         (d / "unit.json").unlink(missing_ok=True)  # not done until rewritten last

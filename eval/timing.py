@@ -68,7 +68,9 @@ class MemoryProbe:
 
 def _accept(record: StreamRecord, emitted: list, when: float, shape: tuple) -> None:
     if not isinstance(emitted, list):
-        raise MethodContractError(f"push/flush must return a list of (index, frame), got {type(emitted).__name__}")
+        raise MethodContractError(
+            f"push/flush must return a list of (index, frame), got {type(emitted).__name__}"
+        )
     n = len(record.outputs)
     for item in emitted:
         if not (isinstance(item, tuple) and len(item) == 2):
@@ -85,8 +87,9 @@ def _accept(record: StreamRecord, emitted: list, when: float, shape: tuple) -> N
         record.outputs[j] = out
 
 
-def run_stream(method: StreamMethod, frames: Tensor, *, clock: Callable[[], float] = time.perf_counter
-               ) -> StreamRecord:
+def run_stream(
+    method: StreamMethod, frames: Tensor, *, clock: Callable[[], float] = time.perf_counter
+) -> StreamRecord:
     """Push every frame, then flush; returns outputs (on the CPU, float32) and timestamps."""
     n = frames.shape[0]
     device = method_device(method)
@@ -121,7 +124,11 @@ SYSTEM_METRICS: dict[str, dict] = {
     "latency_p50_ms": {"display_name": "E2E latency p50", "unit": "ms", "higher_is_better": False},
     "latency_p95_ms": {"display_name": "E2E latency p95", "unit": "ms", "higher_is_better": False},
     "latency_p99_ms": {"display_name": "E2E latency p99", "unit": "ms", "higher_is_better": False},
-    "first_frame_latency_ms": {"display_name": "First-frame latency", "unit": "ms", "higher_is_better": False},
+    "first_frame_latency_ms": {
+        "display_name": "First-frame latency",
+        "unit": "ms",
+        "higher_is_better": False,
+    },
     "call_p50_ms": {"display_name": "Per-call time p50", "unit": "ms", "higher_is_better": False},
     "fps": {"display_name": "Throughput", "unit": "FPS", "higher_is_better": True},
     "steady_fps": {"display_name": "Steady-state FPS", "unit": "FPS", "higher_is_better": True},

@@ -19,8 +19,8 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -563,7 +563,9 @@ class PixelAutoencoder(nn.Module):
         levels = int(round(math.log2(factor))) + 1
         self.config = FrozenDict(scaling_factor=1.0, latent_channels=4, block_out_channels=[4] * levels)
         self.factor = factor
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # gives .to()/.dtype something to move
+        self.register_buffer(
+            "_anchor", torch.zeros(()), persistent=False
+        )  # gives .to()/.dtype something to move
 
     @property
     def dtype(self) -> torch.dtype:
@@ -576,7 +578,9 @@ class PixelAutoencoder(nn.Module):
 
     def decode(self, z: Tensor):
         h, w = z.shape[-2] * self.factor, z.shape[-1] * self.factor
-        return SimpleNamespace(sample=F.interpolate(z[:, :3], size=(h, w), mode="bilinear", align_corners=False))
+        return SimpleNamespace(
+            sample=F.interpolate(z[:, :3], size=(h, w), mode="bilinear", align_corners=False)
+        )
 
 
 def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):

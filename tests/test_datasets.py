@@ -75,8 +75,10 @@ def test_davis_layout(davis_root):
 def test_davis_video_list_and_shards(davis_root, tmp_path):
     lst = tmp_path / "val.txt"
     lst.write_text("dog\nbreakdance\nblackswan\n")
-    names = [[v.name for v in DavisDataset(str(davis_root), video_list=str(lst), shard=s, num_shards=2).videos()]
-             for s in (0, 1)]
+    names = [
+        [v.name for v in DavisDataset(str(davis_root), video_list=str(lst), shard=s, num_shards=2).videos()]
+        for s in (0, 1)
+    ]
     assert sorted(names[0] + names[1]) == ["blackswan", "breakdance", "dog"]
 
 

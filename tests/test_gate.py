@@ -44,7 +44,9 @@ class Costly:
     lookahead = 0
     device = "cpu"
 
-    def __init__(self, clock: LoadedClock, cost: float, first_cost: float | None = None, delay: int = 0) -> None:
+    def __init__(
+        self, clock: LoadedClock, cost: float, first_cost: float | None = None, delay: int = 0
+    ) -> None:
         self.clock, self.cost, self.first_cost, self.delay = clock, cost, first_cost, delay
         self.pending: list = []
         self.n = 0
@@ -79,11 +81,21 @@ def timing(ratio: float, calib_ms: float = 1.0, spread: float = 0.0) -> MethodTi
 def test_ratio_is_invariant_to_machine_load():
     """Load that changes between frames, videos and repetitions scales method and calibration alike."""
     out = {}
-    for loads in ([1.0], [1.0, 1.0, 3.0, 3.0, 0.5, 0.5, 2.0, 2.0]):  # each (calibration, push) pair shares a load
+    for loads in (
+        [1.0],
+        [1.0, 1.0, 3.0, 3.0, 0.5, 0.5, 2.0, 2.0],
+    ):  # each (calibration, push) pair shares a load
         clock = LoadedClock(loads)
         methods = {"a": Costly(clock, 0.004), "b": Costly(clock, 0.010)}
-        out[len(loads)] = measure(methods, streams(), repeats=3, warmup_frames=2, calibrate=lambda c=clock: c.work(0.002),
-                                  clock=clock, calibration_calls=1)
+        out[len(loads)] = measure(
+            methods,
+            streams(),
+            repeats=3,
+            warmup_frames=2,
+            calibrate=lambda c=clock: c.work(0.002),
+            clock=clock,
+            calibration_calls=1,
+        )
     for name, expected in (("a", 2.0), ("b", 5.0)):
         assert out[1][name].ratio == pytest.approx(expected)
         assert out[8][name].ratio == pytest.approx(expected)
@@ -93,13 +105,27 @@ def test_ratio_is_invariant_to_machine_load():
 def test_warmup_frames_are_discarded():
     clock = LoadedClock()
     m = {"m": Costly(clock, 0.004, first_cost=1.0)}  # the first two frames of every stream are very slow
-    t = measure(m, streams(n=6), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock,
-                calibration_calls=1)
+    t = measure(
+        m,
+        streams(n=6),
+        repeats=1,
+        warmup_frames=2,
+        calibrate=lambda: clock.work(0.001),
+        clock=clock,
+        calibration_calls=1,
+    )
     assert t["m"].ratio == pytest.approx(4.0)
     assert t["m"].frame_ms_median == pytest.approx(4.0)
     with pytest.raises(ValueError, match="warmup_frames"):
-        measure(m, streams(n=2), repeats=1, warmup_frames=2, calibrate=lambda: clock.work(0.001), clock=clock,
-                calibration_calls=1)
+        measure(
+            m,
+            streams(n=2),
+            repeats=1,
+            warmup_frames=2,
+            calibrate=lambda: clock.work(0.001),
+            clock=clock,
+            calibration_calls=1,
+        )
 
 
 def test_low_quantile_ignores_preempted_frames():
@@ -116,7 +142,9 @@ def test_low_quantile_ignores_preempted_frames():
         return orig(index, frame)
 
     m["m"].push = push
-    kw = dict(repeats=1, warmup_frames=0, calibrate=lambda: clock.work(0.002), clock=clock, calibration_calls=1)
+    kw = dict(
+        repeats=1, warmup_frames=0, calibrate=lambda: clock.work(0.002), clock=clock, calibration_calls=1
+    )
     assert measure(m, streams(n=10), quantile=0.5, **kw)["m"].ratio == pytest.approx(7.0)
     assert measure(m, streams(n=10), quantile=0.1, **kw)["m"].ratio == pytest.approx(2.0)
     with pytest.raises(ValueError, match="quantile"):
@@ -134,8 +162,17 @@ def test_median_of_repetitions_ignores_one_disturbed_repetition():
     reps = []
     for rep in range(5):
         disturbed["rep"] = rep
-        reps.append(measure(m, streams(), repeats=1, warmup_frames=0, calibrate=calibrate, clock=clock,
-                            calibration_calls=1)["m"].ratios[0])
+        reps.append(
+            measure(
+                m,
+                streams(),
+                repeats=1,
+                warmup_frames=0,
+                calibrate=calibrate,
+                clock=clock,
+                calibration_calls=1,
+            )["m"].ratios[0]
+        )
     t = MethodTiming(reps, [0.0] * 5, [1.0] * 5)
     assert reps[1] == pytest.approx(12.0)
     assert t.ratio == pytest.approx(3.0)
@@ -171,19 +208,40 @@ def test_calibration_matched_to_the_method_sees_the_same_preemption():
     matched duration collects them too, and the ratio stays close to the true 4."""
     kw = dict(repeats=1, warmup_frames=0, quantile=0.5)
     clock = PreemptingClock(0.01, 0.005)
-    short = measure({"m": Costly(clock, 0.008)}, streams(n=20), calibrate=lambda: clock.work(0.002), clock=clock,
-                    calibration_calls=1, **kw)["m"]
+    short = measure(
+        {"m": Costly(clock, 0.008)},
+        streams(n=20),
+        calibrate=lambda: clock.work(0.002),
+        clock=clock,
+        calibration_calls=1,
+        **kw,
+    )["m"]
     clock = PreemptingClock(0.01, 0.005)
-    matched = measure({"m": Costly(clock, 0.008)}, streams(n=20), calibrate=lambda: clock.work(0.002), clock=clock,
-                      calibration_calls=0, **kw)["m"]
+    matched = measure(
+        {"m": Costly(clock, 0.008)},
+        streams(n=20),
+        calibrate=lambda: clock.work(0.002),
+        clock=clock,
+        calibration_calls=0,
+        **kw,
+    )["m"]
     assert short.ratio == pytest.approx(6.5)  # (8 + 5) / 2: the frame is hit every time, the yardstick never
     assert matched.calls >= 4  # sized from a probe stream, which is disturbed too (13 ms / 2 ms)
     assert abs(matched.ratio - 4.0) < abs(short.ratio - 4.0) / 3
 
 
 # -- decision ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("change, status", [(0.0, "ok"), (0.149, "ok"), (0.151, "regression"), (0.20, "regression"),
-                                            (-0.10, "ok"), (-0.151, "faster")])
+@pytest.mark.parametrize(
+    "change, status",
+    [
+        (0.0, "ok"),
+        (0.149, "ok"),
+        (0.151, "regression"),
+        (0.20, "regression"),
+        (-0.10, "ok"),
+        (-0.151, "faster"),
+    ],
+)
 def test_tolerance_boundary(change, status):
     v = decide({"m": timing(2.0 * (1 + change))}, {"m": {"ratio": 2.0}}, tolerance=0.15)
     assert v[0].status == status
@@ -214,7 +272,10 @@ def test_noisy_measurement_is_flagged_in_the_note():
 
 
 def test_table_is_readable():
-    v = decide({"busy": timing(2.4), "identity": timing(0.001)}, {"busy": {"ratio": 2.0}, "identity": {"ratio": 0.001}})
+    v = decide(
+        {"busy": timing(2.4), "identity": timing(0.001)},
+        {"busy": {"ratio": 2.0}, "identity": {"ratio": 0.001}},
+    )
     text = format_table(v)
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # aligned columns
@@ -234,7 +295,8 @@ def test_reference_round_trip_and_setup_differences(tmp_path):
     other = {"dataset": {"num_frames": 32}, "gate": {"repeats": 7}}
     assert setup_differences(setup, other) == ["dataset.num_frames: reference 16, now 32"]
     assert gate.machine_differences({"cpu": "x", "torch": "2"}, {"cpu": "y", "torch": "2"}) == [
-        "cpu: reference 'x', now 'y'"]
+        "cpu: reference 'x', now 'y'"
+    ]
     path.write_text(json.dumps({**ref, "schema": 99}))
     with pytest.raises(ValueError, match="update-reference"):
         gate.load_reference(path)
@@ -256,10 +318,19 @@ def _cfg(tmp_path, **gate_over):
 
     from eval.cli import CONF_DIR
 
-    overrides = ["experiment=ci_latency", "method=[identity,busy]", f"gate.reference={tmp_path / 'ref.json'}",
-                 "dataset.num_videos=1",
-                 "dataset.num_frames=6", "dataset.height=16", "dataset.width=16", "gate.repeats=1",
-                 "gate.warmup_frames=2", "method.busy.iterations=1", "method.busy.size=8"]
+    overrides = [
+        "experiment=ci_latency",
+        "method=[identity,busy]",
+        f"gate.reference={tmp_path / 'ref.json'}",
+        "dataset.num_videos=1",
+        "dataset.num_frames=6",
+        "dataset.height=16",
+        "dataset.width=16",
+        "gate.repeats=1",
+        "gate.warmup_frames=2",
+        "method.busy.iterations=1",
+        "method.busy.size=8",
+    ]
     overrides += [f"gate.{k}={v}" for k, v in gate_over.items()]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -328,8 +399,9 @@ def test_failing_or_close_results_are_measured_again(tmp_path, monkeypatch):
 def test_reference_is_the_median_of_several_passes(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     seq = iter([2.0, 3.0, 2.2])
-    monkeypatch.setattr(gate, "measure", lambda methods, streams, **kw: (lambda r: {k: timing(r) for k in methods})(
-        next(seq)))
+    monkeypatch.setattr(
+        gate, "measure", lambda methods, streams, **kw: (lambda r: {k: timing(r) for k in methods})(next(seq))
+    )
     try:
         gate.run_gate(_cfg(tmp_path, update_reference="true", reference_passes=3), None)
         ref = json.loads((tmp_path / "ref.json").read_text())
@@ -384,6 +456,10 @@ def test_committed_reference_matches_the_ci_latency_setup():
     assert ref is not None, "results/reference/ci_latency.json is missing"
     cfg = compose(["experiment=ci_latency"])
     setup = setup_of(cfg)
-    setup["gate"]["clock"] = resolve_clock(cfg.gate.clock, cfg.hardware.device, int(cfg.hardware.threads or 0))
+    setup["gate"]["clock"] = resolve_clock(
+        cfg.gate.clock, cfg.hardware.device, int(cfg.hardware.threads or 0)
+    )
     diffs = setup_differences(ref["setup"], setup)
-    assert not diffs, f"re-record the gate reference (python run_eval.py experiment=ci_latency --update-reference): {diffs}"
+    assert not diffs, (
+        f"re-record the gate reference (python run_eval.py experiment=ci_latency --update-reference): {diffs}"
+    )

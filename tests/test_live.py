@@ -166,7 +166,9 @@ def test_fps_override_and_waiting_for_the_source():
 def test_bad_settings_and_broken_methods_say_what_is_wrong():
     clock = FakeClock()
     with pytest.raises(ValueError, match="Did you mean 'queue'"):
-        run_live_stream(CostMethod(clock, 0.1), frames(3), 10.0, policy="qeue", clock=clock, sleep=clock.sleep)
+        run_live_stream(
+            CostMethod(clock, 0.1), frames(3), 10.0, policy="qeue", clock=clock, sleep=clock.sleep
+        )
     with pytest.raises(ValueError, match="runner.live.fps"):
         run_live_stream(CostMethod(clock, 0.1), frames(3), float("nan"), clock=clock, sleep=clock.sleep)
 
@@ -190,10 +192,19 @@ def test_runner_live_mode_rows(tmp_path, monkeypatch):
     target = "tests.test_live.ClockCost"
     videos = SyntheticDataset(num_videos=1, num_frames=12, height=16, width=16, fps=10.0).videos()
     metrics_cfg = {"frame_diff": {"_target_": "eval.metrics.frame_diff.MeanAbsFrameDiff"}}
-    settings = RunnerSettings.from_config({"mode": "live", "warmup_frames": 0, "save_strips": False,
-                                           "live": {"fps": None, "policy": "drop"}})
-    runner = Runner({"slow": {"_target_": target}}, videos, build_metrics(metrics_cfg), metrics_cfg,
-                    UnitStore(tmp_path), tmp_path / "run", settings, progress=False)
+    settings = RunnerSettings.from_config(
+        {"mode": "live", "warmup_frames": 0, "save_strips": False, "live": {"fps": None, "policy": "drop"}}
+    )
+    runner = Runner(
+        {"slow": {"_target_": target}},
+        videos,
+        build_metrics(metrics_cfg),
+        metrics_cfg,
+        UnitStore(tmp_path),
+        tmp_path / "run",
+        settings,
+        progress=False,
+    )
     summary = runner.run()
     assert not summary.failed, summary.failed
     v = summary.videos.set_index("metric")["value"]

@@ -82,8 +82,8 @@ def test_chunking_and_batch_size_do_not_change_scores(frames):
     for bs, chunk in ((1, 1), (2, 4), (4, 2)):
         s, c = ClipScore(batch_size=bs), ClipConsistency(batch_size=bs)
         for i in range(0, frames.shape[0], chunk):
-            s.update(frames[i:i + chunk], frames[i:i + chunk], prompt=PROMPT)
-            c.update(frames[i:i + chunk], frames[i:i + chunk])
+            s.update(frames[i : i + chunk], frames[i : i + chunk], prompt=PROMPT)
+            c.update(frames[i : i + chunk], frames[i : i + chunk])
         torch.testing.assert_close(s.frame_scores(), ref_s.frame_scores(), rtol=0, atol=1e-5)
         torch.testing.assert_close(c.frame_scores(), ref_c.frame_scores(), rtol=0, atol=1e-6, equal_nan=True)
 

@@ -31,7 +31,9 @@ def test_clip_weights_key_reaches_both_clip_metrics():
 
 def test_warp_error_flow_settings_reach_the_input_row():
     cfg = compose(["metrics.warp_error.flow=raft", "metrics.warp_error.raft_weights=/r.pth"])
-    assert cfg.metrics.warp_error_input.flow == "raft" and cfg.metrics.warp_error_input.raft_weights == "/r.pth"
+    assert (
+        cfg.metrics.warp_error_input.flow == "raft" and cfg.metrics.warp_error_input.raft_weights == "/r.pth"
+    )
 
 
 def test_lpips_opt_in_requires_weights(tmp_path):
@@ -49,9 +51,12 @@ def test_paper_set_requires_every_weight_file():
     cfg = compose(["+metrics/add=paper"])
     assert cfg.metrics.warp_error_streamv2v.variant == "streamv2v_compat"
     assert OmegaConf.is_missing(cfg.metrics.lpips, "weights")
-    for name, key in (("clip_score", "metrics.clip_score.weights"), ("clip_consistency", "metrics.clip_score.weights"),
-                      ("warp_error", "metrics.warp_error.raft_weights"),
-                      ("warp_error_input", "metrics.warp_error.raft_weights")):
+    for name, key in (
+        ("clip_score", "metrics.clip_score.weights"),
+        ("clip_consistency", "metrics.clip_score.weights"),
+        ("warp_error", "metrics.warp_error.raft_weights"),
+        ("warp_error_input", "metrics.warp_error.raft_weights"),
+    ):
         with pytest.raises(Exception, match=key.replace(".", r"\.")):
             instantiate(cfg.metrics[name])
 

@@ -38,10 +38,17 @@ def random_weights(tmp_path) -> Path:
     from safetensors.torch import save_file
 
     torch.manual_seed(0)
-    sd = {f"{k}.weight": torch.randn(*s) * 0.05 for k, s in zip(conv.TRUNK_KEYS, [
-        (64, 3, 11, 11), (192, 64, 5, 5), (384, 192, 3, 3), (256, 384, 3, 3), (256, 256, 3, 3)])}
+    sd = {
+        f"{k}.weight": torch.randn(*s) * 0.05
+        for k, s in zip(
+            conv.TRUNK_KEYS,
+            [(64, 3, 11, 11), (192, 64, 5, 5), (384, 192, 3, 3), (256, 384, 3, 3), (256, 256, 3, 3)],
+        )
+    }
     sd.update({f"{k}.bias": torch.zeros(sd[f"{k}.weight"].shape[0]) for k in conv.TRUNK_KEYS})
-    sd.update({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate([64, 192, 384, 256, 256])})
+    sd.update(
+        {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate([64, 192, 384, 256, 256])}
+    )
     path = tmp_path / "random_lpips.safetensors"
     save_file(sd, str(path))
     return path
@@ -51,8 +58,9 @@ def test_converted_linear_layers_equal_lpips_wheel_exactly(converted):
     import lpips
     from safetensors.torch import load_file
 
-    wheel = torch.load(Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu",
-                       weights_only=True)
+    wheel = torch.load(
+        Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth", map_location="cpu", weights_only=True
+    )
     ours = load_file(str(converted))
     assert set(wheel) <= set(ours)
     for k, v in wheel.items():
@@ -110,7 +118,7 @@ def test_chunking_and_batch_size_do_not_change_scores(random_weights):
     assert torch.isfinite(ref.frame_scores()).all() and ref.frame_scores().shape == (6,)
     m = LPIPS(weights=str(random_weights), batch_size=1)
     for i in range(0, 6, 4):
-        m.update(out[i:i + 4], clip.frames[i:i + 4])
+        m.update(out[i : i + 4], clip.frames[i : i + 4])
     torch.testing.assert_close(m.frame_scores(), ref.frame_scores(), rtol=0, atol=1e-6)
 
 

@@ -89,7 +89,7 @@ def test_chunking_and_batching_do_not_change_scores():
     for chunk in (1, 2, 4):
         m.reset()
         for i in range(0, 9, chunk):
-            m.update(out[i:i + chunk], clip.frames[i:i + chunk])
+            m.update(out[i : i + chunk], clip.frames[i : i + chunk])
         torch.testing.assert_close(m.frame_scores(), whole, equal_nan=True)
 
 
@@ -162,8 +162,14 @@ def test_raft_batch_size_does_not_change_scores(tmp_path):
     clip = generate_clip(4, 36, 44, seed=7)
     scores = []
     for bs in (1, 3):
-        m = WarpError(flow="raft", raft_model="small", raft_weights=str(path), raft_iters=2, occlusion=False,
-                      batch_size=bs)
+        m = WarpError(
+            flow="raft",
+            raft_model="small",
+            raft_weights=str(path),
+            raft_iters=2,
+            occlusion=False,
+            batch_size=bs,
+        )
         m.update(clip.frames, clip.frames)
         scores.append(m.frame_scores())
     torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=1e-4, equal_nan=True)

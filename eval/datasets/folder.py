@@ -52,14 +52,28 @@ class FolderDataset(VideoDataset):
         out = []
         for entry in sorted(self.root.iterdir()):
             if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
-                out.append(Video(entry.stem, self.prompt_for(entry.stem, prompts), probe_fps(entry, self.fps),
-                                 fingerprint(file_fingerprint(entry), t.describe()),
-                                 partial(read_video_file, entry, t), {"path": str(entry)}))
+                out.append(
+                    Video(
+                        entry.stem,
+                        self.prompt_for(entry.stem, prompts),
+                        probe_fps(entry, self.fps),
+                        fingerprint(file_fingerprint(entry), t.describe()),
+                        partial(read_video_file, entry, t),
+                        {"path": str(entry)},
+                    )
+                )
             elif entry.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entry.iterdir()):
                 files = list_frame_files(entry)
-                out.append(Video(entry.name, self.prompt_for(entry.name, prompts), self.fps,
-                                 fingerprint([file_fingerprint(f) for f in files], t.describe()),
-                                 partial(read_frame_folder, entry, t), {"path": str(entry)}))
+                out.append(
+                    Video(
+                        entry.name,
+                        self.prompt_for(entry.name, prompts),
+                        self.fps,
+                        fingerprint([file_fingerprint(f) for f in files], t.describe()),
+                        partial(read_frame_folder, entry, t),
+                        {"path": str(entry)},
+                    )
+                )
         if not out:
             raise FileNotFoundError(
                 f"dataset.root={str(self.root)!r} holds no videos ({', '.join(VIDEO_EXTENSIONS)}) "

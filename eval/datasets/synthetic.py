@@ -76,8 +76,9 @@ class _Layer:
         return np.clip(out, 0.0, 1.0)
 
 
-def _make_layers(rng: np.random.Generator, height: int, width: int, num_objects: int, max_speed: float,
-                 rotation: bool) -> list[_Layer]:
+def _make_layers(
+    rng: np.random.Generator, height: int, width: int, num_objects: int, max_speed: float, rotation: bool
+) -> list[_Layer]:
     def texture(n: int, max_freq: float) -> tuple[np.ndarray, np.ndarray]:
         freqs = rng.uniform(-max_freq, max_freq, size=(n, 2))
         return freqs, rng.uniform(0, 2 * math.pi, size=(n, 3))
@@ -85,9 +86,18 @@ def _make_layers(rng: np.random.Generator, height: int, width: int, num_objects:
     scale = min(height, width)
     freqs, phases = texture(6, 4.0 / scale)
     layers = [
-        _Layer("background", (0.0, 0.0), np.array([width / 2, height / 2]),
-               rng.uniform(-0.5, 0.5, 2) * max_speed, 0.0, 0.0, freqs, phases,
-               rng.uniform(0.3, 0.7, 3), 0.25)
+        _Layer(
+            "background",
+            (0.0, 0.0),
+            np.array([width / 2, height / 2]),
+            rng.uniform(-0.5, 0.5, 2) * max_speed,
+            0.0,
+            0.0,
+            freqs,
+            phases,
+            rng.uniform(0.3, 0.7, 3),
+            0.25,
+        )
     ]
     for i in range(num_objects):
         shape = "disk" if i % 2 == 0 else "rect"
@@ -96,10 +106,18 @@ def _make_layers(rng: np.random.Generator, height: int, width: int, num_objects:
         speed = rng.uniform(0.3, 1.0) * max_speed
         direction = rng.uniform(0, 2 * math.pi)
         layers.append(
-            _Layer(shape, size, rng.uniform([0.25 * width, 0.25 * height], [0.75 * width, 0.75 * height]),
-                   speed * np.array([math.cos(direction), math.sin(direction)]),
-                   rng.uniform(0, 2 * math.pi), rng.uniform(-0.05, 0.05) if rotation else 0.0,
-                   freqs, phases, rng.uniform(0.1, 0.9, 3), 0.3)
+            _Layer(
+                shape,
+                size,
+                rng.uniform([0.25 * width, 0.25 * height], [0.75 * width, 0.75 * height]),
+                speed * np.array([math.cos(direction), math.sin(direction)]),
+                rng.uniform(0, 2 * math.pi),
+                rng.uniform(-0.05, 0.05) if rotation else 0.0,
+                freqs,
+                phases,
+                rng.uniform(0.1, 0.9, 3),
+                0.3,
+            )
         )
     return layers
 
@@ -113,12 +131,22 @@ def _owner(layers: list[_Layer], x: np.ndarray, y: np.ndarray, t: int) -> np.nda
     return owner
 
 
-def generate_clip(num_frames: int = 24, height: int = 64, width: int = 64, seed: int = 0, *,
-                  num_objects: int = 3, max_speed: float = 2.0, rotation: bool = True,
-                  fps: float = 12.0) -> SyntheticClip:
+def generate_clip(
+    num_frames: int = 24,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    *,
+    num_objects: int = 3,
+    max_speed: float = 2.0,
+    rotation: bool = True,
+    fps: float = 12.0,
+) -> SyntheticClip:
     """Render a clip and its exact backward flow / occlusion masks (see module docstring)."""
     if num_frames < 1 or height < 2 or width < 2:
-        raise ValueError(f"need num_frames >= 1 and a frame of at least 2x2, got {num_frames}x{height}x{width}")
+        raise ValueError(
+            f"need num_frames >= 1 and a frame of at least 2x2, got {num_frames}x{height}x{width}"
+        )
     rng = np.random.default_rng(seed)
     layers = _make_layers(rng, height, width, num_objects, max_speed, rotation)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -156,11 +184,15 @@ def generate_clip(num_frames: int = 24, height: int = 64, width: int = 64, seed:
 def warp_backward(prev: Tensor, flow: Tensor) -> Tensor:
     """Sample ``prev`` ``[N, C, H, W]`` at ``p + flow(p)`` (bilinear, border padding): frame t-1 -> frame t."""
     n, _, h, w = prev.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype), torch.arange(w, dtype=flow.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=flow.dtype), torch.arange(w, dtype=flow.dtype), indexing="ij"
+    )
     gx = (xs + flow[:, 0]) / max(w - 1, 1) * 2 - 1
     gy = (ys + flow[:, 1]) / max(h - 1, 1) * 2 - 1
     grid = torch.stack([gx, gy], dim=-1)
-    return torch.nn.functional.grid_sample(prev, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return torch.nn.functional.grid_sample(
+        prev, grid, mode="bilinear", padding_mode="border", align_corners=True
+    )
 
 
 class SyntheticDataset(VideoDataset):
@@ -169,14 +201,30 @@ class SyntheticDataset(VideoDataset):
 
     name = "synthetic"
 
-    def __init__(self, num_videos: int = 3, num_frames: int = 24, height: int = 64, width: int = 64,
-                 fps: float = 12.0, seed: int = 0, num_objects: int = 3, max_speed: float = 2.0,
-                 prompt_list: list[str] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        num_videos: int = 3,
+        num_frames: int = 24,
+        height: int = 64,
+        width: int = 64,
+        fps: float = 12.0,
+        seed: int = 0,
+        num_objects: int = 3,
+        max_speed: float = 2.0,
+        prompt_list: list[str] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if height % 8 or width % 8:
             raise ValueError(f"dataset.height/width must be multiples of 8, got {height}x{width}")
-        self.params = dict(num_frames=num_frames, height=height, width=width, fps=fps, num_objects=num_objects,
-                           max_speed=max_speed)
+        self.params = dict(
+            num_frames=num_frames,
+            height=height,
+            width=width,
+            fps=fps,
+            num_objects=num_objects,
+            max_speed=max_speed,
+        )
         self.num_videos, self.seed = num_videos, seed
         self.prompt_list = list(prompt_list or ["a watercolor painting"])
 
@@ -191,8 +239,16 @@ class SyntheticDataset(VideoDataset):
                 meta["clip"] = clip
                 return self.transform.spatial(clip.frames[self._kept(clip.frames.shape[0])])
 
-            out.append(Video(f"synthetic_{i:03d}", self.prompt_list[i % len(self.prompt_list)], self.params["fps"],
-                             fingerprint("synthetic-v1", seed, self.params, self.transform.describe()), load, meta))
+            out.append(
+                Video(
+                    f"synthetic_{i:03d}",
+                    self.prompt_list[i % len(self.prompt_list)],
+                    self.params["fps"],
+                    fingerprint("synthetic-v1", seed, self.params, self.transform.describe()),
+                    load,
+                    meta,
+                )
+            )
         return out
 
     def _kept(self, n: int) -> list[int]:

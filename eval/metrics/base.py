@@ -98,7 +98,8 @@ class VideoMetric(Metric):
     def describe(self_or_cls) -> dict[str, Any]:
         """What the report prints for this metric. On an instance it reflects that instance's configuration."""
         d = {
-            "display_name": self_or_cls.display_name or getattr(self_or_cls, "__name__", type(self_or_cls).__name__),
+            "display_name": self_or_cls.display_name
+            or getattr(self_or_cls, "__name__", type(self_or_cls).__name__),
             "unit": self_or_cls.unit,
             "higher_is_better": bool(self_or_cls.higher_is_better),
             "kind": "quality",

@@ -71,8 +71,10 @@ class ClipModel:
 
     @torch.no_grad()
     def embed_images(self, frames: Tensor, batch_size: int = 16) -> Tensor:
-        out = [self.model.encode_image(self.preprocess(frames[i:i + batch_size]))
-               for i in range(0, frames.shape[0], batch_size)]
+        out = [
+            self.model.encode_image(self.preprocess(frames[i : i + batch_size]))
+            for i in range(0, frames.shape[0], batch_size)
+        ]
         return F.normalize(torch.cat(out).double(), dim=-1)  # float64: a static video scores exactly 1
 
     @torch.no_grad()
@@ -87,12 +89,19 @@ _CACHE: dict[tuple, ClipModel] = {}
 _LOCK = threading.Lock()
 
 
-def load_clip(model_name: str = "ViT-B-32", weights: str | None = None, device: str = "cpu",
-              config_key: str = CONFIG_KEY, require_weights: bool = False) -> ClipModel:
+def load_clip(
+    model_name: str = "ViT-B-32",
+    weights: str | None = None,
+    device: str = "cpu",
+    config_key: str = CONFIG_KEY,
+    require_weights: bool = False,
+) -> ClipModel:
     """The CLIP model for these settings, loaded once per process and shared (cached)."""
     if require_weights and not weights:
-        raise ValueError(f"CLIP: real weights are required here (no random fallback); set {config_key}=/path/to/"
-                         f"open_clip_pytorch_model.bin (the open_clip checkpoint of {model_name})")
+        raise ValueError(
+            f"CLIP: real weights are required here (no random fallback); set {config_key}=/path/to/"
+            f"open_clip_pytorch_model.bin (the open_clip checkpoint of {model_name})"
+        )
     path = str(resolve_weights(weights, config_key, "CLIP")) if weights else None
     key = (model_name if path else "tiny-random", path, str(device))
     with _LOCK:
@@ -108,8 +117,9 @@ def _build(model_name: str, path: str | None, device: str) -> ClipModel:
     base = "ViT-B-32" if tiny else model_name
     kwargs = TINY_CFG if tiny else {}
     if path is None:
-        log.warning("CLIP metrics: no weights given (%s); using a tiny random-init CLIP — %s", CONFIG_KEY,
-                    RANDOM_NOTE)
+        log.warning(
+            "CLIP metrics: no weights given (%s); using a tiny random-init CLIP — %s", CONFIG_KEY, RANDOM_NOTE
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = open_clip.create_model(base, pretrained=None, device=device, **kwargs)
@@ -120,13 +130,29 @@ def _build(model_name: str, path: str | None, device: str) -> ClipModel:
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     label = f"{'tiny' if tiny else model_name} ({path or 'random init'})"
-    return ClipModel(model, open_clip.get_tokenizer(base), size, tuple(pp["mean"]), tuple(pp["std"]),
-                     comparable=path is not None, label=label, device=str(device))
+    return ClipModel(
+        model,
+        open_clip.get_tokenizer(base),
+        size,
+        tuple(pp["mean"]),
+        tuple(pp["std"]),
+        comparable=path is not None,
+        label=label,
+        device=str(device),
+    )
 
 
 class _ClipMetric(VideoMetric):
-    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        model_name: str = "ViT-B-32",
+        device: str = "cpu",
+        batch_size: int = 16,
+        scale: float = 1.0,
+        require_weights: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.clip = load_clip(model_name, weights, device, require_weights=require_weights)
         self.batch_size, self.scale = batch_size, float(scale)
@@ -145,9 +171,16 @@ class ClipScore(_ClipMetric):
     unit = "100·cos"
     context_frames = 0
 
-    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 100.0, require_weights: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        model_name: str = "ViT-B-32",
+        device: str = "cpu",
+        batch_size: int = 16,
+        scale: float = 100.0,
+        require_weights: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
         if self.scale != 100.0:
             self.unit = f"{self.scale:g}·cos"
@@ -171,9 +204,16 @@ class ClipConsistency(_ClipMetric):
     unit = "cos"
     context_frames = 1
 
-    def __init__(self, weights: str | None = None, model_name: str = "ViT-B-32", device: str = "cpu",
-                 batch_size: int = 16, scale: float = 1.0, require_weights: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        weights: str | None = None,
+        model_name: str = "ViT-B-32",
+        device: str = "cpu",
+        batch_size: int = 16,
+        scale: float = 1.0,
+        require_weights: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
         if self.scale != 1.0:
             self.unit = f"{self.scale:g}·cos"

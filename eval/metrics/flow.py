@@ -31,7 +31,14 @@ class FlowEstimator(Protocol):
 
 def to_uint8_gray(frames: Tensor) -> np.ndarray:
     """``[N, 3, H, W]`` in [0, 1] -> ``[N, H, W]`` uint8 luma (what the OpenCV estimators take)."""
-    rgb = (frames.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    rgb = (
+        (frames.detach().float().clamp(0, 1) * 255.0)
+        .round()
+        .to(torch.uint8)
+        .permute(0, 2, 3, 1)
+        .cpu()
+        .numpy()
+    )
     return np.stack([cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY) for im in rgb])
 
 
@@ -58,8 +65,15 @@ class FarnebackFlow:
 
     name = "farneback"
 
-    def __init__(self, pyr_scale: float = 0.5, levels: int = 3, winsize: int = 15, iterations: int = 3,
-                 poly_n: int = 5, poly_sigma: float = 1.2) -> None:
+    def __init__(
+        self,
+        pyr_scale: float = 0.5,
+        levels: int = 3,
+        winsize: int = 15,
+        iterations: int = 3,
+        poly_n: int = 5,
+        poly_sigma: float = 1.2,
+    ) -> None:
         self.params = (pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, 0)
 
     def __call__(self, a: Tensor, b: Tensor) -> Tensor:
@@ -80,8 +94,15 @@ class RaftFlow:
     name = "raft"
     CONFIG_KEY = "metrics.warp_error.raft_weights"
 
-    def __init__(self, weights: str | None, model: str = "large", iters: int = 12, device: str = "cpu",
-                 batch_size: int = 4, config_key: str | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | None,
+        model: str = "large",
+        iters: int = 12,
+        device: str = "cpu",
+        batch_size: int = 4,
+        config_key: str | None = None,
+    ) -> None:
         from torchvision.models.optical_flow import raft_large, raft_small
 
         builders = {"large": raft_large, "small": raft_small}
@@ -97,8 +118,10 @@ class RaftFlow:
         net = builders[model](weights=None, progress=False)
         missing, unexpected = net.load_state_dict(sd, strict=False)
         if missing or unexpected:
-            raise ValueError(f"RAFT-{model} weights {weights} ({key}) do not match the architecture: "
-                             f"missing {missing[:5]}..., unexpected {unexpected[:5]}...")
+            raise ValueError(
+                f"RAFT-{model} weights {weights} ({key}) do not match the architecture: "
+                f"missing {missing[:5]}..., unexpected {unexpected[:5]}..."
+            )
         self.model = net.eval().to(device)
         self.model_kind, self.iters, self.device, self.batch_size = model, iters, device, batch_size
 
@@ -108,7 +131,7 @@ class RaftFlow:
         ph, pw = max(self.MIN_SIZE - h, (-h) % 8), max(self.MIN_SIZE - w, (-w) % 8)
         out = []
         for i in range(0, a.shape[0], self.batch_size):
-            x = torch.stack([a[i:i + self.batch_size], b[i:i + self.batch_size]]).to(self.device).float()
+            x = torch.stack([a[i : i + self.batch_size], b[i : i + self.batch_size]]).to(self.device).float()
             x = x * 2.0 - 1.0
             if ph or pw:
                 x = F.pad(x.flatten(0, 1), (0, pw, 0, ph), mode="replicate").unflatten(0, (2, -1))
@@ -117,8 +140,16 @@ class RaftFlow:
         return torch.cat(out)
 
 
-def make_flow(flow: str, *, dis_preset: str = "medium", raft_weights: str | None = None, raft_model: str = "large",
-              raft_iters: int = 12, device: str = "cpu", batch_size: int = 4) -> FlowEstimator:
+def make_flow(
+    flow: str,
+    *,
+    dis_preset: str = "medium",
+    raft_weights: str | None = None,
+    raft_model: str = "large",
+    raft_iters: int = 12,
+    device: str = "cpu",
+    batch_size: int = 4,
+) -> FlowEstimator:
     if flow == "dis":
         return DISFlow(dis_preset)
     if flow == "farneback":
@@ -129,8 +160,11 @@ def make_flow(flow: str, *, dis_preset: str = "medium", raft_weights: str | None
 
 
 def _grid(h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=dtype, device=device),
-                            torch.arange(w, dtype=dtype, device=device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=dtype, device=device),
+        torch.arange(w, dtype=dtype, device=device),
+        indexing="ij",
+    )
     return xs, ys
 
 
@@ -141,7 +175,9 @@ def warp(img: Tensor, flow: Tensor, padding_mode: str = "border") -> Tensor:
     gx = (xs + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
     gy = (ys + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(img.to(flow.dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+    return F.grid_sample(
+        img.to(flow.dtype), grid, mode="bilinear", padding_mode=padding_mode, align_corners=True
+    )
 
 
 def fb_occlusion(bwd: Tensor, fwd: Tensor, alpha: float = 0.01, beta: float = 0.5) -> Tensor:

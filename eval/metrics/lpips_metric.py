@@ -21,8 +21,10 @@ from eval.metrics.weights import load_state_dict
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "metrics.lpips.weights"
-HOW_TO = ("build it with `python -m eval.metrics.convert_lpips_weights --out weights/lpips_alex.safetensors` "
-          f"and set {CONFIG_KEY}=weights/lpips_alex.safetensors")
+HOW_TO = (
+    "build it with `python -m eval.metrics.convert_lpips_weights --out weights/lpips_alex.safetensors` "
+    f"and set {CONFIG_KEY}=weights/lpips_alex.safetensors"
+)
 
 
 def load_lpips(weights: str | None, device: str = "cpu", config_key: str = CONFIG_KEY) -> torch.nn.Module:
@@ -40,8 +42,10 @@ def load_lpips(weights: str | None, device: str = "cpu", config_key: str = CONFI
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith(("scaling_layer.", "lins."))]
     if missing or unexpected:
-        raise ValueError(f"{weights} ({config_key}) is not an AlexNet-LPIPS state dict: missing {missing}, "
-                         f"unexpected {unexpected}; {HOW_TO}")
+        raise ValueError(
+            f"{weights} ({config_key}) is not an AlexNet-LPIPS state dict: missing {missing}, "
+            f"unexpected {unexpected}; {HOW_TO}"
+        )
     return model.eval().to(device)
 
 
@@ -51,7 +55,9 @@ class LPIPS(VideoMetric):
     unit = ""
     context_frames = 0
 
-    def __init__(self, weights: str | None = None, device: str = "cpu", batch_size: int = 8, **kwargs: Any) -> None:
+    def __init__(
+        self, weights: str | None = None, device: str = "cpu", batch_size: int = 8, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.model = load_lpips(weights, device)
         self.weights, self.device_name, self.batch_size = weights, device, batch_size
@@ -63,7 +69,7 @@ class LPIPS(VideoMetric):
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         out = []
         for i in range(0, output.shape[0], self.batch_size):
-            a = output[i:i + self.batch_size].to(self.device_name, torch.float32)
-            b = source[i:i + self.batch_size].to(self.device_name, torch.float32)
+            a = output[i : i + self.batch_size].to(self.device_name, torch.float32)
+            b = source[i : i + self.batch_size].to(self.device_name, torch.float32)
             out.append(self.model(a, b, normalize=True).flatten())
         return torch.cat(out).double().cpu()

@@ -42,18 +42,42 @@ class WarpError(VideoMetric):
     unit = "L1 /255"
     context_frames = 1
 
-    def __init__(self, flow: str | FlowEstimator = "dis", frames: str = "output", variant: str = "l1",
-                 occlusion: bool = True, dis_preset: str = "medium", raft_weights: str | None = None,
-                 raft_model: str = "large", raft_iters: int = 12, fb_alpha: float = 0.01, fb_beta: float = 0.5,
-                 device: str = "cpu", batch_size: int = 4, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        flow: str | FlowEstimator = "dis",
+        frames: str = "output",
+        variant: str = "l1",
+        occlusion: bool = True,
+        dis_preset: str = "medium",
+        raft_weights: str | None = None,
+        raft_model: str = "large",
+        raft_iters: int = 12,
+        fb_alpha: float = 0.01,
+        fb_beta: float = 0.5,
+        device: str = "cpu",
+        batch_size: int = 4,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if frames not in ("output", "source"):
-            raise ValueError(f"warp_error frames must be 'output' or 'source' (the input reference), got {frames!r}")
+            raise ValueError(
+                f"warp_error frames must be 'output' or 'source' (the input reference), got {frames!r}"
+            )
         if variant not in VARIANTS:
             raise ValueError(f"warp_error variant must be one of {VARIANTS}, got {variant!r}")
-        self.flow = flow if not isinstance(flow, str) else make_flow(
-            flow, dis_preset=dis_preset, raft_weights=raft_weights, raft_model=raft_model, raft_iters=raft_iters,
-            device=device, batch_size=batch_size)
+        self.flow = (
+            flow
+            if not isinstance(flow, str)
+            else make_flow(
+                flow,
+                dis_preset=dis_preset,
+                raft_weights=raft_weights,
+                raft_model=raft_model,
+                raft_iters=raft_iters,
+                device=device,
+                batch_size=batch_size,
+            )
+        )
         self.frames, self.variant, self.occlusion = frames, variant, occlusion
         self.fb_alpha, self.fb_beta = fb_alpha, fb_beta
         self._flow_desc = {"flow": getattr(self.flow, "name", type(self.flow).__name__)}
@@ -66,15 +90,23 @@ class WarpError(VideoMetric):
         notes = []
         if variant == "streamv2v_compat":
             self.display_name += " [StreamV2V compat]"
-            notes.append("StreamV2V script arithmetic (uint8 wrap-around, mask in frame t-1 coordinates); "
-                         "for comparison with published numbers only")
+            notes.append(
+                "StreamV2V script arithmetic (uint8 wrap-around, mask in frame t-1 coordinates); "
+                "for comparison with published numbers only"
+            )
         if not occlusion:
             notes.append("no occlusion mask")
         self.notes = tuple(notes)
 
     def config(self) -> dict[str, Any]:
-        return {"frames": self.frames, "variant": self.variant, "occlusion": self.occlusion,
-                "fb_alpha": self.fb_alpha, "fb_beta": self.fb_beta, **self._flow_desc}
+        return {
+            "frames": self.frames,
+            "variant": self.variant,
+            "occlusion": self.occlusion,
+            "fb_alpha": self.fb_alpha,
+            "fb_beta": self.fb_beta,
+            **self._flow_desc,
+        }
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         src = source.detach().float().cpu()
@@ -82,8 +114,15 @@ class WarpError(VideoMetric):
         bwd = self.flow(src[1:], src[:-1])
         fwd = self.flow(src[:-1], src[1:]) if (self.occlusion or self.variant != "l1") else None
         if self.variant == "streamv2v_compat":
-            return torch.tensor([_streamv2v_pair(img[i], img[i + 1], bwd[i], fwd[i], self.fb_alpha, self.fb_beta,
-                                                 self.occlusion) for i in range(bwd.shape[0])], dtype=torch.float64)
+            return torch.tensor(
+                [
+                    _streamv2v_pair(
+                        img[i], img[i + 1], bwd[i], fwd[i], self.fb_alpha, self.fb_beta, self.occlusion
+                    )
+                    for i in range(bwd.shape[0])
+                ],
+                dtype=torch.float64,
+            )
         if self.occlusion:
             valid = ~fb_occlusion(bwd, fwd, self.fb_alpha, self.fb_beta)
         else:
@@ -98,8 +137,9 @@ def _to_u8_hwc(frame: Tensor) -> np.ndarray:
     return np.ascontiguousarray((frame.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
-def _streamv2v_pair(prev: Tensor, cur: Tensor, bwd: Tensor, fwd: Tensor, alpha: float, beta: float,
-                    occlusion: bool) -> float:
+def _streamv2v_pair(
+    prev: Tensor, cur: Tensor, bwd: Tensor, fwd: Tensor, alpha: float, beta: float, occlusion: bool
+) -> float:
     """One pair as StreamV2V's ``calculate_warp_error_video`` computes it (see the module docstring)."""
     h, w = bwd.shape[-2:]
     if occlusion:
@@ -115,4 +155,6 @@ def _streamv2v_pair(prev: Tensor, cur: Tensor, bwd: Tensor, fwd: Tensor, alpha: 
     keep = ~occ
     if not keep.any():
         return float("nan")
-    return float(np.abs(warped - _to_u8_hwc(cur))[keep].mean())  # uint8 difference wraps around, as in the script
+    return float(
+        np.abs(warped - _to_u8_hwc(cur))[keep].mean()
+    )  # uint8 difference wraps around, as in the script
