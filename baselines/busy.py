@@ -22,7 +22,7 @@ class BusyMethod:
 
     def __init__(
         self,
-        iterations: int = 20,
+        iterations: int = 60,
         size: int = 256,
         slowdown: float = 1.0,
         delay: int = 0,
