@@ -482,9 +482,9 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         clock_name,
     )
 
-    def measure_all() -> dict[str, MethodTiming]:
+    def measure_some(subset: dict[str, StreamMethod]) -> dict[str, MethodTiming]:
         return measure(
-            methods,
+            subset,
             streams,
             repeats=repeats,
             warmup_frames=int(g.warmup_frames),
@@ -496,11 +496,13 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
             seed=int(cfg.seed),
         )
 
-    timings = measure_all()
+    timings = measure_some(methods)
     if update:
         # The reference's own error shifts every later comparison, so it is the median of several passes, each
         # measured exactly as a gate run measures (same k, so the same estimator).
-        passes = [timings] + [measure_all() for _ in range(max(0, int(g.get("reference_passes", 1)) - 1))]
+        passes = [timings] + [
+            measure_some(methods) for _ in range(max(0, int(g.get("reference_passes", 1)) - 1))
+        ]
         for name in list(timings):
             each = [p[name] for p in passes]
             chosen = sorted(each, key=lambda t: t.ratio)[len(each) // 2]
@@ -583,18 +585,7 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     }
     for _ in range(int(g.get("retries", 0)) if unsure else 0):
         log.info("gate: measuring %s again", ", ".join(unsure))
-        again = measure(
-            unsure,
-            streams,
-            repeats=repeats,
-            warmup_frames=int(g.warmup_frames),
-            calibration_calls=int(g.calibration_calls),
-            statistic=str(g.get("statistic", "call")),
-            quantile=float(g.get("quantile", 0.5)),
-            calibrate=Calibration(device),
-            clock=CLOCKS[clock_name],
-            seed=int(cfg.seed),
-        )
+        again = measure_some(unsure)
         for name, t in again.items():
             retried.setdefault(name, [timings[name].ratio]).append(t.ratio)
             old = timings[name]
