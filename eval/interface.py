@@ -51,16 +51,6 @@ class StreamMethod(Protocol):
         """Free per-video state (caches, queues); the method stays loaded for the next video."""
 
 
-def check_frame(frame: Tensor, *, what: str = "frame") -> None:
-    """Raise a ``ValueError`` saying what is wrong when ``frame`` breaks the frame convention."""
-    if not isinstance(frame, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(frame).__name__}")
-    if frame.ndim != 3 or frame.shape[0] != 3:
-        raise ValueError(f"{what} must have shape [3, H, W], got {tuple(frame.shape)}")
-    if frame.dtype != torch.float32:
-        raise ValueError(f"{what} must be float32, got {frame.dtype}")
-
-
 def method_lookahead(method: object) -> int:
     return int(getattr(method, "lookahead", 0))
 

@@ -143,19 +143,25 @@ def _build(model_name: str, path: str | None, device: str) -> ClipModel:
 
 
 class _ClipMetric(VideoMetric):
+    #: the scale a subclass reports in by default; another scale shows in the unit ("10·cos")
+    default_scale: float = 1.0
+
     def __init__(
         self,
         weights: str | None = None,
         model_name: str = "ViT-B-32",
         device: str = "cpu",
         batch_size: int = 16,
-        scale: float = 1.0,
+        scale: float | None = None,
         require_weights: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.clip = load_clip(model_name, weights, device, require_weights=require_weights)
-        self.batch_size, self.scale = batch_size, float(scale)
+        self.batch_size = batch_size
+        self.scale = float(self.default_scale if scale is None else scale)
+        if self.scale != self.default_scale:
+            self.unit = f"{self.scale:g}·cos"
         self.comparable = self.clip.comparable
         self.notes = () if self.clip.comparable else (RANDOM_NOTE,)
 
@@ -170,21 +176,8 @@ class ClipScore(_ClipMetric):
     display_name = "CLIP score"
     unit = "100·cos"
     context_frames = 0
-
-    def __init__(
-        self,
-        weights: str | None = None,
-        model_name: str = "ViT-B-32",
-        device: str = "cpu",
-        batch_size: int = 16,
-        scale: float = 100.0,
-        require_weights: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
-        if self.scale != 100.0:
-            self.unit = f"{self.scale:g}·cos"
-        self._warned = False
+    default_scale = 100.0
+    _warned = False
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         if prompt is None:
@@ -203,20 +196,7 @@ class ClipConsistency(_ClipMetric):
     display_name = "CLIP consistency"
     unit = "cos"
     context_frames = 1
-
-    def __init__(
-        self,
-        weights: str | None = None,
-        model_name: str = "ViT-B-32",
-        device: str = "cpu",
-        batch_size: int = 16,
-        scale: float = 1.0,
-        require_weights: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(weights, model_name, device, batch_size, scale, require_weights, **kwargs)
-        if self.scale != 1.0:
-            self.unit = f"{self.scale:g}·cos"
+    default_scale = 1.0
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         e = self.clip.embed_images(output, self.batch_size)
