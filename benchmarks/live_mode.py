@@ -105,6 +105,14 @@ def main() -> int:
             ["method=[busy]", f"method.busy.iterations={args.heavy_iterations}", "runner.live.policy=queue"],
         ),
         (
+            "mid model (slower than the frame interval on one CPU thread), drop",
+            ["method=[live2diff,streamdiffusion,per_frame_img2img]", "model=mid", "runner.live.policy=drop"],
+        ),
+        (
+            "mid live2diff, latest policy",
+            ["method=[live2diff]", "model=mid", "runner.live.policy=latest"],
+        ),
+        (
             "tiny live2diff at 100 FPS (a 10 ms frame interval), drop",
             ["method=[identity,live2diff]", "model=tiny", "runner.live.fps=100", "runner.live.policy=drop"],
         ),

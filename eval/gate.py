@@ -48,7 +48,8 @@ CALIBRATION_VERSION = 2  # bump when the calibration workload changes: old refer
 EXIT_OK, EXIT_REGRESSION, EXIT_NO_REFERENCE = 0, 1, 3
 
 # Settings that change what a ratio means; the rest of ``gate`` (tolerances, repetitions, paths, flags) does not.
-SETUP_GATE_KEYS = ("warmup_frames", "calibration_calls", "clock", "statistic", "quantile")
+SETUP_GATE_KEYS = ("warmup_frames", "calibration_calls", "clock", "statistic", "quantile", "estimator")
+ESTIMATORS = ("paired", "separate")
 
 
 # -- measuring --------------------------------------------------------------------------------------------------
@@ -139,6 +140,7 @@ def measure(
     calibration_calls: int = 1,
     statistic: str = "call",
     quantile: float = 0.5,
+    estimator: str = "paired",
     calibrate: Callable[[], Any] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     seed: int = 42,
@@ -149,11 +151,12 @@ def measure(
     on its own (and divided by the count), so a burst of load from a neighbour hits the method and its yardstick
     alike. ``calibration_calls=0`` matches the block's duration to the method's per-frame time (measured on one
     untimed stream first): a preemption or a cache flush then lands on either with the same odds, whereas a
-    short yardstick beside a long frame escapes the disturbances the frame collects. A repetition's
-    ratio is the ``quantile`` of the method's kept per-frame times over the same quantile of the calibration times
-    taken beside them (0.5: medians; a low quantile such as 0.1 reads the undisturbed speed and ignores the
-    preempted tail, which on an overcommitted machine can be most frames); the method order rotates between
-    repetitions. ``statistic`` is ``call`` (each push's duration:
+    short yardstick beside a long frame escapes the disturbances the frame collects. A repetition's ratio is, with
+    ``estimator="paired"`` (the default), the ``quantile`` of the per-frame ratios (each frame's time over the
+    calibration block timed just before it: a slow drift of the machine's speed cancels frame by frame), or with
+    ``"separate"`` the ``quantile`` of the method's kept per-frame times over the same quantile of the calibration
+    times (0.1 reads the undisturbed speed and ignores a preempted tail, but the two quantiles come from different
+    moments); the method order rotates between repetitions. ``statistic`` is ``call`` (each push's duration:
     the per-frame compute cost) or ``latency`` (push start → emission, which adds a stream batch's pipeline delay).
     """
     if repeats < 1 or calibration_calls < 0:
@@ -164,6 +167,8 @@ def measure(
         raise ValueError(f"gate.quantile must be in [0, 1], got {quantile}")
     if statistic not in ("call", "latency"):
         raise ValueError(f"gate.statistic must be 'call' or 'latency', got {statistic!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"gate.estimator must be {' or '.join(ESTIMATORS)}, got {estimator!r}")
     calibrate = calibrate or Calibration()
     names = list(methods)
     out = {name: MethodTiming([], [], []) for name in names}
@@ -193,7 +198,11 @@ def measure(
                     f"{min(f.shape[0] for _, f in streams)} frames"
                 )
             frame, cal = float(np.quantile(kept_method, quantile)), float(np.quantile(kept_calib, quantile))
-            out[name].ratios.append(frame / cal)
+            if estimator == "paired":
+                per_frame = np.asarray(kept_method) / np.maximum(np.asarray(kept_calib), 1e-12)
+                out[name].ratios.append(float(np.quantile(per_frame, quantile)))
+            else:
+                out[name].ratios.append(frame / cal)
             out[name].frame_ms.append(frame * 1e3)
             out[name].calib_ms.append(cal * 1e3)
     return out
@@ -440,6 +449,15 @@ class GateOutcome:
     timings: dict[str, MethodTiming] = field(default_factory=dict)
 
 
+def _ratio_words(g: DictConfig) -> str:
+    q = f"q{float(g.get('quantile', 0.5)):g}"
+    calls = int(g.calibration_calls)
+    block = f"a block of {calls} calibration calls" if calls else "a matched calibration block"
+    if str(g.get("estimator", "paired")) == "paired":
+        return f"{q} of per-frame (method time / per-call time of {block} just before it)"
+    return f"{q} of method per-frame times / {q} of per-call calibration times ({block})"
+
+
 # -- the gate, from a composed config ---------------------------------------------------------------------------
 def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     """Measure the selected methods and compare with (or, with ``gate.update_reference``, rewrite) the reference."""
@@ -491,6 +509,7 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
             calibration_calls=int(g.calibration_calls),
             statistic=str(g.get("statistic", "call")),
             quantile=float(g.get("quantile", 0.5)),
+            estimator=str(g.get("estimator", "paired")),
             calibrate=Calibration(device),
             clock=CLOCKS[clock_name],
             seed=int(cfg.seed),
@@ -513,8 +532,7 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         f"Latency gate — reference {ref_path}",
         f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
         f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); clock={clock_name}, "
-        f"median of {repeats} repetitions, ratio = q{float(g.get('quantile', 0.5)):g} of method "
-        "per-frame times / same of calibration times",
+        f"median of {repeats} repetitions, ratio = {_ratio_words(g)}",
     ]
     result: dict[str, Any] = {
         "setup_hash": content_key(setup),

@@ -151,6 +151,40 @@ def test_low_quantile_ignores_preempted_frames():
         measure(m, streams(n=10), quantile=1.5, **kw)
 
 
+class Alternating(Costly):
+    """A method whose per-frame cost alternates between two values (a stream batch's fill-up, a cache that
+    refreshes every other frame): the median frame time is whichever frames the load happened to favour."""
+
+    def push(self, index, frame):
+        self.clock.work(self.cost * (1.5 if self.n % 2 else 0.5))
+        self.n += 1
+        return [(index, frame)]
+
+
+def test_paired_ratios_cancel_a_drifting_load_that_separate_quantiles_do_not():
+    """The machine slows down steadily during a stream (a neighbour ramping up). Each frame's ratio to the
+    calibration block just before it is exact; the quantile of all frame times over the quantile of all calibration
+    times compares different moments, and is off."""
+    ramp = [1.0 + 0.1 * (i // 2) for i in range(40)]  # each (calibration, push) pair shares one load
+    kw = dict(repeats=1, warmup_frames=0, quantile=0.5, calibration_calls=1)
+    out = {}
+    for estimator in ("paired", "separate"):
+        clock = LoadedClock(ramp)
+        out[estimator] = measure(
+            {"m": Alternating(clock, 0.004)},
+            streams(n_videos=1, n=20),
+            calibrate=lambda c=clock: c.work(0.002),
+            clock=clock,
+            estimator=estimator,
+            **kw,
+        )["m"].ratio
+    # per-frame ratios are 1 and 3 (cost 2 ms or 6 ms over a 2 ms yardstick, whatever the load): median 2
+    assert out["paired"] == pytest.approx(2.0)
+    assert abs(out["separate"] - 2.0) > 0.1
+    with pytest.raises(ValueError, match="estimator"):
+        measure({"m": Costly(LoadedClock(), 0.001)}, streams(), estimator="mean", **kw)
+
+
 def test_median_of_repetitions_ignores_one_disturbed_repetition():
     clock = LoadedClock()
     m = {"m": Costly(clock, 0.003)}
@@ -356,8 +390,10 @@ def test_run_gate_end_to_end_with_a_fake_decision(tmp_path, monkeypatch):
         assert out.code == EXIT_REGRESSION and "REGRESSION" in out.text and "GATE FAILED" in out.text
         assert json.loads((tmp_path / "r3" / "gate.json").read_text())["exit_code"] == EXIT_REGRESSION
         assert gate.run_gate(_cfg(tmp_path, repeats=3), tmp_path / "r4").code == EXIT_REGRESSION  # k is free
-        out = gate.run_gate(_cfg(tmp_path, quantile=0.5), tmp_path / "r5")
-        assert out.code == EXIT_NO_REFERENCE and "gate.quantile: reference 0.1, now 0.5" in out.text
+        out = gate.run_gate(_cfg(tmp_path, quantile=0.1), tmp_path / "r5")
+        assert out.code == EXIT_NO_REFERENCE and "gate.quantile: reference 0.5, now 0.1" in out.text
+        out = gate.run_gate(_cfg(tmp_path, estimator="separate"), tmp_path / "r6")
+        assert out.code == EXIT_NO_REFERENCE and "gate.estimator: reference 'paired', now 'separate'" in out.text
     finally:
         torch.set_num_threads(threads)
 
