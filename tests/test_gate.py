@@ -393,7 +393,9 @@ def test_run_gate_end_to_end_with_a_fake_decision(tmp_path, monkeypatch):
         out = gate.run_gate(_cfg(tmp_path, quantile=0.1), tmp_path / "r5")
         assert out.code == EXIT_NO_REFERENCE and "gate.quantile: reference 0.5, now 0.1" in out.text
         out = gate.run_gate(_cfg(tmp_path, estimator="separate"), tmp_path / "r6")
-        assert out.code == EXIT_NO_REFERENCE and "gate.estimator: reference 'paired', now 'separate'" in out.text
+        assert (
+            out.code == EXIT_NO_REFERENCE and "gate.estimator: reference 'paired', now 'separate'" in out.text
+        )
     finally:
         torch.set_num_threads(threads)
 
