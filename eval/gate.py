@@ -1,12 +1,11 @@
 """Latency regression gate: is any selected method slower than the committed reference by more than the tolerance?
 
 Absolute times on a shared CI machine move by tens of percent with the neighbours' load, so the gate never compares
-them. It compares **ratios measured in one process**: a method's per-frame time divided by the time of a fixed
-calibration workload interleaved with it — a calibration call precedes every push, so whatever load slows the
-method slows its yardstick too. Each repetition streams every selected video through every method (the order
-rotates between repetitions), discarding each stream's first ``warmup_frames``, and summarises the per-frame times
-by a quantile (``gate.quantile``: 0.5 is the median; the default 0.1 reads the undisturbed speed, because on a
-shared machine the upper part of the distribution is other processes' preemption, not the method). The gate's
+them. It compares **ratios measured in one process**: before every push a block of calibration calls (a fixed
+tensor workload) is timed, and each frame's time is divided by the per-call time of the block just before it, so
+whatever load slows the method at that moment slows its yardstick too. Each repetition streams every selected video
+through every method (the order rotates between repetitions), discarding each stream's first ``warmup_frames``,
+and takes a quantile (``gate.quantile``, the median by default) of these per-frame ratios. The gate's
 figure is the **median of the k repetition ratios**. A method regresses when its ratio exceeds the reference's by
 more than the tolerance *and* the change is larger than ``min_change_ms`` at the current machine speed (a floor for
 microsecond methods such as ``identity``, whose relative jitter is large and meaningless).
@@ -54,7 +53,7 @@ ESTIMATORS = ("paired", "separate")
 
 # -- measuring --------------------------------------------------------------------------------------------------
 class Calibration:
-    """A fixed tensor workload (a 3x3 convolution and matrix products, a few ms on one CPU core): the yardstick
+    """A fixed tensor workload (a 3x3 convolution and matrix products, under 1 ms on one CPU core): the yardstick
     the methods' times are divided by. Runs on the methods' device so it sees the same contention."""
 
     def __init__(self, device: str | torch.device = "cpu") -> None:
