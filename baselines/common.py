@@ -51,13 +51,6 @@ def seeded_noise(shape: tuple[int, ...], *keys: int) -> Tensor:
     return torch.randn(shape, generator=g)
 
 
-def seeded_uniform(*keys: int) -> float:
-    seed = 0
-    for k in keys:
-        seed = (seed * 1_000_003 + int(k) + 1) % (2**63 - 1)
-    return float(torch.rand((), generator=torch.Generator().manual_seed(seed)))
-
-
 def build_image_components(model: Any, device: str, dtype: str) -> Components:
     """Components with the motion UNet replaced by a plain 2D UNet of the same spatial weights (the motion UNet is
     dropped, so it does not count in the baseline's memory)."""

@@ -15,47 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from baselines.common import LatentStreamMethod, seeded_uniform
+from baselines.common import LatentStreamMethod
 from eval.interface import Emission
+from live2diff.similar_filter import SimilarImageFilter
 
-
-class SimilarImageFilter:
-    """StreamDiffusion's filter with a seeded draw per frame instead of ``random.uniform``."""
-
-    def __init__(self, threshold: float = 0.98, max_skip_frame: int = 10) -> None:
-        self.threshold = float(threshold)
-        self.max_skip_frame = int(max_skip_frame)
-        self.reset()
-
-    def reset(self) -> None:
-        self.prev: Tensor | None = None
-        self.skip_count = 0
-        self.n_skipped = 0
-
-    def skip_probability(self, x: Tensor) -> float:
-        if self.prev is None or self.threshold >= 1:
-            return 0.0
-        cos = torch.nn.functional.cosine_similarity(
-            self.prev.reshape(-1), x.reshape(-1), dim=0, eps=1e-6
-        ).item()
-        return max(0.0, 1.0 - (1.0 - cos) / (1.0 - self.threshold))
-
-    def should_skip(self, x: Tensor, sample: float) -> bool:
-        """``x``: the frame in [-1, 1] (as the reference compares preprocessed images); ``sample`` ~ U[0, 1)."""
-        if (
-            self.prev is not None
-            and self.skip_probability(x) >= sample
-            and self.skip_count < self.max_skip_frame
-        ):
-            self.skip_count += 1
-            self.n_skipped += 1
-            return True
-        self.skip_count = 0
-        self.prev = x.detach().clone()
-        return False
+__all__ = ["SimilarImageFilter", "StreamDiffusion"]
 
 
 class StreamDiffusion(LatentStreamMethod):
@@ -106,7 +72,7 @@ class StreamDiffusion(LatentStreamMethod):
     def admit(self, index: int, frame: Tensor, out: list[Emission]) -> bool:
         if self.filter is None:
             return True
-        if not self.filter.should_skip(frame * 2 - 1, seeded_uniform(self.seed, 104729, index)):
+        if not self.filter.skip_frame(frame, self.seed, index):
             return True
         # Skipped: the frame takes the output of the last processed frame — at once if that one is out already,
         # otherwise together with it when it leaves the stream batch.

@@ -95,6 +95,12 @@ def describe_metrics(metrics: dict[str, Any]) -> dict[str, dict]:
     for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS):
         for name, d in table.items():
             desc[name] = {**d, "kind": "system"}
+    desc["skipped_ratio"] = {
+        "display_name": "Skipped by similarity filter",
+        "unit": "",
+        "higher_is_better": None,
+        "kind": "system",
+    }
     desc["nonfinite_frames"] = {
         "display_name": "Non-finite frames",
         "unit": "",
@@ -288,12 +294,17 @@ class Runner:
         method.prepare(video.prompt, height=int(h), width=int(w), seed=self.settings.seed)
         try:
             if self.settings.mode == "offline":
-                return run_stream(method, frames)
-            if self.settings.mode == "live":
+                rec = run_stream(method, frames)
+            elif self.settings.mode == "live":
                 from eval.live import run_live_stream
 
-                return run_live_stream(method, frames, video.fps, **self.settings.extra.get("live", {}))
-            raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
+                rec = run_live_stream(method, frames, video.fps, **self.settings.extra.get("live", {}))
+            else:
+                raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
+            skipped = getattr(method, "skipped", None)  # similarity filters: indices shown as the last output
+            if isinstance(skipped, list) and rec.outputs:
+                rec.extra.setdefault("video_metrics", {})["skipped_ratio"] = len(skipped) / len(rec.outputs)
+            return rec
         finally:
             method.reset()
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from live2diff.models import build_components
 from live2diff.pipeline import Live2DiffStream
+from live2diff.similar_filter import SimilarImageFilter
 
 
 class Live2DiffMethod:
@@ -17,6 +18,11 @@ class Live2DiffMethod:
     ``lookahead`` is ``warmup - 1``: the warmup frames are denoised jointly, so output 0 may depend on frame
     ``warmup - 1``; every later output depends only on frames up to itself. ``bidirectional_window`` is causal too
     (each output re-denoises the past window), so its lookahead is 0.
+
+    ``similar_image_filter`` (off by default, as in the reference's demo config) is the reference pipeline's
+    stochastic similarity filter: a frame too similar to the last processed one is not run through the model (the
+    KV-cache and the stream batch do not see it) and is emitted at once with the last emitted output, as the
+    reference returns ``prev_image_result``. Never during the warm-up, when there is no output to repeat yet.
     """
 
     def __init__(
@@ -32,6 +38,9 @@ class Live2DiffMethod:
         stream_batch: bool = True,
         threads: int | None = None,
         compile: bool = False,
+        similar_image_filter: bool = False,
+        similar_image_filter_threshold: float = 0.98,
+        similar_image_filter_max_skip_frame: int = 10,
     ):
         if threads:
             torch.set_num_threads(int(threads))
@@ -51,15 +60,40 @@ class Live2DiffMethod:
         if compile:
             self.components.unet = torch.compile(self.components.unet)  # type: ignore[assignment]
         self.lookahead = self.stream.lookahead
+        self.filter = (
+            SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
+            if similar_image_filter
+            else None
+        )
+        self.seed = 0
+        self._reset_filter()
+
+    def _reset_filter(self) -> None:
+        self.skipped: list[int] = []  # indices the similarity filter skipped in this stream
+        self._last_output: Tensor | None = None
+        if self.filter is not None:
+            self.filter.reset()
 
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
+        self.seed = int(seed)
+        self._reset_filter()
         self.stream.prepare(prompt, height=height, width=width, seed=seed)
 
     def push(self, index: int, frame: Tensor) -> list[tuple[int, Tensor]]:
-        return self.stream.push(index, frame)
+        if self.filter is not None:
+            if self._last_output is None:
+                self.filter.observe(frame * 2 - 1)
+            elif self.filter.skip_frame(frame, self.seed, index):
+                self.skipped.append(index)
+                return [(index, self._last_output.clone())]
+        out = self.stream.push(index, frame)
+        if out and self.filter is not None:
+            self._last_output = out[-1][1]
+        return out
 
     def flush(self) -> list[tuple[int, Tensor]]:
         return self.stream.flush()
 
     def reset(self) -> None:
+        self._reset_filter()
         self.stream.reset()

@@ -83,3 +83,21 @@ class FakeClock:
 
     def advance(self, dt: float) -> None:
         self.t += dt
+
+
+class RepeatEveryOther(NanMethod):
+    """A similarity filter stand-in: every odd frame is "skipped" (shows the previous output) and listed in
+    ``skipped``, as the filtering methods do."""
+
+    def prepare(self, prompt, *, height, width, seed):
+        self.skipped, self.last = [], None
+
+    def push(self, index, frame):
+        if index % 2 and self.last is not None:
+            self.skipped.append(index)
+            return [(index, self.last)]
+        self.last = frame
+        return [(index, frame)]
+
+    def reset(self):
+        self.skipped = []

@@ -150,6 +150,19 @@ def test_nan_outputs_are_flagged_and_excluded(tmp_path):
     assert np.isfinite(v[("nan", "frame_diff")])
 
 
+def test_similarity_filter_skips_are_reported_per_video(tmp_path):
+    s = run(
+        tmp_path,
+        "dataset.num_videos=1",
+        "dataset.num_frames=6",
+        "method=[identity]",
+        "+method.skip._target_=tests.fake_methods.RepeatEveryOther",
+    )
+    v = s.videos.set_index(["method", "metric"]).value
+    assert v[("skip", "skipped_ratio")] == pytest.approx(0.5)  # frames 1, 3, 5 of 6
+    assert ("identity", "skipped_ratio") not in v.index  # methods without a filter do not get the column
+
+
 def test_contract_violation_is_reported(tmp_path):
     s = run(
         tmp_path,
