@@ -39,7 +39,7 @@ from live2diff.models import (
 log = logging.getLogger(__name__)
 
 NOISE_MODES = ("fixed", "per_frame")
-CFG_TYPES = ("none", "self")
+CFG_TYPES = ("none", "full", "self", "initialize")
 
 
 def seeded_noise(shape: tuple[int, ...], *keys: int) -> Tensor:
@@ -85,8 +85,11 @@ class LatentStreamMethod:
         ``len(t_index_list) - 1`` frames); False = all steps of a frame within its own push.
       noise: "fixed" = one noise tensor per step, shared by all frames (StreamDiffusion's ``init_noise``);
         "per_frame" = fresh noise per frame and step (independent img2img calls).
-      cfg_type: "none" or "self" (RCFG with the self-negative: the virtual negative is the stock noise, no
-        second UNet pass); guidance_scale, delta as in StreamDiffusion.
+      cfg_type: StreamDiffusion's four: "none"; "full" (classic CFG: every row also runs with the negative prompt,
+        2n UNet rows); "self" (RCFG self-negative: the virtual negative is the stock noise, no extra rows);
+        "initialize" (RCFG onetime-negative: one extra row, the newest frame with the negative prompt, whose
+        prediction initialises that frame's stock noise). guidance_scale (all CFG is off at <= 1), delta and
+        negative_prompt as in StreamDiffusion.
     """
 
     lookahead = 0
@@ -104,13 +107,12 @@ class LatentStreamMethod:
         guidance_scale: float = 1.0,
         delta: float = 1.0,
         num_inference_steps: int = 50,
+        negative_prompt: str = "",
     ) -> None:
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         if cfg_type not in CFG_TYPES:
-            raise ValueError(
-                f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r} (full/initialize: not implemented)"
-            )
+            raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r}")
         self.comps = build_image_components(model, device, dtype)
         self.device = self.comps.device
         self.schedule: LCMSchedule = make_lcm_schedule(
@@ -121,6 +123,7 @@ class LatentStreamMethod:
         self.cfg_type = cfg_type
         self.guidance_scale = float(guidance_scale)
         self.delta = float(delta)
+        self.negative_prompt = str(negative_prompt)
         self._prepared = False
         self.reset()
 
@@ -131,7 +134,15 @@ class LatentStreamMethod:
 
     @property
     def use_rcfg(self) -> bool:
-        return self.cfg_type == "self" and self.guidance_scale > 1.0
+        """Residual CFG: a stock noise per frame stands in for the negative prediction."""
+        return self.cfg_type in ("self", "initialize") and self.guidance_scale > 1.0
+
+    @property
+    def uncond_rows(self) -> str:
+        """Which rows also run with the negative prompt: "all" (full CFG), "first" (initialize) or "none"."""
+        if self.guidance_scale <= 1.0:
+            return "none"
+        return {"full": "all", "initialize": "first"}.get(self.cfg_type, "none")
 
     # -- StreamMethod -------------------------------------------------------------------------------------------
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
@@ -142,6 +153,9 @@ class LatentStreamMethod:
         f = self.comps.vae_scale_factor
         self.latent_shape = (1, self.comps.latent_channels, self.work_size[0] // f, self.work_size[1] // f)
         self.prompt_embeds = encode_prompt(self.comps, prompt)
+        self.negative_embeds = (
+            encode_prompt(self.comps, self.negative_prompt) if self.uncond_rows != "none" else None
+        )
         self.init_noise = torch.cat(
             [seeded_noise(self.latent_shape, self.seed, j) for j in range(self.n_steps)]
         )
@@ -179,9 +193,26 @@ class LatentStreamMethod:
         """Return False to skip the frame (then it must be given an output, now in ``out`` or later)."""
         return True
 
-    def unet(self, latents: Tensor, timesteps: Tensor, rows: list[InFlight]) -> Tensor:
-        emb = self.prompt_embeds.expand(latents.shape[0], -1, -1)
+    def unet(
+        self, latents: Tensor, timesteps: Tensor, rows: list[InFlight], embeds: Tensor | None = None
+    ) -> Tensor:
+        """Noise prediction for ``latents`` (one row per frame in ``rows``, unless ``embeds`` [B, L, D] gives each
+        of B rows its own prompt: CFG's extra negative rows)."""
+        emb = self.prompt_embeds.expand(latents.shape[0], -1, -1) if embeds is None else embeds
         return self.comps.unet(latents, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
+
+    def predict(self, x_t: Tensor, timesteps: Tensor, rows: list[InFlight]) -> tuple[Tensor, Tensor | None]:
+        """(text-conditioned prediction, negative prediction for the rows that have one: all, the first, none)."""
+        mode = self.uncond_rows
+        if mode == "none":
+            return self.unet(x_t, timesteps, rows), None
+        k = x_t.shape[0] if mode == "all" else 1
+        neg = self.negative_embeds.expand(k, -1, -1)
+        pos = self.prompt_embeds.expand(x_t.shape[0], -1, -1)
+        pred = self.unet(
+            torch.cat([x_t[:k], x_t]), torch.cat([timesteps[:k], timesteps]), rows, torch.cat([neg, pos])
+        )
+        return pred[k:], pred[:k]
 
     # -- machinery ----------------------------------------------------------------------------------------------
     def noise(self, index: int, step: int) -> Tensor:
@@ -216,11 +247,15 @@ class LatentStreamMethod:
         x_t = torch.cat([r.latent for r in rows])
         steps = torch.tensor([r.step for r in rows], dtype=torch.long)
         timesteps = self.schedule.timesteps[steps].to(self.device)
-        eps_text = self.unet(x_t, timesteps, rows)
+        eps_text, eps_neg = self.predict(x_t, timesteps, rows)
         if self.use_rcfg:
+            if eps_neg is not None:  # initialize: the newest frame's stock noise is its negative prediction
+                rows[0].stock = eps_neg[0:1].clone()
             stock = torch.cat([r.stock for r in rows])
             eps_uncond = stock * self.delta
             eps = eps_uncond + self.guidance_scale * (eps_text - eps_uncond)
+        elif eps_neg is not None:  # full CFG
+            eps = eps_neg + self.guidance_scale * (eps_text - eps_neg)
         else:
             eps = eps_text
         x0 = self.schedule.denoise(x_t, eps, steps)

@@ -4,7 +4,9 @@
   ``t_index_list`` (newest at the noisiest); between steps the clean estimate is re-noised to the next timestep with
   that step's fixed ``init_noise``. Output lags input by ``len(t_index_list) - 1`` pushes.
 * **RCFG, self-negative** (``cfg_type: self``): the negative noise prediction is the *stock noise* (initial noise
-  plus the residual implied by the previous step), so guidance costs no second UNet pass.
+  plus the residual implied by the previous step), so guidance costs no second UNet pass. ``initialize`` adds one
+  row (the newest frame with the negative prompt) whose prediction initialises that frame's stock noise; ``full``
+  is classic CFG (every row twice); ``none`` turns guidance off.
 * **Stochastic similarity filter**: a frame whose cosine similarity to the last processed input frame is high is
   skipped with probability ``max(0, 1 - (1 - cos) / (1 - threshold))`` (at most ``max_skip_frame`` in a row) and
   takes the output of that last processed frame. The random draw is a function of (seed, frame index), so the skip
@@ -40,6 +42,7 @@ class StreamDiffusion(LatentStreamMethod):
         similar_image_filter_threshold: float = 0.98,
         similar_image_filter_max_skip_frame: int = 10,
         num_inference_steps: int = 50,
+        negative_prompt: str = "",
     ) -> None:
         self.filter = (
             SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
@@ -57,6 +60,7 @@ class StreamDiffusion(LatentStreamMethod):
             guidance_scale=guidance_scale,
             delta=delta,
             num_inference_steps=num_inference_steps,
+            negative_prompt=negative_prompt,
         )
 
     def reset(self) -> None:

@@ -198,6 +198,11 @@ class StreamV2V(StreamDiffusion):
         fusion_layers: list[str] | tuple[str, ...] = ("up_blocks.0", "up_blocks.1", "mid_block"),
         num_inference_steps: int = 50,
     ) -> None:
+        if cfg_type in ("full", "initialize") and float(guidance_scale) > 1.0:
+            raise ValueError(
+                "streamv2v: cfg_type full/initialize add negative-prompt rows to the UNet batch, which the feature "
+                "bank's per-row bookkeeping does not cover; use cfg_type none or self"
+            )
         if update not in UPDATE_RULES:
             raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
         if int(bank_size) < 1 or int(update_interval) < 1:
@@ -244,8 +249,10 @@ class StreamV2V(StreamDiffusion):
         if getattr(self, "bank", None) is not None:
             self.bank.clear()
 
-    def unet(self, latents: Tensor, timesteps: Tensor, rows: list[InFlight]) -> Tensor:
+    def unet(
+        self, latents: Tensor, timesteps: Tensor, rows: list[InFlight], embeds: Tensor | None = None
+    ) -> Tensor:
         self.bank.steps = [r.step for r in rows]
         self.bank.indices = [r.index for r in rows]
         self.bank.write = [r.index % self.update_interval == 0 for r in rows]
-        return super().unet(latents, timesteps, rows)
+        return super().unet(latents, timesteps, rows, embeds)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from baselines.animatediff_window import AnimateDiffWindow
+from baselines.common import CFG_TYPES
 from baselines.per_frame_img2img import PerFrameImg2Img
 from baselines.streamdiffusion import SimilarImageFilter, StreamDiffusion
 from baselines.streamv2v import (
@@ -19,7 +20,7 @@ from baselines.streamv2v import (
     tome_merge,
 )
 from eval.datasets.synthetic import generate_clip
-from live2diff.models import vae_decode, vae_encode
+from live2diff.models import encode_prompt, vae_decode, vae_encode
 
 H = W = 64
 
@@ -81,6 +82,37 @@ def test_stream_batch_with_rcfg_equals_per_frame_schedule(clip):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     c, _ = run(StreamDiffusion(stream_batch=True, **{**kw, "cfg_type": "none"}), clip)
     assert not torch.allclose(a, c, atol=1e-4), "RCFG (guidance 1.4) has no effect"
+
+
+def test_cfg_full_and_initialize_written_out(clip):
+    """One LCM step: full CFG = negative + g * (text - negative), two UNet predictions written out here; with one
+    step, initialize's stock noise is that same negative prediction (delta 1), so it gives the same output; with
+    three steps it differs from both full and self. Guidance 1.0 turns every kind off."""
+    g = 1.6
+    kw = dict(t_index_list=[40], similar_image_filter=False, guidance_scale=g, negative_prompt="blurry")
+    full, _ = run(StreamDiffusion(cfg_type="full", **kw), clip[:3])
+    init, _ = run(StreamDiffusion(cfg_type="initialize", **kw), clip[:3])
+    m = StreamDiffusion(cfg_type="full", **kw)
+    m.prepare("an oil painting", height=H, width=W, seed=7)
+    s, c = m.schedule, m.comps
+    neg = encode_prompt(c, "blurry")
+    for i in range(3):
+        x = s.add_noise(vae_encode(c, clip[i][None]), m.init_noise[0:1], 0)
+        e_pos = c.unet(x, s.timesteps[0:1], encoder_hidden_states=m.prompt_embeds).sample
+        e_neg = c.unet(x, s.timesteps[0:1], encoder_hidden_states=neg).sample
+        want = vae_decode(c, s.denoise(x, e_neg + g * (e_pos - e_neg), 0))[0]
+        torch.testing.assert_close(full[i], want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(init, full, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(full, run(StreamDiffusion(cfg_type="none", **kw), clip[:3])[0], atol=1e-4)
+    kw3 = {**kw, "t_index_list": [20, 30, 40]}
+    outs = {t: run(StreamDiffusion(cfg_type=t, **kw3), clip)[0] for t in ("full", "self", "initialize")}
+    assert not torch.allclose(outs["initialize"], outs["full"], atol=1e-4)
+    assert not torch.allclose(outs["initialize"], outs["self"], atol=1e-4)
+    off = {t: run(StreamDiffusion(cfg_type=t, **{**kw3, "guidance_scale": 1.0}), clip)[0] for t in CFG_TYPES}
+    for t in CFG_TYPES:
+        torch.testing.assert_close(off[t], off["none"])
+    with pytest.raises(ValueError, match="cfg_type"):
+        StreamV2V(cfg_type="full", guidance_scale=1.5)
 
 
 def test_per_frame_img2img_uses_no_other_frame(clip):

@@ -253,4 +253,6 @@ def test_similarity_filter_skips_repeats_after_warmup_and_shows_the_last_output(
     assert m.skipped == [11, 12], "max_skip_frame=2: the third repeat is processed"
     assert pushed_to_model == [i for i in range(14) if i not in (11, 12)]
     off = _run(_method(), clip)
-    assert not torch.equal(dict(off)[13], outs[13]), "the model never saw the skipped frames (cache, noise draws)"
+    assert not torch.equal(dict(off)[13], outs[13]), (
+        "the model never saw the skipped frames (cache, noise draws)"
+    )
