@@ -41,6 +41,9 @@ class RunnerSettings:
     save_videos: bool = False
     save_strips: bool = True
     strip_frames: int = 6
+    keep_outputs: bool = (
+        False  # keep each stream's outputs (float16) so a metric change re-scores, not re-runs
+    )
     mode: str = "offline"
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
@@ -56,7 +59,7 @@ class UnitResult:
     method: str
     video: str
     key: str
-    status: str  # "ok" | "cached" | "error"
+    status: str  # "ok" | "cached" | "rescored" (kept outputs, new metrics) | "error"
     error: str = ""
     n_frames: int = 0
     seconds: float = 0.0
@@ -139,7 +142,8 @@ class Runner:
         self._built: dict[str, StreamMethod] = {}
 
     # -- keys ---------------------------------------------------------------------------------------------------
-    def unit_key(self, method_name: str, video: Video) -> str:
+    def stream_key(self, method_name: str, video: Video) -> str:
+        """Everything that determines a method's outputs and timings on a video (not the metrics)."""
         mcfg = self.method_cfgs[method_name]
         mcfg = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else mcfg
         s = self.settings
@@ -147,11 +151,19 @@ class Runner:
             {
                 "method": mcfg,
                 "video": video.fingerprint,
-                "metrics": self.metrics_cfg,
                 "seed": s.seed,
                 "mode": s.mode,
                 "mode_settings": s.extra.get(s.mode, {}),
                 "context": self.context,
+            }
+        )
+
+    def unit_key(self, method_name: str, video: Video) -> str:
+        return content_key(
+            {
+                "stream": self.stream_key(method_name, video),
+                "metrics": self.metrics_cfg,
+                "keep_outputs": self.settings.keep_outputs,  # kept outputs are scored at float16
             }
         )
 
@@ -245,10 +257,19 @@ class Runner:
                 vr,
             )
         t0 = time.perf_counter()
+        status = "ok"
         try:
             frames = video.load()
-            method = self._method(method_name, frames)
-            rec = self._stream(method, video, frames)
+            skey = self.stream_key(method_name, video)
+            if self.settings.keep_outputs and self.store.stream_done(skey):
+                rec, status = self.store.read_stream(skey), "rescored"
+            else:
+                method = self._method(method_name, frames)
+                rec = self._stream(method, video, frames)
+                if self.settings.keep_outputs:
+                    self.store.write_stream(skey, rec)
+                    # score exactly what is kept, so a later re-scoring gives the same numbers
+                    rec.outputs = [o.to(torch.float16).to(torch.float32) for o in rec.outputs]
             fr, vr, files = self._score(method_name, video, frames, rec)
         except KeyboardInterrupt:
             raise
@@ -281,7 +302,7 @@ class Runner:
                 method_name,
                 video.name,
                 key,
-                "ok",
+                status,
                 n_frames=int(frames.shape[0]),
                 seconds=time.perf_counter() - t0,
             ),

@@ -4,11 +4,16 @@ A *unit* is one (method config, video, metric config, runner settings) combinati
 them, so changing anything that affects its numbers recomputes it, and nothing else does. A unit lives in
 ``<root>/units/<key[:2]>/<key>/``; ``unit.json`` is written last, so a unit without it (a crash or kill mid-write)
 counts as not done. Every file is written to a temporary name and moved into place with ``os.replace``.
+
+With ``runner.keep_outputs`` the *stream* behind a unit (the method's outputs as float16, and its timings) is kept
+too, under ``<root>/streams/``, keyed by everything except the metric config: a later run that only adds or
+changes metrics re-scores the kept outputs instead of running the method again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -16,7 +21,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 SCHEMA_VERSION = 1
 
@@ -91,3 +98,47 @@ class UnitStore:
 
     def delete(self, key: str) -> None:
         shutil.rmtree(self.path(key), ignore_errors=True)
+
+    # -- kept streams (runner.keep_outputs) ----------------------------------------------------------------------
+    def stream_path(self, key: str) -> Path:
+        return self.root / "streams" / key[:2] / key
+
+    def stream_done(self, key: str) -> bool:
+        return (self.stream_path(key) / "stream.json").is_file()
+
+    def write_stream(self, key: str, rec: Any) -> Path:
+        """A :class:`eval.timing.StreamRecord`'s outputs (float16 ``[T, 3, H, W]``) and timings; ``stream.json``
+        last, so a half-written stream counts as absent."""
+        d = self.stream_path(key)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "stream.json").unlink(missing_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, torch.stack(rec.outputs).to(torch.float16).numpy())
+        atomic_write_bytes(d / "outputs.npy", buf.getvalue())
+        record = {
+            "push_start": rec.push_start.tolist(),
+            "call_s": rec.call_s.tolist(),
+            "emit_time": rec.emit_time.tolist(),
+            "flush_s": rec.flush_s,
+            "peak_mem_mb": rec.peak_mem_mb,
+            "extra": rec.extra,
+            "key": key,
+        }
+        atomic_write_bytes(d / "stream.json", json.dumps(record, default=str).encode())
+        return d
+
+    def read_stream(self, key: str) -> Any:
+        from eval.timing import StreamRecord
+
+        d = self.stream_path(key)
+        record = json.loads((d / "stream.json").read_text())
+        outputs = torch.from_numpy(np.load(d / "outputs.npy")).to(torch.float32)
+        return StreamRecord(
+            list(outputs),
+            np.asarray(record["push_start"], dtype=np.float64),
+            np.asarray(record["call_s"], dtype=np.float64),
+            np.asarray(record["emit_time"], dtype=np.float64),
+            float(record["flush_s"]),
+            float(record["peak_mem_mb"]),
+            record.get("extra", {}),
+        )

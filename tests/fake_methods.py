@@ -101,3 +101,13 @@ class RepeatEveryOther(NanMethod):
 
     def reset(self):
         self.skipped = []
+
+
+class CountingMethod(DelayMethod):
+    """``DelayMethod`` that counts how many frames it was pushed (class-wide), to tell a re-run from a re-score."""
+
+    pushes = 0
+
+    def push(self, index, frame):
+        CountingMethod.pushes += 1
+        return super().push(index, frame)

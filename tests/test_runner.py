@@ -86,6 +86,35 @@ def test_resume_recomputes_only_the_deleted_unit(tmp_path):
     assert [u.status for u in fourth.units] == ["ok", "ok", "ok"]
 
 
+def test_kept_outputs_are_rescored_when_only_the_metrics_change(tmp_path):
+    """runner.keep_outputs: a run that only adds a metric re-scores the kept outputs (the method is not run again)
+    and reproduces the first run's numbers exactly, timings included; a method change still re-runs."""
+    from tests.fake_methods import CountingMethod
+
+    base = [
+        "dataset.num_videos=2",
+        "dataset.num_frames=6",
+        "method=[]",
+        "+method.count._target_=tests.fake_methods.CountingMethod",
+        "runner.keep_outputs=true",
+        "runner.warmup_frames=0",
+        "metrics=none",
+        "+metrics.frame_diff._target_=eval.metrics.frame_diff.MeanAbsFrameDiff",
+    ]
+    CountingMethod.pushes = 0
+    first = run(tmp_path, *base, name="a")
+    assert CountingMethod.pushes == 12 and [u.status for u in first.units] == ["ok", "ok"]
+    second = run(tmp_path, *base, "+metrics.warp_error._target_=eval.metrics.warp_error.WarpError", name="b")
+    assert CountingMethod.pushes == 12, "the method ran again although only the metrics changed"
+    assert [u.status for u in second.units] == ["rescored", "rescored"]
+    a = first.videos.set_index(["video", "metric"]).value
+    b = second.videos.set_index(["video", "metric"]).value
+    assert "warp_error" in set(second.videos.metric) and "warp_error" not in set(first.videos.metric)
+    pd.testing.assert_series_equal(a, b.loc[a.index])  # frame_diff, latency, fps ... identical
+    third = run(tmp_path, *base, "+method.count.delay=1", name="c")
+    assert CountingMethod.pushes == 24 and [u.status for u in third.units] == ["ok", "ok"]
+
+
 def test_half_written_unit_counts_as_not_done(tmp_path):
     first = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="a")
     unit = tmp_path / "results" / "units" / first.units[0].key[:2] / first.units[0].key
