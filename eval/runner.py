@@ -41,9 +41,8 @@ class RunnerSettings:
     save_videos: bool = False
     save_strips: bool = True
     strip_frames: int = 6
-    keep_outputs: bool = (
-        False  # keep each stream's outputs (float16) so a metric change re-scores, not re-runs
-    )
+    # keep each stream's outputs (float16) so that a metric-only change re-scores them instead of re-running
+    keep_outputs: bool = False
     mode: str = "offline"
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
@@ -261,7 +260,8 @@ class Runner:
         try:
             frames = video.load()
             skey = self.stream_key(method_name, video)
-            if self.settings.keep_outputs and self.store.stream_done(skey):
+            kept = self.settings.keep_outputs and self.settings.resume  # resume=false re-runs everything
+            if kept and self.store.stream_done(skey):
                 rec, status = self.store.read_stream(skey), "rescored"
             else:
                 method = self._method(method_name, frames)

@@ -113,6 +113,8 @@ def test_kept_outputs_are_rescored_when_only_the_metrics_change(tmp_path):
     pd.testing.assert_series_equal(a, b.loc[a.index])  # frame_diff, latency, fps ... identical
     third = run(tmp_path, *base, "+method.count.delay=1", name="c")
     assert CountingMethod.pushes == 24 and [u.status for u in third.units] == ["ok", "ok"]
+    fourth = run(tmp_path, *base, "runner.resume=false", name="d")  # forces the method to run again
+    assert CountingMethod.pushes == 36 and [u.status for u in fourth.units] == ["ok", "ok"]
 
 
 def test_half_written_unit_counts_as_not_done(tmp_path):
