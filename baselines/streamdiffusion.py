@@ -65,13 +65,14 @@ class StreamDiffusion(LatentStreamMethod):
 
     def reset(self) -> None:
         super().reset()
-        self.skipped: list[int] = []  # indices the similarity filter skipped in this stream
+        # indices the similarity filter skipped in this stream (None without a filter: nothing to report)
+        self.skipped: list[int] | None = [] if getattr(self, "filter", None) is not None else None
         if getattr(self, "filter", None) is not None:
             self.filter.reset()
 
     @property
     def n_skipped(self) -> int:
-        return len(self.skipped)
+        return len(self.skipped or [])
 
     def admit(self, index: int, frame: Tensor, out: list[Emission]) -> bool:
         if self.filter is None:
@@ -80,7 +81,7 @@ class StreamDiffusion(LatentStreamMethod):
             return True
         # Skipped: the frame takes the output of the last processed frame — at once if that one is out already,
         # otherwise together with it when it leaves the stream batch.
-        self.skipped.append(index)
+        self.skipped.append(index)  # type: ignore[union-attr]
         src = self.last_processed
         if src is not None and any(r is src for r in self.in_flight):
             src.riders.append(index)

@@ -34,6 +34,8 @@ class StreamMethod(Protocol):
     * ``initial_block: int = 0`` — the first ``initial_block`` frames are processed *together* (Live2Diff's
       bidirectional warmup), so their outputs may depend on each other; after the block the ``lookahead`` rule holds.
     * ``device: torch.device | str = "cpu"`` — where it computes; the runner synchronises it around each push.
+    * ``skipped: list[int] | None`` — a method with a similarity filter lists the indices it answered with an
+      earlier output instead of running its model (cleared by ``prepare``); the results gain ``skipped_ratio``.
 
     So output ``i`` may depend on input frames ``0 .. max(i + lookahead, initial_block - 1)`` and no others.
     """

@@ -69,7 +69,8 @@ class Live2DiffMethod:
         self._reset_filter()
 
     def _reset_filter(self) -> None:
-        self.skipped: list[int] = []  # indices the similarity filter skipped in this stream
+        # indices the similarity filter skipped in this stream (None without a filter: nothing to report)
+        self.skipped: list[int] | None = [] if self.filter is not None else None
         self._last_output: Tensor | None = None
         if self.filter is not None:
             self.filter.reset()
@@ -84,7 +85,7 @@ class Live2DiffMethod:
             if self._last_output is None:
                 self.filter.observe(frame * 2 - 1)
             elif self.filter.skip_frame(frame, self.seed, index):
-                self.skipped.append(index)
+                self.skipped.append(index)  # type: ignore[union-attr]
                 return [(index, self._last_output.clone())]
         out = self.stream.push(index, frame)
         if out and self.filter is not None:
