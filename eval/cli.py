@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from eval import results
+from eval.results import Reference
 from eval.runner import Runner, RunnerSettings, RunSummary, build_metrics
-from eval.store import UnitStore, atomic_write_json
+from eval.store import UnitStore
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +43,8 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
         raise ValueError(f"the dataset has no videos for shard {cfg.dataset.get('shard', 0)}")
     metrics = build_metrics(cfg.metrics)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_json(
-        run_dir / "provenance.json", provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device))
-    )
     refs = cfg.report.get("reference")
-    refs = OmegaConf.to_container(refs, resolve=True) if refs else []
-    for r in refs:
-        missing = {"method", "metric", "value", "source"} - set(r)
-        if missing:
-            raise ValueError(
-                f"report.reference entry {r} lacks {sorted(missing)}: every reported figure cites a source"
-            )
-    atomic_write_json(run_dir / "reference.json", refs)
+    refs = [Reference.from_config(r) for r in (OmegaConf.to_container(refs, resolve=True) if refs else [])]
     weights = (cfg.get("model") or {}).get("weights") or {}
     notes = []
     if not any(v for v in weights.values()):
@@ -60,7 +52,12 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
             f"model={cfg.model.get('size', '?')} with random-initialised weights (no model.weights set): "
             "quality figures exercise the harness and the methods' mechanics, not their image quality"
         )
-    atomic_write_json(run_dir / "notes.json", notes)
+    results.write_header(
+        run_dir,
+        provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
+        references=refs,
+        notes=notes,
+    )
     settings = RunnerSettings.from_config(
         {**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed}
     )

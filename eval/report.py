@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import logging
 import math
 from pathlib import Path
@@ -20,41 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from eval import results
+
 log = logging.getLogger(__name__)
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
 def load_results(dirs: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
-    """Concatenate runs/shards. When a (method, video) pair occurs in several dirs the last one wins."""
-    frames, videos, units, desc = [], [], [], {}
-    for d in dirs:
-        d = Path(d)
-        if not (d / "videos.parquet").is_file():
-            raise FileNotFoundError(
-                f"{d} is not a result folder (no videos.parquet); pass results/<experiment>/<run>"
-            )
-        for name, parts in (("frames", frames), ("videos", videos), ("units", units)):
-            df = pd.read_parquet(d / f"{name}.parquet")
-            df["run"] = d.name
-            parts.append(df)
-        if (d / "metrics.json").is_file():
-            desc.update(json.loads((d / "metrics.json").read_text()))
-
-    def merge(parts: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
-        df = pd.concat(parts, ignore_index=True)
-        if df.empty:
-            return df
-        dup = df.duplicated(subset=keys, keep="last")
-        if dup.any():
-            log.warning("%d rows repeated across result dirs; keeping the last dir's", int(dup.sum()))
-        return df[~dup].reset_index(drop=True)
-
-    return (
-        merge(frames, ["method", "video", "frame", "metric"]),
-        merge(videos, ["method", "video", "metric"]),
-        merge(units, ["method", "video"]),
-        desc,
-    )
+    """Frames, videos, units and metric descriptions of the merged runs (eval/results.py owns the schema)."""
+    r = results.load_runs(dirs)
+    return r.frames, r.videos, r.units, {k: d.to_json() for k, d in r.metrics.items()}
 
 
 # -- statistics -------------------------------------------------------------------------------------------------
@@ -265,21 +239,6 @@ def plot_over_time(frames: pd.DataFrame, metric: str, desc: dict, path: Path) ->
 
 
 # -- reported (paper / reference README) figures -----------------------------------------------------------------
-def load_json_lists(dirs: list[Path], name: str) -> list:
-    """The union (in order, without repeats) of the JSON list ``name`` of each run folder that has one."""
-    out: list = []
-    for d in dirs:
-        p = Path(d) / name
-        if p.is_file():
-            out += [r for r in json.loads(p.read_text()) if r not in out]
-    return out
-
-
-def load_references(dirs: list[Path]) -> list[dict]:
-    """``reference.json`` of each run: figures published elsewhere, each with its source (see conf/experiment)."""
-    return load_json_lists(dirs, "reference.json")
-
-
 def reference_rows(refs: list[dict], table: pd.DataFrame, desc: dict) -> list[list[str]]:
     idx = table.set_index(["method", "metric"])
     rows = []
@@ -307,7 +266,9 @@ def build_report(
     """Write the report for the results in ``dirs`` into ``out``; returns the path of ``summary.md``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    frames, videos, units, desc = load_results([Path(d) for d in dirs])
+    run = results.load_runs([Path(d) for d in dirs])
+    frames, videos, units = run.frames, run.videos, run.units
+    desc = {k: d.to_json() for k, d in run.metrics.items()}
     table = per_method_table(videos, desc, n_boot, seed)
     table.to_csv(out / "per_method.csv", index=False)
     wide = videos.pivot_table(index=["method", "video"], columns="metric", values="value", aggfunc="first")
@@ -318,9 +279,7 @@ def build_report(
         paired.to_csv(out / "paired.csv", index=False)
 
     md, body = [], []
-    notes = sorted(
-        {d["note"] for d in desc.values() if d.get("note")} | set(load_json_lists(dirs, "notes.json"))
-    )
+    notes = run.all_notes()
     md.append("# live2diff-bench results\n")
     body.append("<h1>live2diff-bench results</h1>")
     md.append(
@@ -378,9 +337,7 @@ def build_report(
     md += live_md
     body += live_html
 
-    strips = []
-    for d in dirs:
-        strips += sorted((Path(d) / "strips").glob("*/*.png"))
+    strips = run.strips
     if strips:
         md.append("## Frame strips (input above, output below)\n")
         body.append("<h2>Frame strips (input above, output below)</h2>")
@@ -389,7 +346,7 @@ def build_report(
             md.append(f"**{p.parent.name} / {p.stem}**\n\n![{p.stem}]({rel})\n")
             body.append(f"<h3>{html.escape(p.parent.name)} / {html.escape(p.stem)}</h3><img src='{_b64(p)}'>")
 
-    refs = load_references(dirs)
+    refs = [r.to_json() for r in run.references]
     if refs and not table.empty:
         rrows = reference_rows(refs, table, desc)
         rcols = ["method", "metric", "reported", "ours (95 % CI)", "source"]
@@ -489,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = build_report(args.dirs, args.out or args.dirs[0], args.compare_to, args.bootstrap)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, results.ResultsError) as exc:
         print(f"error: {exc}")
         return 2
     print(summary.read_text())

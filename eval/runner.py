@@ -22,15 +22,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from eval import results
 from eval.datasets.base import Video
 from eval.interface import StreamMethod
-from eval.store import UnitStore, atomic_write_json, atomic_write_parquet, content_key
-from eval.timing import FRAME_SYSTEM_METRICS, SYSTEM_METRICS, StreamRecord, run_stream, summarise
+from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
+from eval.store import UnitStore, content_key
+from eval.timing import StreamRecord, run_stream, summarise
 
 log = logging.getLogger(__name__)
-
-FRAME_COLUMNS = ["method", "video", "frame", "metric", "value"]
-VIDEO_COLUMNS = ["method", "video", "metric", "value"]
 
 
 @dataclass
@@ -90,26 +89,6 @@ def build_metrics(metrics_cfg: DictConfig | dict | None) -> dict[str, Any]:
             continue
         out[str(name)] = instantiate(mcfg)
     return out
-
-
-def describe_metrics(metrics: dict[str, Any]) -> dict[str, dict]:
-    desc = {name: {**m.describe(), "kind": "quality"} for name, m in metrics.items()}
-    for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS):
-        for name, d in table.items():
-            desc[name] = {**d, "kind": "system"}
-    desc["skipped_ratio"] = {
-        "display_name": "Skipped by similarity filter",
-        "unit": "",
-        "higher_is_better": None,
-        "kind": "system",
-    }
-    desc["nonfinite_frames"] = {
-        "display_name": "Non-finite frames",
-        "unit": "",
-        "higher_is_better": False,
-        "kind": "check",
-    }
-    return desc
 
 
 class Runner:
@@ -379,25 +358,25 @@ class Runner:
         if self.settings.save_strips:
             files["strip.png"] = frame_strip_png(frames, outputs, self.settings.strip_frames)
         if self.settings.save_videos:
-            path = self.run_dir / "videos" / method_name / f"{video.name}.mp4"
-            write_mp4(path, outputs, video.fps)
+            write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
         return fr, vr, files
 
     # -- run-level outputs --------------------------------------------------------------------------------------
     def _write_run_tables(self, units: list[UnitResult], frames: pd.DataFrame, videos: pd.DataFrame) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ut = pd.DataFrame([u.__dict__ for u in units], columns=list(UnitResult.__dataclass_fields__))
-        atomic_write_parquet(self.run_dir / "units.parquet", ut)
-        atomic_write_parquet(self.run_dir / "frames.parquet", frames)
-        atomic_write_parquet(self.run_dir / "videos.parquet", videos)
-        atomic_write_json(self.run_dir / "metrics.json", describe_metrics(self.metrics))
-        strips = self.run_dir / "strips"
+        ut = pd.DataFrame([u.__dict__ for u in units], columns=UNIT_COLUMNS)
+        strips = {}
         for u in units:
             src = self.store.path(u.key) / "strip.png"
             if u.status != "error" and src.is_file():
-                dst = strips / u.method / f"{u.video}.png"
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(src.read_bytes())
+                strips[(u.method, u.video)] = src.read_bytes()
+        results.write_tables(
+            self.run_dir,
+            units=ut,
+            frames=frames,
+            videos=videos,
+            metrics=results.describe_metrics(self.metrics, self.metrics_cfg),
+            strips=strips,
+        )
 
 
 def frame_strip_png(inputs: Tensor, outputs: Tensor, k: int = 6, max_height: int = 96) -> bytes:

@@ -119,41 +119,7 @@ def run_stream(
     return rec
 
 
-#: name -> description of each per-video system figure; the report reads directions from here.
-SYSTEM_METRICS: dict[str, dict] = {
-    "latency_p50_ms": {"display_name": "E2E latency p50", "unit": "ms", "higher_is_better": False},
-    "latency_p95_ms": {"display_name": "E2E latency p95", "unit": "ms", "higher_is_better": False},
-    "latency_p99_ms": {"display_name": "E2E latency p99", "unit": "ms", "higher_is_better": False},
-    "first_frame_latency_ms": {
-        "display_name": "First-frame latency",
-        "unit": "ms",
-        "higher_is_better": False,
-    },
-    "call_p50_ms": {"display_name": "Per-call time p50", "unit": "ms", "higher_is_better": False},
-    "fps": {"display_name": "Throughput", "unit": "FPS", "higher_is_better": True},
-    "steady_fps": {"display_name": "Steady-state FPS", "unit": "FPS", "higher_is_better": True},
-    "peak_mem_mb": {"display_name": "Peak memory", "unit": "MiB", "higher_is_better": False},
-}
-#: per-frame system rows
-FRAME_SYSTEM_METRICS: dict[str, dict] = {
-    "latency_ms": {"display_name": "E2E latency", "unit": "ms", "higher_is_better": False},
-    "call_ms": {"display_name": "Per-call time", "unit": "ms", "higher_is_better": False},
-}
-
-#: live mode (eval/live.py) adds these per-video and per-frame figures
-LIVE_METRICS: dict[str, dict] = {
-    "source_fps": {"display_name": "Source rate", "unit": "FPS", "higher_is_better": None},
-    "output_fps": {"display_name": "Achieved output rate", "unit": "FPS", "higher_is_better": True},
-    "drop_ratio": {"display_name": "Dropped frames", "unit": "fraction", "higher_is_better": False},
-    "lag_p50_ms": {"display_name": "Lag p50", "unit": "ms", "higher_is_better": False},
-    "lag_p95_ms": {"display_name": "Lag p95", "unit": "ms", "higher_is_better": False},
-}
-FRAME_LIVE_METRICS: dict[str, dict] = {
-    "lag_ms": {"display_name": "Lag (arrival to emission)", "unit": "ms", "higher_is_better": False},
-    "dropped": {"display_name": "Dropped", "unit": "", "higher_is_better": False},
-}
-SYSTEM_METRICS.update(LIVE_METRICS)
-FRAME_SYSTEM_METRICS.update(FRAME_LIVE_METRICS)
+# The figures below are described (name, unit, direction) once, in eval/results.py (SYSTEM_METRICS).
 
 
 def summarise(rec: StreamRecord) -> tuple[dict[str, np.ndarray], dict[str, float]]:
