@@ -45,6 +45,7 @@ class AnimateDiffWindow:
             raise ValueError(f"stride must be in [1, window={window}], got {stride}")
         self.window, self.stride = int(window), int(stride)
         self.lookahead = self.window - 1
+        self.steady_state_frames = self.window  # a full window: the runner's warm-up covers it
         self.device = self.comps.device
         self.schedule = make_lcm_schedule(self.comps.scheduler, t_index_list, num_inference_steps)
         self.reset()

@@ -133,6 +133,11 @@ class LatentStreamMethod:
         return self.schedule.n_steps
 
     @property
+    def steady_state_frames(self) -> int:
+        """Pushes until the stream batch is full (eval.interface: the runner's warm-up covers them)."""
+        return self.n_steps if self.stream_batch else 1
+
+    @property
     def use_rcfg(self) -> bool:
         """Residual CFG: a stock noise per frame stands in for the negative prediction."""
         return self.cfg_type in ("self", "initialize") and self.guidance_scale > 1.0

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.interface import StreamMethod, method_device
+from eval.interface import StreamMethod
 from eval.store import atomic_write_json, content_key
-from eval.timing import run_stream, synchronize
+from eval.timing import run_stream, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -217,35 +217,24 @@ def _stream_interleaved(
     clock: Callable[[], float],
     seed: int,
 ) -> tuple[list[float], list[float]]:
-    """One stream through ``method`` with a block of ``calls`` calibration calls before every push; per-frame
-    method times and per-call calibration times (block time / calls), in seconds."""
-    n = int(frames.shape[0])
-    device = method_device(method)
+    """One stream through ``method`` (the one stream driver, :func:`eval.timing.run_stream`) with a block of
+    ``calls`` calibration calls before every push as its ``before_push`` hook; per-frame method times and per-call
+    calibration times (block time / calls), in seconds."""
+    calib: list[float] = []
+
+    def calibration_block(i: int) -> None:
+        start = clock()
+        for _ in range(calls):
+            calibrate()
+        calib.append((clock() - start) / calls)
+
     method.prepare(prompt, height=int(frames.shape[-2]), width=int(frames.shape[-1]), seed=seed)
-    calib, call = [], []
-    start_at, emitted_at = np.zeros(n), np.full(n, np.nan)
     try:
-        for i in range(n):
-            start = clock()
-            for _ in range(calls):
-                calibrate()
-            calib.append((clock() - start) / calls)
-            start = clock()
-            emitted = method.push(i, frames[i])
-            synchronize(device)
-            end = clock()
-            start_at[i] = start
-            call.append(end - start)
-            for j, _ in emitted:
-                emitted_at[int(j)] = end
-        end = clock()
-        for j, _ in method.flush():
-            emitted_at[int(j)] = end
+        rec = run_stream(method, frames, clock=clock, before_push=calibration_block)
     finally:
         method.reset()
-    if statistic == "call":
-        return call, calib
-    return list(emitted_at - start_at), calib
+    times = rec.call_s if statistic == "call" else rec.latency_s
+    return times.tolist(), calib
 
 
 # -- deciding ---------------------------------------------------------------------------------------------------
@@ -481,9 +470,7 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     methods = {name: instantiate(mc, _convert_="all") for name, mc in method_cfgs.items()}
     for method in methods.values():  # one-off costs (allocation, lazy init) out of every repetition
         prompt, frames = streams[0]
-        method.prepare(prompt, height=int(frames.shape[-2]), width=int(frames.shape[-1]), seed=int(cfg.seed))
-        run_stream(method, frames[: max(1, int(g.warmup_frames))])
-        method.reset()
+        warm_up(method, frames, max(1, int(g.warmup_frames)), prompt=prompt, seed=int(cfg.seed))
     setup = setup_of(cfg)
     setup["gate"]["clock"] = clock_name
     update = bool(g.get("update_reference", False))

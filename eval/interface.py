@@ -6,7 +6,8 @@ completed, each tagged with the index it was pushed under. The runner owns all t
 themselves.
 
 Frames are ``torch.float32`` tensors of shape ``[3, H, W]`` with values in ``[0, 1]`` (RGB), on the CPU when they
-enter ``push``; a method moves them to its own device and returns outputs of the same shape, on any device.
+enter ``push``; a method moves them to its own device and returns outputs of the same shape, on any device (the
+driver copies them to the CPU inside the timed call, the same for every method, so a method need not do it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ class StreamMethod(Protocol):
     * ``device: torch.device | str = "cpu"`` — where it computes; the runner synchronises it around each push.
     * ``skipped: list[int] | None`` — a method with a similarity filter lists the indices it answered with an
       earlier output instead of running its model (cleared by ``prepare``); the results gain ``skipped_ratio``.
+    * ``steady_state_frames: int = 1`` — how many pushes bring a fresh stream to its steady-state path (a full
+      stream batch: ``len(t_index_list)``; a full window; Live2Diff: its warm-up block plus a full stream batch).
+      The runner's untimed warm-up pushes at least this many frames through a newly built method (then ``reset``),
+      so no timed figure pays for first-time allocations of the steady-state shapes; first-frame latency is still
+      measured on a fresh state per video.
 
     So output ``i`` may depend on input frames ``0 .. max(i + lookahead, initial_block - 1)`` and no others.
     """
@@ -63,3 +69,7 @@ def method_initial_block(method: object) -> int:
 
 def method_device(method: object) -> torch.device:
     return torch.device(getattr(method, "device", "cpu"))
+
+
+def method_steady_state_frames(method: object) -> int:
+    return max(1, int(getattr(method, "steady_state_frames", 1)))

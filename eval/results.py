@@ -128,7 +128,17 @@ SYSTEM_METRICS = _table(
     _system("call_p50_ms", "Per-call time p50", "ms", False),
     _system("fps", "Throughput", "FPS", True),
     _system("steady_fps", "Steady-state FPS", "FPS", True),
-    _system("peak_mem_mb", "Peak memory", "MiB", False),
+    MetricDescriptor(
+        "peak_mem_mb",
+        "Peak memory",
+        "MiB",
+        False,
+        "system",
+        notes=(
+            "per unit (eval/timing.py MemoryProbe): on GPU the CUDA peak allocated, statistics reset at the start "
+            "of each unit; on CPU the growth of the process RSS over its value at the start of the unit",
+        ),
+    ),
 )
 #: per-frame system rows
 FRAME_SYSTEM_METRICS = _table(

@@ -24,10 +24,10 @@ from torch import Tensor
 
 from eval import results
 from eval.datasets.base import Video
-from eval.interface import StreamMethod
+from eval.interface import StreamMethod, method_device
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
 from eval.store import UnitStore, content_key
-from eval.timing import StreamRecord, run_stream, summarise
+from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,10 @@ class Runner:
         return self._built[name]
 
     def _warmup(self, method: StreamMethod, frames: Tensor) -> None:
-        """Untimed frames through a fresh method so one-off costs (allocation, kernel selection, lazy init) stay
-        out of the first video's figures."""
-        k = min(self.settings.warmup_frames, frames.shape[0])
-        if k <= 0:
-            return
-        h, w = frames.shape[-2:]
-        method.prepare("warm-up", height=int(h), width=int(w), seed=self.settings.seed)
-        for i in range(k):
-            method.push(i, frames[i])
-        method.flush()
-        method.reset()
+        """Untimed frames through a fresh method, at least its ``steady_state_frames`` (eval.timing.warm_up), so
+        one-off costs stay out of the first video's figures."""
+        if self.settings.warmup_frames > 0:
+            warm_up(method, frames, self.settings.warmup_frames, prompt="warm-up", seed=self.settings.seed)
 
     def _unit(
         self, method_name: str, video: Video
@@ -291,14 +284,16 @@ class Runner:
 
     def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
         h, w = frames.shape[-2:]
+        probe = MemoryProbe(method_device(method))  # per unit: made before prepare, so set-up memory counts
         method.prepare(video.prompt, height=int(h), width=int(w), seed=self.settings.seed)
         try:
             if self.settings.mode == "offline":
-                rec = run_stream(method, frames)
+                rec = run_stream(method, frames, memory=probe)
             elif self.settings.mode == "live":
-                from eval.live import run_live_stream
+                from eval.live import LivePacing
 
-                rec = run_live_stream(method, frames, video.fps, **self.settings.extra.get("live", {}))
+                pacing = LivePacing(video.fps, **self.settings.extra.get("live", {}))
+                rec = run_stream(method, frames, clock=pacing.clock, pacing=pacing, memory=probe)
             else:
                 raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
             skipped = getattr(method, "skipped", None)  # similarity filters: indices shown as the last output

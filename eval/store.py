@@ -115,15 +115,7 @@ class UnitStore:
         buf = io.BytesIO()
         np.save(buf, torch.stack(rec.outputs).to(torch.float16).numpy())
         atomic_write_bytes(d / "outputs.npy", buf.getvalue())
-        record = {
-            "push_start": rec.push_start.tolist(),
-            "call_s": rec.call_s.tolist(),
-            "emit_time": rec.emit_time.tolist(),
-            "flush_s": rec.flush_s,
-            "peak_mem_mb": rec.peak_mem_mb,
-            "extra": rec.extra,
-            "key": key,
-        }
+        record = {**rec.timings(), "key": key}
         atomic_write_bytes(d / "stream.json", json.dumps(record, default=str).encode())
         return d
 
@@ -133,12 +125,4 @@ class UnitStore:
         d = self.stream_path(key)
         record = json.loads((d / "stream.json").read_text())
         outputs = torch.from_numpy(np.load(d / "outputs.npy")).to(torch.float32)
-        return StreamRecord(
-            list(outputs),
-            np.asarray(record["push_start"], dtype=np.float64),
-            np.asarray(record["call_s"], dtype=np.float64),
-            np.asarray(record["emit_time"], dtype=np.float64),
-            float(record["flush_s"]),
-            float(record["peak_mem_mb"]),
-            record.get("extra", {}),
-        )
+        return StreamRecord.from_timings(list(outputs), record)

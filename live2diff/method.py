@@ -60,6 +60,11 @@ class Live2DiffMethod:
         if compile:
             self.components.unet = torch.compile(self.components.unet)  # type: ignore[assignment]
         self.lookahead = self.stream.lookahead
+        # pushes until the streaming path runs with a full stream batch (or, re-run windows, a full window); the
+        # runner's untimed warm-up covers them (eval.interface)
+        s = self.stream
+        full_batch = s.n_steps if s.stream_batch else 1
+        self.steady_state_frames = s.window if attention == "bidirectional_window" else s.warmup + full_batch
         self.filter = (
             SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
             if similar_image_filter

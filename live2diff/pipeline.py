@@ -185,7 +185,7 @@ class Live2DiffStream:
         img = vae_decode(self.comps, latents)
         if img.shape[-2:] != (self.height, self.width):
             img = F.interpolate(img, (self.height, self.width), mode="bilinear", align_corners=False)
-        return [f.float().cpu() for f in img]
+        return list(img)  # left on the device: the driver copies every method's emissions to the CPU
 
     def _unet(self, x: Tensor, timesteps: Tensor, depth_feat: Tensor | None) -> Tensor:
         """``x``: ``[B, 4, F, h, w]``; ``depth_feat``: ``[B*F, C0, h, w]`` in (b, f) order, or None."""

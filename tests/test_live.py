@@ -11,7 +11,7 @@ import torch
 
 from eval import live
 from eval.live import run_live_stream
-from eval.timing import MethodContractError
+from eval.timing import MethodContractError, summarise
 
 
 class FakeClock:
@@ -65,7 +65,7 @@ def run(cost: float, n: int = 30, fps: float = 10.0, **kw):
     clock = FakeClock()
     method = CostMethod(clock, cost, kw.pop("delay", 0))
     rec = run_live_stream(method, frames(n), fps, clock=clock, sleep=clock.sleep, **kw)
-    return rec, rec.extra["video_metrics"], method
+    return rec, summarise(rec)[1], method
 
 
 @pytest.mark.parametrize("cost", [0.15, 0.25, 0.35, 0.55])
@@ -79,7 +79,7 @@ def test_drop_ratio_matches_expected_when_slower_than_the_source(cost):
     assert vm["lag_p50_ms"] == pytest.approx(cost * 1e3)
     assert vm["lag_p95_ms"] == pytest.approx(cost * 1e3)
     assert vm["steady_fps"] == pytest.approx(1 / cost) and vm["call_p50_ms"] == pytest.approx(cost * 1e3)
-    dropped = np.array(rec.extra["frame_metrics"]["dropped"])
+    dropped = np.array(summarise(rec)[0]["dropped"])
     assert np.flatnonzero(dropped == 0).tolist() == list(range(0, n, every))
 
 
@@ -96,7 +96,7 @@ def test_queue_policy_drops_nothing_and_lag_grows():
     cost, fps, n = 0.15, 10.0, 20
     rec, vm, _ = run(cost, n=n, fps=fps, policy="queue")
     assert vm["drop_ratio"] == 0
-    lag = np.array(rec.extra["frame_metrics"]["lag_ms"]) / 1e3
+    lag = np.array(summarise(rec)[0]["lag_ms"]) / 1e3
     # frame i is pushed when frame i-1 is done: lag_i = (i + 1) c - i T
     assert lag == pytest.approx([(i + 1) * cost - i / fps for i in range(n)])
     assert np.all(np.diff(lag) > 0)
@@ -105,7 +105,7 @@ def test_queue_policy_drops_nothing_and_lag_grows():
 
 def test_latest_policy_takes_the_newest_arrived_frame():
     rec, vm, _ = run(0.23, n=40, fps=10.0, policy="latest")
-    taken = np.flatnonzero(np.array(rec.extra["frame_metrics"]["dropped"]) == 0).tolist()
+    taken = np.flatnonzero(np.array(summarise(rec)[0]["dropped"]) == 0).tolist()
     assert taken[:5] == [0, 2, 4, 6, 9]  # free at .23 -> frame 2 (.2), .46 -> 4, .69 -> 6, .92 -> 9
     assert vm["output_fps"] == pytest.approx(1 / 0.23)
     drop_policy = run(0.23, n=40, fps=10.0)[1]
@@ -123,7 +123,7 @@ def test_a_dropped_slot_shows_the_last_output():
 def test_method_sees_consecutive_indices_and_pipeline_delay_adds_to_lag():
     rec, vm, method = run(0.25, n=12, fps=10.0, delay=1)
     assert method.seen == [0, 1, 2, 3]
-    lag = np.array(rec.extra["frame_metrics"]["lag_ms"])
+    lag = np.array(summarise(rec)[0]["lag_ms"])
     # a frame is emitted by the next push (taken 0.3 s later, done 0.25 s after that); the last one by flush
     assert lag[[0, 3, 6]] == pytest.approx([550.0, 550.0, 550.0])
     assert lag[9] == pytest.approx(250.0)
@@ -147,10 +147,10 @@ class WarmupBurst(CostMethod):
 def test_a_warmup_burst_does_not_inflate_the_output_rate():
     clock = FakeClock()
     rec = run_live_stream(WarmupBurst(clock, 0.01), frames(20), 10.0, clock=clock, sleep=clock.sleep)
-    vm = rec.extra["video_metrics"]
+    vm = summarise(rec)[1]
     assert vm["drop_ratio"] == 0
     assert vm["output_fps"] == pytest.approx(10.0)  # 16 frames after the burst, one per 0.1 s
-    lag = np.array(rec.extra["frame_metrics"]["lag_ms"])
+    lag = np.array(summarise(rec)[0]["lag_ms"])
     assert lag[:4] == pytest.approx([310.0, 210.0, 110.0, 10.0])
 
 
@@ -158,8 +158,8 @@ def test_fps_override_and_waiting_for_the_source():
     clock = FakeClock()
     method = CostMethod(clock, 0.01)
     rec = run_live_stream(method, frames(10), 10.0, fps=5.0, clock=clock, sleep=clock.sleep)
-    assert rec.extra["video_metrics"]["source_fps"] == 5.0
-    assert rec.extra["video_metrics"]["output_fps"] == pytest.approx(5.0)
+    assert summarise(rec)[1]["source_fps"] == 5.0
+    assert summarise(rec)[1]["output_fps"] == pytest.approx(5.0)
     assert clock.slept == pytest.approx(9 * 0.2 - 9 * 0.01)  # idle between arrivals
 
 
