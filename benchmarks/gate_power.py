@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eval.gate import machine_info  # noqa: E402
+from eval.provenance import device_info  # noqa: E402
 
 # A noisy neighbour: random bursts (50-500 ms) of compute, of cache-evicting memory traffic, or of nothing.
 NEIGHBOUR = """
@@ -124,7 +124,7 @@ def main() -> int:
     alarms = sum(r["exit"] != 0 for r in unchanged)
     result = {
         "started": started,
-        "machine": machine_info(),
+        "machine": device_info(),
         "platform": platform.platform(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),

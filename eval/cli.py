@@ -1,4 +1,9 @@
-"""What ``run_eval.py`` does once Hydra has composed the config. Kept out of the entry point so tests call it."""
+"""What ``run_eval.py`` does once Hydra has composed the config. Kept out of the entry point so tests call it.
+
+:func:`main` is the one entry: the evaluation (:func:`run_from_config`) or, with ``gate.enabled``
+(``experiment=ci_latency``), the latency gate (``eval.gate``); it returns the exit status. :func:`command_line`
+checks the arguments before Hydra sees them.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,37 @@ from eval.store import UnitStore
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ("method", "dataset", "model", "metrics", "hardware", "experiment")
+GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experiment")
+
+
+def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
+    """Run what the composed config asks for and print its outcome; returns the exit status (0 ok, 1 failed
+    units or a latency regression, 3 no comparable gate reference)."""
+    if cfg.get("gate") and cfg.gate.get("enabled"):
+        from eval.gate import run_gate
+
+        outcome = run_gate(cfg, run_dir if run_dir is not None else _hydra_output_dir())
+        print(outcome.text)
+        return outcome.code
+    summary = run_from_config(cfg, run_dir)
+    if cfg.report.get("print", True) and (summary.run_dir / "summary.md").is_file():
+        print((summary.run_dir / "summary.md").read_text())
+    print(f"results: {summary.run_dir}")
+    return exit_code([summary])
+
+
+def command_line(argv: list[str]) -> tuple[list[str], str | None]:
+    """``argv`` with the human flag ``--update-reference`` turned into its override (Hydra only takes key=value),
+    and a "did you mean" message for a misspelled config name (None when all is well)."""
+    if "--update-reference" in argv:
+        argv = [a for a in argv if a != "--update-reference"] + ["gate.update_reference=true"]
+    return argv, check_overrides(argv[1:])
+
+
+def _hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
 def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool = True) -> RunSummary:
@@ -26,11 +61,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
 
     from eval.provenance import provenance
 
-    if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir if run_dir is not None else _hydra_output_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))

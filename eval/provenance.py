@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -53,17 +54,36 @@ def package_versions() -> dict:
     return out
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info(device: str = "cpu") -> dict:
+    """The machine a result was measured on: written into every run's provenance and the gate's reference (which
+    compares the ``eval.gate.reference.MACHINE_KEYS`` of it)."""
     info = {
-        "requested": device,
+        "device": str(device),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "system": platform.system(),
+        "arch": platform.machine(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
     if torch.cuda.is_available():
         info["cuda"] = torch.version.cuda
-        info["gpu"] = torch.cuda.get_device_name(0)
+        if str(device).startswith("cuda"):
+            info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        else:
+            info["gpu_present"] = torch.cuda.get_device_name(0)
     return info
 
 

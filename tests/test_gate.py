@@ -22,6 +22,7 @@ from eval.gate import (
     measure,
     setup_differences,
 )
+from eval.gate import run as gate_run
 
 
 class LoadedClock:
@@ -375,7 +376,7 @@ def test_run_gate_end_to_end_with_a_fake_decision(tmp_path, monkeypatch):
     synthetic timings rather than real ones."""
     threads = torch.get_num_threads()
     fake = {"identity": timing(0.001), "busy": timing(2.0)}
-    monkeypatch.setattr(gate, "measure", lambda methods, streams, **kw: {k: fake[k] for k in methods})
+    monkeypatch.setattr(gate_run, "measure", lambda methods, streams, **kw: {k: fake[k] for k in methods})
     try:
         cfg = _cfg(tmp_path)
         assert list(cfg.method) == ["identity", "busy"]
@@ -409,7 +410,7 @@ def test_failing_or_close_results_are_measured_again(tmp_path, monkeypatch):
         calls.append(sorted(methods))
         return {k: timing(plan[k].pop(0) if plan.get(k) else 2.0) for k in methods}
 
-    monkeypatch.setattr(gate, "measure", fake_measure)
+    monkeypatch.setattr(gate_run, "measure", fake_measure)
     try:
         gate.run_gate(_cfg(tmp_path, update_reference="true"), None)  # reference: ratio 2.0 for both
         # a burst of someone else's load: +50 % once, then normal -> median of three passes
@@ -438,7 +439,9 @@ def test_reference_is_the_median_of_several_passes(tmp_path, monkeypatch):
     threads = torch.get_num_threads()
     seq = iter([2.0, 3.0, 2.2])
     monkeypatch.setattr(
-        gate, "measure", lambda methods, streams, **kw: (lambda r: {k: timing(r) for k in methods})(next(seq))
+        gate_run,
+        "measure",
+        lambda methods, streams, **kw: (lambda r: {k: timing(r) for k in methods})(next(seq)),
     )
     try:
         gate.run_gate(_cfg(tmp_path, update_reference="true", reference_passes=3), None)
@@ -452,7 +455,7 @@ def test_reference_is_the_median_of_several_passes(tmp_path, monkeypatch):
 def test_method_config_change_is_compared_not_refused(tmp_path, monkeypatch):
     """The injected slowdown is a method-config change: noted, but still compared (that is what the gate judges)."""
     threads = torch.get_num_threads()
-    monkeypatch.setattr(gate, "measure", lambda methods, streams, **kw: {k: timing(2.0) for k in methods})
+    monkeypatch.setattr(gate_run, "measure", lambda methods, streams, **kw: {k: timing(2.0) for k in methods})
     try:
         gate.run_gate(_cfg(tmp_path, update_reference="true"), None)
         cfg = _cfg(tmp_path)
@@ -501,3 +504,41 @@ def test_committed_reference_matches_the_ci_latency_setup():
     assert not diffs, (
         f"re-record the gate reference (python run_eval.py experiment=ci_latency --update-reference): {diffs}"
     )
+
+
+def test_the_gate_is_reached_through_the_one_cli_entry(tmp_path, monkeypatch, capsys):
+    """``make gate`` = run_eval.py experiment=ci_latency: eval.cli.main runs the gate and returns its exit status;
+    ``--update-reference`` is turned into the override; the settings come from the conf/gate group."""
+    from eval import cli
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(gate_run, "measure", lambda methods, streams, **kw: {k: timing(2.0) for k in methods})
+    try:
+        assert cli.main(_cfg(tmp_path), tmp_path / "r0") == EXIT_NO_REFERENCE
+        assert "NO REFERENCE" in capsys.readouterr().out
+        assert cli.main(_cfg(tmp_path, update_reference="true"), tmp_path / "r1") == EXIT_OK
+        assert cli.main(_cfg(tmp_path), tmp_path / "r2") == EXIT_OK
+        assert "gate passed" in capsys.readouterr().out and (tmp_path / "r2" / "gate.md").is_file()
+    finally:
+        torch.set_num_threads(threads)
+    argv, problem = cli.command_line(["run_eval.py", "experiment=ci_latency", "--update-reference"])
+    assert argv == ["run_eval.py", "experiment=ci_latency", "gate.update_reference=true"] and problem is None
+    assert "Did you mean 'default'" in cli.command_line(["run_eval.py", "gate=defualt"])[1]
+
+
+def test_gate_settings_are_a_config_group():
+    from tests.conftest import CONF, compose
+
+    assert (CONF / "gate" / "default.yaml").is_file()
+    assert compose([]).gate.enabled is False
+    cfg = compose(["experiment=ci_latency", "gate.tolerance=0.3"])
+    assert cfg.gate.enabled and cfg.gate.tolerance == 0.3 and cfg.gate.warmup_frames == 4
+
+
+def test_one_machine_description_for_provenance_and_the_gate():
+    from eval.provenance import device_info
+
+    info = device_info("cpu")
+    assert set(gate.MACHINE_KEYS) - {"gpu"} <= set(info)
+    assert info["torch_threads"] == torch.get_num_threads() and info["device"] == "cpu"
+    assert not hasattr(gate, "machine_info")

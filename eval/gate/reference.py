@@ -1,0 +1,89 @@
+"""The committed reference: the ratios with the machine and a hash of the measurement set-up that produced them."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from eval.gate.measure import MethodTiming
+from eval.store import content_key
+
+REFERENCE_SCHEMA = 1
+CALIBRATION_VERSION = 2  # bump when the calibration workload changes: old references become incompatible
+
+# Settings that change what a ratio means; the rest of ``gate`` (tolerances, repetitions, paths, flags) does not.
+SETUP_GATE_KEYS = ("warmup_frames", "calibration_calls", "clock", "statistic", "quantile", "estimator")
+
+MACHINE_KEYS = ("cpu", "cpu_count", "arch", "torch", "torch_threads", "device", "gpu")
+
+
+def machine_differences(ref: dict, now: dict) -> list[str]:
+    return [
+        f"{k}: reference {ref.get(k)!r}, now {now.get(k)!r}" for k in MACHINE_KEYS if ref.get(k) != now.get(k)
+    ]
+
+
+def setup_of(cfg: DictConfig | dict) -> dict:
+    """The part of the config that defines the measurement (not the methods, not the tolerances)."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    gate = c.get("gate") or {}
+    return {
+        "dataset": c.get("dataset"),
+        "model": c.get("model"),
+        "hardware": c.get("hardware"),
+        "gate": {k: gate.get(k) for k in SETUP_GATE_KEYS},
+        "calibration_version": CALIBRATION_VERSION,
+    }
+
+
+def make_reference(
+    timings: dict[str, MethodTiming], setup: dict, machine: dict, method_cfgs: dict, git: dict | None = None
+) -> dict:
+    return {
+        "schema": REFERENCE_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": git or {},
+        "machine": machine,
+        "setup_hash": content_key(setup),
+        "setup": setup,
+        "methods": {
+            name: {
+                "ratio": t.ratio,
+                "frame_ms": t.frame_ms_median,
+                "calib_ms": t.calib_ms_median,
+                "ratios": t.ratios,
+                "calibration_calls": t.calls,
+                "pass_ratios": t.pass_ratios or [t.ratio],
+                "config_hash": content_key(method_cfgs.get(name)),
+            }
+            for name, t in timings.items()
+        },
+    }
+
+
+def load_reference(path: Path) -> dict | None:
+    path = Path(path)
+    if not path.is_file():
+        return None
+    ref = json.loads(path.read_text())
+    if ref.get("schema") != REFERENCE_SCHEMA:
+        raise ValueError(
+            f"{path}: reference schema {ref.get('schema')!r}, this code reads {REFERENCE_SCHEMA}; "
+            "regenerate it with --update-reference"
+        )
+    return ref
+
+
+def setup_differences(ref_setup: dict, setup: dict, prefix: str = "") -> list[str]:
+    """Which set-up keys differ (dotted paths), for a message that says what changed."""
+    out = []
+    for k in sorted(set(ref_setup) | set(setup), key=str):
+        a, b = ref_setup.get(k), setup.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += setup_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: reference {a!r}, now {b!r}")
+    return out
