@@ -241,3 +241,34 @@ def test_methods_declare_their_steady_state(name, expected):
         )
     if name in ("streamdiffusion", "live2diff"):
         assert [j for j, _ in emitted[k - 1]] == [k - 3]  # the first frame through the full stream batch
+
+
+class CudaHoard(NanMethod):
+    """Allocates ``mb`` MiB on the GPU during its stream and returns its outputs as GPU tensors."""
+
+    device = "cuda"
+
+    def __init__(self, mb: int) -> None:
+        super().__init__(bad=-1)
+        self.mb, self.held = mb, None
+
+    def push(self, index, frame):
+        if self.mb and self.held is None:
+            self.held = torch.ones(self.mb * 2**18, device="cuda")
+        return [(index, frame.to("cuda"))]
+
+    def reset(self):
+        self.held = None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peak_memory_is_reset_per_unit_and_outputs_come_back_to_the_cpu():
+    frames = torch.rand(4, 3, 8, 8)
+    hoard = CudaHoard(256)
+    big = run_stream(hoard, frames)
+    assert big.peak_mem_mb >= 256
+    hoard.reset()  # as the runner does between units
+    small = run_stream(CudaHoard(0), frames)  # a later unit does not inherit the earlier one's peak
+    assert small.peak_mem_mb < 16
+    assert all(o.device.type == "cpu" and o.dtype == torch.float32 for o in small.outputs)
