@@ -5,7 +5,11 @@ attention differs. Streaming: one UNet call per frame holding ``n_steps`` one-fr
 Window: every frame re-denoises the last ``window`` frames (``n_steps`` calls over ``window`` frames) and keeps the
 newest. Timed in steady state (after the warmup / once the window is full), median of per-push wall times.
 
-    python benchmarks/stream_vs_window.py [--model mid] [--size 64] [--window 16] [--threads 1]
+Also the cost of reading the cache (``--overhead-sizes``): one streaming UNet call (``n_steps`` one-frame rows that
+write and read their step's cache) over a plain one-frame call of the same UNet on the same inputs (no cache:
+each row attends to itself), the two timed alternately; goal <= 1.05.
+
+    python benchmarks/stream_vs_window.py [--model mid] [--sizes 64 128 256] [--window 16] [--threads 1]
 
 Writes benchmarks/results/stream_vs_window.{json,md}.
 """
@@ -14,16 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from live2diff.method import Live2DiffMethod
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from live2diff.method import Live2DiffMethod  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def clip(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -113,19 +122,75 @@ def measure(args, size: int) -> dict:
     }
 
 
+def cache_overhead(args, size: int) -> dict:
+    """Streaming UNet call / plain one-frame call of the same UNet on the same inputs, timed alternately."""
+    m = Live2DiffMethod(
+        model={"size": args.model}, t_index_list=args.t_index_list, window=args.window, warmup=args.warmup
+    )
+    s, unet = m.stream, m.components.unet
+    frames = clip(args.warmup + len(args.t_index_list) + args.window, size)
+    m.prepare("a watercolor painting", height=size, width=size, seed=0)
+    seen: dict = {}
+
+    def capture(_module, a, kw):
+        seen.update(args=a, feat=s.depth_injector.feat)
+
+    handle = unet.register_forward_pre_hook(capture, with_kwargs=True)
+    with torch.inference_mode():
+        for i, f in enumerate(frames):  # warmup, pipeline fill, then the ring wraps: steady state
+            m.push(i, f)
+    handle.remove()
+    x, t, emb = seen["args"]
+    steps = list(range(s.n_steps))
+
+    def call(stream: bool) -> float:
+        s.depth_injector.feat = seen["feat"]
+        ctx = s.ctl.stream(steps) if stream else s.ctl.full()
+        t0 = time.perf_counter()
+        with ctx:
+            unet(x, t, emb)
+        return time.perf_counter() - t0
+
+    ts, tp = [], []
+    with torch.inference_mode():
+        call(True), call(False)
+        for _ in range(args.overhead_reps):
+            ts.append(call(True))
+            tp.append(call(False))
+    s.depth_injector.feat = None
+    med = statistics.median
+    return {
+        "resolution": [size, size],
+        "rows": len(steps),
+        "stream_call_ms_median": med(ts) * 1e3,
+        "plain_call_ms_median": med(tp) * 1e3,
+        "ratio_median": med(ts) / med(tp),
+        "ratio_paired_median": med([a / b for a, b in zip(ts, tp)]),
+        "ratio_min": min(ts) / min(tp),
+        "n": len(ts),
+        "kernel": s.ctl.processors[0].cache.kernel,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="mid")
-    ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[64, 128, 256])
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--t-index-list", type=int, nargs="+", default=[30, 36, 42])
     ap.add_argument("--stream-frames", type=int, default=15, help="timed frames, streaming")
     ap.add_argument("--window-frames", type=int, default=5, help="timed frames, sliding window")
+    ap.add_argument("--overhead-sizes", type=int, nargs="*", default=[64, 128])
+    ap.add_argument("--overhead-reps", type=int, default=15, help="timed pairs of calls per size")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    overhead = []
+    for size in args.overhead_sizes:
+        overhead.append(cache_overhead(args, size))
+        print(json.dumps(overhead[-1]), flush=True)
     rows = []
     for size in args.sizes:
         rows.append(measure(args, size))
@@ -142,6 +207,10 @@ def main() -> None:
         "torch": torch.__version__,
         "expected_ratio_approx": args.window,
         "rows": rows,
+        "cache_overhead": overhead,
+        "cache_overhead_goal": 1.05,
+        "load_average_1m": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "stream_vs_window.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -165,15 +234,33 @@ def main() -> None:
             for r in rows
         ],
         "",
-        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine).",
+        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine). "
+        f"1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
         f"Expected about {args.window}x: the window re-denoises {args.window} frames at every step for each output, "
         "streaming denoises one (plus cached keys/values). The end-to-end ratio is diluted by the per-frame work "
         "both modes share (VAE encode/decode, depth net, mapping network) and, at small latents, by per-call "
         "overhead that does not scale with the number of frames; the UNet-only column isolates the attention "
         "scheme.",
         "",
+        "## Cost of reading the cache",
+        "",
+        "One streaming UNet call (rows at every denoising step, each writing and reading its step's cache) over a "
+        "plain one-frame call of the same UNet on the same inputs (no cache), timed alternately in one process; "
+        "goal <= 1.05.",
+        "",
+        "| resolution | rows | kernel | streaming call ms | plain call ms | ratio (medians) | ratio (paired median) "
+        "| ratio (min) |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['resolution'][0]}x{r['resolution'][1]} | {r['rows']} | {r['kernel']} "
+            f"| {r['stream_call_ms_median']:.1f} | {r['plain_call_ms_median']:.1f} | **{r['ratio_median']:.3f}** "
+            f"| {r['ratio_paired_median']:.3f} | {r['ratio_min']:.3f} |"
+            for r in overhead
+        ],
+        "",
         "Command: `python benchmarks/stream_vs_window.py "
-        + f"--model {args.model} --sizes {' '.join(map(str, args.sizes))} --window {args.window} --threads {args.threads}`",
+        + f"--model {args.model} --sizes {' '.join(map(str, args.sizes))} --window {args.window} --threads {args.threads}"
+        + f" --overhead-sizes {' '.join(map(str, args.overhead_sizes))}`",
         "",
     ]
     (args.out / "stream_vs_window.md").write_text("\n".join(md))

@@ -61,35 +61,42 @@ class DeferredPositionalEmbedding(nn.Module):
 
 @dataclass
 class TemporalAttentionState:
-    """What the next UNet call's temporal attentions should do (set by :class:`StreamAttentionController`)."""
+    """What the next UNet call's temporal attentions should do (set by :class:`StreamAttentionController`).
+
+    Stream mode's index tensors (slot positions, query positions, validity bias) are built by the controller once
+    per call, not per layer, and memoised by the ring's state: the ring cycles through ``window - warmup`` states,
+    so in steady state no call builds a tensor or copies one to the device."""
 
     mode: str = "full"
     full_mask: Tensor | None = None  # additive [F, F]
     write_step: int | None = None  # full mode: store keys/values as this step's warmup frames
     steps: list[int] = field(default_factory=list)  # stream mode: denoising step of each batch row
     write_slots: list[int] = field(default_factory=list)
-    slot_pos: Tensor | None = None  # [nb, window] long
-    slot_valid: Tensor | None = None  # [nb, window] bool
-    query_pos: Tensor | None = None  # [nb] long
-    _on_device: dict = field(default_factory=dict)
+    host: tuple[Tensor, ...] | None = (
+        None  # slot pos [nb, L], query pos [nb], valid [nb, L], steps, write slots
+    )
+    key: tuple | None = None  # memo key of `host`
+    memo: dict = field(default_factory=dict)
+    _current: tuple | None = None
 
-    def on(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Stream-mode index tensors on ``device`` (built once per UNet call, shared by all layers):
-        ``(steps [nb], write slots [nb], slot positions [nb, L], query positions [nb], additive mask [nb,1,1,L])``."""
-        key = (device, dtype)
-        if key not in self._on_device:
-            bias = torch.zeros(self.slot_valid.shape, dtype=dtype).masked_fill_(
-                ~self.slot_valid, float("-inf")
-            )
-            host = (
-                torch.tensor(self.steps),
-                torch.tensor(self.write_slots),
-                self.slot_pos,
-                self.query_pos,
-                bias[:, None, None, :],
-            )
-            self._on_device[key] = tuple(t.to(device, non_blocking=True) for t in host)
-        return self._on_device[key]
+    def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """``(slot positions [nb, L], query positions [nb], additive bias [nb, L], steps [nb], write slots [nb],
+        steps * L + write slots [nb])`` on ``device``."""
+        cur = self._current
+        if cur is not None and cur[0] is self.key and cur[1] == device and cur[2] == dtype:
+            return cur[3]
+        mkey = (self.key, device, dtype)
+        out = self.memo.get(mkey)
+        if out is None:
+            host = self.host if self.host is not None else self.memo[(self.key, "host")]
+            if len(self.memo) > 512:  # bounded: a long stream cycles through few ring states
+                self.memo.clear()
+            pos, qpos, valid, steps, slots = self.memo[(self.key, "host")] = host
+            bias = torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))
+            flat = steps * pos.shape[1] + slots
+            out = self.memo[mkey] = tuple(t.to(device) for t in (pos, qpos, bias, steps, slots, flat))
+        self._current = (self.key, device, dtype, out)
+        return out
 
 
 class StreamTemporalAttnProcessor:
@@ -105,7 +112,7 @@ class StreamTemporalAttnProcessor:
     def projected_pe(self, attn: nn.Module, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(W_q·pe, W_k·pe, W_v·pe)``, each ``[max_len, C]``; recomputed only when weights change."""
         ws = (attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)
-        key = (like.device, like.dtype) + tuple((id(w), w._version) for w in ws)
+        key = (like.device, like.dtype, ws[0]._version, ws[1]._version, ws[2]._version, *map(id, ws))
         if key != self._pe_key:
             pe = self.pos_module.pe[0].to(like.device, like.dtype)
             self._pe_proj = tuple(F.linear(pe, w.to(like.dtype)) for w in ws)
@@ -142,20 +149,21 @@ class StreamTemporalAttnProcessor:
         n_rows, f, c = q.shape
         if f > q_pe.shape[0]:
             raise ValueError(f"{f} frames exceed the motion module's {q_pe.shape[0]} positions")
+        h = attn.heads
         if st.write_step is not None:
-            h = attn.heads
-            kv = self.cache.ensure(n_rows, h, c // h, k.device, k.dtype)
-            kv[0, st.write_step, :, :, :f] = k.reshape(n_rows, f, h, c // h).transpose(1, 2)
-            kv[1, st.write_step, :, :, :f] = v.reshape(n_rows, f, h, c // h).transpose(1, 2)
+            self.cache.ensure(n_rows, h, c // h, k.device, k.dtype)
+            self.cache.write(st.write_step, slice(0, f), k, v)
         q, k, v = q + q_pe[:f], k + k_pe[:f], v + v_pe[:f]
         mask = None if st.full_mask is None else st.full_mask.to(q.device, q.dtype)
-        h = attn.heads
         o = F.scaled_dot_product_attention(
             self._heads(q, h), self._heads(k, h), self._heads(v, h), attn_mask=mask
         )
         return self._unheads(o)
 
     def _stream(self, attn, q, k, v, q_pe, k_pe, v_pe) -> Tensor:
+        """Each row's query against its step's cache (itself included, written first). Keys and values are cached
+        as ``W·x``; their position terms are per slot and shared by all h*w pixels, so they enter as a ``[nb, L]``
+        term of the scores (``q·W_k pe``) and a weighted sum of ``W_v pe`` rows, never broadcast into the cache."""
         st = self.state
         n_rows, f, c = q.shape
         nb = len(st.steps)
@@ -163,32 +171,51 @@ class StreamTemporalAttnProcessor:
             raise ValueError(
                 f"stream mode expects one frame per batch row; got {f} frames, {n_rows} rows, {nb} steps"
             )
-        hw = n_rows // nb
-        steps, slots, pos, qpos, bias = st.on(q.device, q.dtype)
-        h = attn.heads
+        hw, h = n_rows // nb, attn.heads
         d = c // h
-        kv = self.cache.ensure(hw, h, d, k.device, k.dtype)  # [2, S, hw, h, L, d]
-        kv[0, steps, :, :, slots] = k.reshape(
-            nb, hw, h, d
-        )  # append W·x (no position) to each row's step cache
-        kv[1, steps, :, :, slots] = v.reshape(nb, hw, h, d)
-        s0 = st.steps[0]
-        if st.steps == list(range(s0, s0 + nb)):  # rows at consecutive steps: contiguous views, no copy
-            k_c, v_c = kv[0, s0 : s0 + nb], kv[1, s0 : s0 + nb]
-        else:
-            k_c, v_c = kv[0].index_select(0, steps), kv[1].index_select(0, steps)
-        L = k_c.shape[-2]
-        # One query per row against L cached keys: q·(W_k x + W_k pe) = q·W_k x + q·W_k pe, so the position terms
-        # ([nb, L, C], shared by all h*w pixels) are never broadcast into a copy of the cache.
-        qh = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, h, 1, d)
-        kpe = k_pe[pos].reshape(nb, L, h, d).permute(0, 2, 3, 1)  # [nb, h, d, L]
+        cache = self.cache
+        cache.ensure(hw, h, d, k.device, k.dtype)
+        pos, qpos, bias, steps, slots, flat = st.tensors(q.device, q.dtype)
+        cache.write_rows(steps, slots, flat, k, v)  # in place, each row into its step's slot
+        keys, values = cache.steps_view(st.steps)
+        L = pos.shape[1]
+        kpe = k_pe[pos].reshape(nb, L, h, d).transpose(1, 2)  # [nb, h, L, d]
         vpe = v_pe[pos].reshape(nb, L, h, d).transpose(1, 2)  # [nb, h, L, d]
-        scores = torch.matmul(qh, k_c.transpose(-1, -2))  # [nb, hw, h, 1, L]
-        scores = scores + torch.matmul(qh.squeeze(3).transpose(1, 2), kpe).transpose(1, 2).unsqueeze(3)
-        w = (scores * attn.scale + bias.reshape(nb, 1, 1, 1, L)).softmax(-1)
-        out = torch.matmul(w, v_c)  # [nb, hw, h, 1, d]
-        out = out + torch.matmul(w.squeeze(3).transpose(1, 2), vpe).transpose(1, 2).unsqueeze(3)
-        return out.reshape(n_rows, 1, c)
+        q = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, h, d)
+        if cache.kernel == "vector":
+            return self._stream_vector(attn, q, keys, values, kpe, vpe, bias).reshape(n_rows, 1, c)
+        return self._stream_sdpa(attn, q, keys, values, kpe, vpe, bias).reshape(n_rows, 1, c)
+
+    @staticmethod
+    def _stream_vector(attn, q, keys, values, kpe, vpe, bias) -> Tensor:
+        """Pixels innermost (``keys`` ``[nb, L, h, d, hw]``): elementwise passes over contiguous memory."""
+        nb, hw, h, d = q.shape
+        L = keys.shape[1]
+        qv = q.permute(0, 2, 3, 1).contiguous()  # [nb, h, d, hw]
+        scores = (keys * qv[:, None]).sum(3)  # [nb, L, h, hw]
+        scores += torch.matmul(kpe, qv).transpose(1, 2)  # position term of the keys
+        w = scores.mul_(attn.scale).add_(bias.view(nb, L, 1, 1)).softmax(1)
+        out = (values * w[:, :, :, None]).sum(1)  # [nb, h, d, hw]
+        out += torch.matmul(vpe.transpose(2, 3), w.transpose(1, 2))  # position term of the values
+        return out.permute(0, 3, 1, 2)  # [nb, hw, h, d]
+
+    @staticmethod
+    def _stream_sdpa(attn, q, keys, values, kpe, vpe, bias) -> Tensor:
+        """``scaled_dot_product_attention`` over the cache as a view (``keys`` ``[nb, hw, h, L, d]``); the key
+        position term rides in the additive mask, the one-hot value columns return the weights for the value term."""
+        nb, hw, h, d = q.shape
+        L = keys.shape[3]
+        mask = torch.matmul(q.transpose(1, 2), kpe.transpose(2, 3))  # [nb, h, hw, L]
+        mask = (mask * attn.scale + bias.view(nb, 1, 1, L)).transpose(1, 2).reshape(nb * hw, h, 1, L)
+        o = F.scaled_dot_product_attention(
+            q.reshape(nb * hw, h, 1, d),
+            keys.reshape(nb * hw, h, L, d),
+            values.reshape(nb * hw, h, L, d + L),
+            attn_mask=mask,
+            scale=attn.scale,
+        ).reshape(nb, hw, h, d + L)
+        w = o[..., d:].transpose(1, 2)  # [nb, h, hw, L] attention weights per slot
+        return o[..., :d] + torch.matmul(w, vpe).transpose(1, 2)
 
 
 class StreamAttentionController:
@@ -228,14 +255,23 @@ class StreamAttentionController:
             slot = self.index.advance(s)
             pos, valid = self.index.positions(s)
             slots.append(slot)
-            pos_rows.append(pos)
-            valid_rows.append(valid)
+            pos_rows.append(tuple(pos))
+            valid_rows.append(tuple(valid))
             qpos.append(pos[slot])
         st = self.state
         st.mode, st.steps, st.write_slots = "stream", steps, slots
-        st.slot_pos = torch.tensor(pos_rows, dtype=torch.long)
-        st.slot_valid = torch.tensor(valid_rows, dtype=torch.bool)
-        st.query_pos = torch.tensor(qpos, dtype=torch.long)
+        st.key = (tuple(pos_rows), tuple(valid_rows), tuple(qpos), tuple(steps), tuple(slots))
+        st.host = (
+            None
+            if (st.key, "host") in st.memo
+            else (
+                torch.tensor(pos_rows, dtype=torch.long),
+                torch.tensor(qpos, dtype=torch.long),
+                torch.tensor(valid_rows, dtype=torch.bool),
+                torch.tensor(steps, dtype=torch.long),
+                torch.tensor(slots, dtype=torch.long),
+            )
+        )
         try:
             yield
         finally:
@@ -244,8 +280,7 @@ class StreamAttentionController:
     def _clear(self) -> None:
         st = self.state
         st.mode, st.full_mask, st.write_step = "full", None, None
-        st.steps, st.write_slots, st.slot_pos, st.slot_valid, st.query_pos = [], [], None, None, None
-        st._on_device = {}
+        st.steps, st.write_slots = [], []
 
     # -- state -----------------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -259,7 +294,7 @@ class StreamAttentionController:
 
     def cache_shapes(self) -> list[tuple[int, ...]]:
         """Per layer, in the reference's layout ``[n_steps, 2, h*w, window, C]``."""
-        return [p.cache.reference_shape for p in self.processors if p.cache.kv is not None]
+        return [p.cache.reference_shape for p in self.processors if p.cache.k is not None]
 
 
 def causal_warmup_mask(
@@ -287,9 +322,13 @@ def temporal_blocks(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def install_stream_attention(
-    unet: nn.Module, n_steps: int, window: int = 16, warmup: int = 8
+    unet: nn.Module, n_steps: int, window: int = 16, warmup: int = 8, kernel: str = "auto"
 ) -> StreamAttentionController:
-    """Patch ``unet`` (a diffusers ``UNetMotionModel``) in place and return the controller of its temporal attention."""
+    """Patch ``unet`` (a diffusers ``UNetMotionModel``) in place and return the controller of its temporal attention.
+
+    ``kernel`` is how a streaming query reads its cache (:class:`~live2diff.kv_cache.LayerKVCache`): ``vector``
+    (elementwise, pixels innermost: fastest on CPU), ``sdpa`` (``scaled_dot_product_attention`` over a view of the
+    cache: GPUs) or ``auto`` (``vector`` on CPU, ``sdpa`` elsewhere). Both compute the same attention."""
     state = TemporalAttentionState()
     processors: list[StreamTemporalAttnProcessor] = []
     max_len = None
@@ -315,7 +354,9 @@ def install_stream_attention(
                     or getattr(attn.to_q, "bias", None) is not None
                 ):
                     raise ValueError("temporal attention projections with bias: W·pe cannot be deferred")
-                proc = StreamTemporalAttnProcessor(state, LayerKVCache(n_steps, window), block.pos_embed)
+                proc = StreamTemporalAttnProcessor(
+                    state, LayerKVCache(n_steps, window, kernel), block.pos_embed
+                )
                 attn.set_processor(proc)
                 processors.append(proc)
     if not processors:

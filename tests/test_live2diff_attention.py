@@ -94,9 +94,9 @@ def test_slot_index_ring_positions():
     assert pos == [0, 1, 4, 5, 2, 3]
 
 
-def _stream_unet(comps, lat, emb, t, warmup, window):
+def _stream_unet(comps, lat, emb, t, warmup, window, kernel="auto"):
     """Warmup call on the first `warmup` frames, then one frame per call (single denoising step)."""
-    ctl = install_stream_attention(comps.unet, n_steps=1, window=window, warmup=warmup)
+    ctl = install_stream_attention(comps.unet, n_steps=1, window=window, warmup=warmup, kernel=kernel)
     outs = []
     with torch.no_grad():
         if warmup:
@@ -108,15 +108,16 @@ def _stream_unet(comps, lat, emb, t, warmup, window):
     return torch.cat(outs, dim=2), ctl
 
 
-@pytest.mark.parametrize("warmup", [8, 0])
-def test_cache_equivalence_short_stream_equals_one_masked_pass(patched, warmup):
+@pytest.mark.parametrize("warmup,kernel", [(8, "vector"), (0, "vector"), (8, "sdpa"), (0, "sdpa")])
+def test_cache_equivalence_short_stream_equals_one_masked_pass(patched, warmup, kernel):
     n, window = 14, 16
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(1, 4, n, 8, 8, generator=g)
     emb = prompt_embeds(patched, n)
     t = torch.tensor(500)
-    streamed, ctl = _stream_unet(patched, lat, emb, t, warmup, window)
+    streamed, ctl = _stream_unet(patched, lat, emb, t, warmup, window, kernel)
     for proc in ctl.processors:  # the reference's layout: [n_steps, 2 (k, v), h*w, window, C]
+        assert proc.cache.kernel == kernel
         ref = proc.cache.as_reference_layout()
         assert ref.shape[:2] == (1, 2) and ref.shape[3] == window
     with torch.no_grad(), ctl.full(mask=causal_warmup_mask(n, warmup)):
@@ -171,8 +172,8 @@ class NaiveTemporalAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-@pytest.mark.parametrize("warmup", [8, 0])
-def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup):
+@pytest.mark.parametrize("warmup,kernel", [(8, "vector"), (0, "vector"), (8, "sdpa")])
+def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup, kernel):
     n, window = 32, 16  # twice the window: the ring wraps and re-positions repeatedly
     comps = tiny_components(fresh=True)
     randomise_motion_out(comps.unet)
@@ -180,7 +181,7 @@ def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup):
     lat = torch.randn(1, 4, n, 4, 4, generator=g)
     emb = prompt_embeds(comps, n)
     t = torch.tensor(400)
-    streamed, _ = _stream_unet(comps, lat, emb, t, warmup, window)
+    streamed, _ = _stream_unet(comps, lat, emb, t, warmup, window, kernel)
 
     naive = tiny_components(fresh=True)
     randomise_motion_out(naive.unet)
@@ -199,3 +200,48 @@ def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup):
             outs.append(naive.unet(lat[:, :, i : i + 1], t.view(1), emb[:1]).sample)
     reference = torch.cat(outs, dim=2)
     torch.testing.assert_close(streamed, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["vector", "sdpa"])
+def test_cache_layouts_hold_the_same_reference_content(kernel):
+    """Both kernels store the reference's [n_steps, 2, h*w, window, C]: a slot written holds exactly W·x."""
+    cache = LayerKVCache(n_steps=2, window=6, kernel=kernel)
+    cache.ensure(hw=5, heads=2, head_dim=3, device=torch.device("cpu"), dtype=torch.float32)
+    k, v = torch.randn(5, 1, 6), torch.randn(5, 1, 6)
+    cache.write(1, 4, k, v)
+    warm_k, warm_v = torch.randn(5, 2, 6), torch.randn(5, 2, 6)
+    cache.write(0, slice(0, 2), warm_k, warm_v)
+    ref = cache.as_reference_layout()
+    assert ref.shape == (2, 2, 5, 6, 6)
+    torch.testing.assert_close(ref[1, 0, :, 4], k[:, 0])
+    torch.testing.assert_close(ref[1, 1, :, 4], v[:, 0])
+    torch.testing.assert_close(ref[0, 0, :, :2], warm_k)
+    torch.testing.assert_close(ref[0, 1, :, :2], warm_v)
+    assert ref[1, :, :, :4].abs().sum() == 0 and ref[0, :, :, 2:].abs().sum() == 0
+
+
+def test_stream_calls_write_in_place_and_reuse_index_tensors(patched):
+    """Steady state: the cache storage is never reallocated or copied, and once the ring has cycled no call builds
+    new position tensors (they are memoised by ring state)."""
+    n, window, warmup = 8 + 3 * 8, 16, 8
+    lat = torch.randn(1, 4, n, 4, 4, generator=torch.Generator().manual_seed(2))
+    emb = prompt_embeds(patched, n)
+    t = torch.tensor(300)
+    ctl = install_stream_attention(patched.unet, n_steps=1, window=window, warmup=warmup)
+    with torch.no_grad():
+        with ctl.full(write_step=0, n_frames=warmup):
+            patched.unet(lat[:, :, :warmup], t, emb[:warmup])
+        ptrs = [(p.cache.k.data_ptr(), p.cache.v.data_ptr()) for p in ctl.processors]
+        memo_sizes = []
+        for i in range(warmup, n):
+            with ctl.stream([0]):
+                patched.unet(lat[:, :, i : i + 1], t.view(1), emb[:1])
+            memo_sizes.append(len(ctl.state.memo))
+    assert [(p.cache.k.data_ptr(), p.cache.v.data_ptr()) for p in ctl.processors] == ptrs
+    ring = window - warmup
+    assert memo_sizes[-1] == memo_sizes[2 * ring - 1]  # the third cycle of the ring reuses every entry
+
+
+def test_unknown_kernel_is_rejected(patched):
+    with pytest.raises(ValueError, match="kernel"):
+        install_stream_attention(patched.unet, n_steps=1, window=16, warmup=8, kernel="bmm")
