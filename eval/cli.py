@@ -113,8 +113,8 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
             [run_dir],
             run_dir,
             compare_to=cfg.report.get("compare_to"),
-            n_boot=int(cfg.report.get("bootstrap", 2000)),
             seed=int(cfg.seed),
+            reference_methods=list(cfg.report.get("reference_methods") or []),
         )
     return summary
 

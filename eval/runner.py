@@ -317,10 +317,21 @@ class Runner:
                 n_bad,
             )
             outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0)
+        # counted and reported (a flag in every table), then clamped so the metrics see valid images
+        out_of_range = ((outputs < 0) | (outputs > 1)).flatten(1).any(dim=1) & finite
+        n_range = int(out_of_range.sum())
+        if n_range:
+            log.warning(
+                "%s / %s: %d output frames have values outside [0, 1]; clamped for scoring, flagged in the report",
+                method_name,
+                video.name,
+                n_range,
+            )
         outputs = outputs.clamp(0, 1)
         n = outputs.shape[0]
         per_frame, per_video = summarise(rec)
         per_video["nonfinite_frames"] = float(n_bad)
+        per_video["out_of_range_frames"] = float(n_range)
         per_video.update(rec.extra.get("video_metrics", {}))
         per_frame.update(rec.extra.get("frame_metrics", {}))
         for name, metric in self.metrics.items():

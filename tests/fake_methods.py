@@ -50,6 +50,13 @@ class NanMethod:
         pass
 
 
+class OutOfRangeMethod(NanMethod):
+    """Identity, except frame ``bad`` comes out with values above 1."""
+
+    def push(self, index, frame):
+        return [(index, frame + 2.0 if index == self.bad else frame)]
+
+
 class DuplicateMethod(NanMethod):
     """Breaks the contract: emits frame 0 again on every push."""
 

@@ -21,7 +21,6 @@ def test_run_eval_prints_table_and_writes_results(tmp_path):
         f"results_root={tmp_path}",
         "dataset.num_videos=2",
         "dataset.num_frames=5",
-        "report.bootstrap=100",
     )
     assert rc == 0, out
     assert "| method |" in out and "identity" in out
@@ -56,8 +55,6 @@ def test_shards_then_merge_report(tmp_path):
         str(tmp_path / "sharded" / "shard1"),
         "--out",
         str(merged),
-        "--bootstrap",
-        "100",
     )
     assert rc == 0, out
     per_video = pd.read_csv(merged / "per_video.csv")
@@ -81,6 +78,13 @@ def test_multirun_sweep(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
     for job in ("0", "1"):
         assert (tmp_path / "sweep" / job / "summary.md").is_file()
+    # the README's merge command, as a shell expands ``multirun_*/*`` (multirun.yaml included)
+    jobs = sorted(str(p) for p in (tmp_path / "sweep").glob("*"))
+    assert any(j.endswith("multirun.yaml") for j in jobs)
+    rc, out = sh("-m", "eval.report", *jobs, "--out", str(tmp_path / "merged"))
+    assert rc == 0, out
+    summary = (tmp_path / "merged" / "summary.md").read_text()
+    assert "| identity[seed=1] |" in summary and "| identity[seed=2] |" in summary  # settings kept apart
 
 
 def test_report_on_a_non_result_dir_is_a_clear_error(tmp_path):

@@ -58,7 +58,6 @@ def _run(args: list[str], user: Path, results: Path) -> Path:
         f"results_root={results}",
         "dataset.num_videos=1",
         "dataset.num_frames=4",
-        "report.bootstrap=50",
     ]
     p = subprocess.run(cmd, cwd=user, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

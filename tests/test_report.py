@@ -1,45 +1,225 @@
+"""The report as a reader sees it: intervals with n, fair "best", flagged failures, paired table, published | ours."""
+
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from eval.report import bootstrap_ci, paired_table, per_method_table, summary_cells
+from eval import results
+from eval.report import build_report
+from eval.report.sections import Context, best_methods, paired_rows
+from eval.results import MetricDescriptor
 
-DESC = {
-    "q": {"display_name": "Q", "higher_is_better": True, "kind": "quality"},
-    "lat": {"display_name": "Lat", "unit": "ms", "higher_is_better": False, "kind": "system"},
-}
+WARP = MetricDescriptor("warp_error", "Warp error", "L1 /255", False, config={"flow": "dis", "variant": "l1"})
+WARP_IN = MetricDescriptor(
+    "warp_error_input",
+    "Warp error (input)",
+    "L1 /255",
+    False,
+    config={"flow": "dis", "frames": "source"},
+    input_side=True,
+)
+CLIP = MetricDescriptor("clip_score", "CLIP score", "100·cos", True, config={"model": "ViT-B-32"})
+DESCS = (
+    {d.name: d for d in (WARP, WARP_IN, CLIP)} | dict(results.SYSTEM_METRICS) | dict(results.CHECK_METRICS)
+)
 
 
-def videos():
-    rows = []
-    for method, q, lat in (("a", [1.0, 2.0, 3.0], [10, 12, 11]), ("b", [2.0, 3.0, 4.0], [30, 31, 29])):
-        for i in range(3):
-            rows += [(method, f"v{i}", "q", q[i]), (method, f"v{i}", "lat", float(lat[i]))]
-    return pd.DataFrame(rows, columns=["method", "video", "metric", "value"])
+def make_run(d, values: dict, errors=(), refs=(), nonfinite=None, out_of_range=None):
+    """values: method -> metric -> [per-video values] (NaN = no value); errors: (method, video) failed units."""
+    results.write_header(d, provenance={"config": {"model": {"size": "tiny"}, "seed": 1}}, references=refs)
+    vrows, urows = [], []
+    for method, metrics in values.items():
+        n = len(next(iter(metrics.values())))
+        for i in range(n):
+            video = f"v{i}"
+            if (method, video) in errors:
+                urows.append((method, video, "k", "error", "RuntimeError: boom", 0, 0.0))
+                continue
+            urows.append((method, video, "k", "ok", "", 4, 0.1))
+            for metric, vals in metrics.items():
+                vrows.append((method, video, metric, float(vals[i])))
+            vrows.append(
+                (method, video, "nonfinite_frames", float((nonfinite or {}).get((method, video), 0)))
+            )
+            vrows.append(
+                (method, video, "out_of_range_frames", float((out_of_range or {}).get((method, video), 0)))
+            )
+    results.write_tables(
+        d,
+        units=pd.DataFrame(urows, columns=results.UNIT_COLUMNS),
+        frames=pd.DataFrame(columns=results.FRAME_COLUMNS),
+        videos=pd.DataFrame(vrows, columns=results.VIDEO_COLUMNS),
+        metrics=DESCS,
+    )
+    return d
 
 
-def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_n():
+def ctx_of(d, **kw):
+    return Context(results.load_run(d), d, **kw)
+
+
+def section(md: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}.*?\n(.*?)(?=^## |\Z)", md, flags=re.S | re.M)
+    assert m, f"no section {title!r}"
+    return m.group(1)
+
+
+def row(md_section: str, method: str) -> list[str]:
+    for line in md_section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0].split(" ")[0] == method:
+            return cells
+    raise AssertionError(f"no row {method!r}")
+
+
+def test_cells_show_mean_t_interval_and_n(tmp_path):
+    d = make_run(tmp_path, {"a": {"warp_error": [1.0, 2.0, 3.0], "latency_p95_ms": [5.0, 5.0, 5.0]}})
+    md = (build_report([d], tmp_path)).read_text()
+    half = 4.302652729911275 / np.sqrt(3)  # t_{0.975,2} * s / sqrt(n), s = 1
+    assert f"2.00 [{2 - half:.4f}, {2 + half:.2f}] n=3" in md
+    assert "5.00 [5.00, 5.00] n=3" in md
+
+
+def test_best_is_never_a_reference_row_and_is_judged_on_common_videos(tmp_path):
+    # identity has the lowest warp error (a reference row: not ranked). "a" has the better mean over its own three
+    # videos, but its third video failed for "b"; on the two videos both have, "b" is better.
+    d = make_run(
+        tmp_path,
+        {
+            "identity": {"warp_error": [0.1, 0.1, 0.1]},
+            "a": {"warp_error": [5.0, 5.0, 0.0]},
+            "b": {"warp_error": [4.0, 4.0, 99.0]},
+        },
+        errors={("b", "v2")},
+    )
+    ctx = ctx_of(d, reference_methods=frozenset({"identity"}))
+    assert best_methods(ctx, "warp_error", ctx.methods) == {"b"}
+    md = build_report([d], tmp_path, reference_methods=["identity"]).read_text()
+    full = section(md, "All metrics")
+    assert row(full, "b")[1].startswith("**4.00") and "(1 missing)" in row(full, "b")[1]
+    assert not row(full, "identity")[1].startswith("**") and not row(full, "a")[1].startswith("**")
+    assert "Failed units (1)" in md and "RuntimeError: boom" in md
+
+
+def test_a_method_with_non_finite_outputs_is_flagged_everywhere_and_never_ranked(tmp_path):
+    d = make_run(
+        tmp_path,
+        {
+            "a": {"warp_error": [0.0, 0.0, np.nan]},
+            "b": {"warp_error": [4.0, 4.0, 4.0]},
+            "c": {"warp_error": [6.0] * 3},
+        },
+        nonfinite={("a", "v2"): 4, ("a", "v1"): 1},
+        out_of_range={("b", "v0"): 2},
+    )
+    md = build_report([d], tmp_path, reference_methods=[]).read_text()
+    for title in ("Headline (the paper's axes)", "All metrics"):
+        s = section(md, title)
+        a, b = row(s, "a"), row(s, "b")
+        assert a[0] == "a †" and "(1 missing)" in a[1] and "†5 frames" in a[1]
+        assert not a[1].startswith("**") and b[1].startswith("**")  # a looks best but is not ranked
+        assert b[0] == "b ‡"
+    assert "a: 5 output frames are NaN/inf" in md and "b: 2 output frames have values outside [0, 1]" in md
+
+
+def test_paired_uses_common_videos_exact_sign_flip_and_holm(tmp_path):
     rng = np.random.default_rng(0)
-    small, big = rng.normal(5, 1, 10), rng.normal(5, 1, 1000)
-    m, lo, hi = bootstrap_ci(small, 2000, 0)
-    assert lo < m < hi and m == pytest.approx(small.mean())
-    _, blo, bhi = bootstrap_ci(big, 2000, 0)
-    assert (bhi - blo) < (hi - lo) / 5
-    assert bootstrap_ci(np.array([3.0, np.nan]))[0] == 3.0  # NaN dropped
-    assert np.isnan(bootstrap_ci(np.array([np.nan]))[0])
+    base = rng.normal(10, 1, 9)
+    d = make_run(
+        tmp_path,
+        {
+            "identity": {"warp_error": base, "warp_error_input": base, "fps": base * 100},
+            "good": {"warp_error": base - 3, "warp_error_input": base, "fps": base},
+            "same": {
+                "warp_error": base + np.array([0.01, -0.01] * 4 + [0.0]),
+                "warp_error_input": base,
+                "fps": base,
+            },
+        },
+        errors={("good", "v8")},
+    )
+    ctx = ctx_of(d, reference_methods=frozenset({"identity"}))
+    p = paired_rows(ctx)
+    # input-side metrics cannot differ; system figures are not compared with the reference row
+    assert set(p.metric) == {"warp_error"}
+    good = p.set_index("method").loc["good"]
+    assert good.n_videos == 8 and good["diff"] == pytest.approx(-3.0)
+    assert good.p == pytest.approx(
+        2 / 2**8
+    )  # exact: only the all-negative flip and its mirror are as extreme
+    assert good.p_holm == pytest.approx(min(1, 2 * good.p))  # two rows in the table
+    md = build_report([d], tmp_path, reference_methods=["identity"]).read_text()
+    s = section(md, "Paired comparison against identity")
+    lines = [ln for ln in s.splitlines() if ln.startswith("| ") and "method" not in ln]
+    assert lines[0].split("|")[2].strip() == "good"  # sorted best first (lower warp error)
+    assert lines[0].split("|")[5].strip() == "**0.0156** *" and "*" not in lines[1].split("|")[5]
+    assert "Warp error (input)" not in s and "Throughput" not in s
 
 
-def test_best_follows_declared_direction():
-    table = per_method_table(videos(), DESC, n_boot=200)
-    methods, metrics, cells, best = summary_cells(table, DESC)
-    assert metrics == ["q", "lat"]
-    by = dict(zip(methods, best))
-    assert by["b"][0] and not by["a"][0]  # higher Q is better
-    assert by["a"][1] and not by["b"][1]  # lower latency is better
+def test_headline_leads_with_the_paper_axes(tmp_path):
+    d = make_run(
+        tmp_path,
+        {
+            "a": {
+                "clip_score": [1, 2],
+                "warp_error": [1, 2],
+                "fps": [3, 4],
+                "latency_p95_ms": [1, 1],
+                "call_p50_ms": [1, 1],
+            }
+        },
+    )
+    md = build_report([d], tmp_path).read_text()
+    first_table = md.index("| method |")
+    assert md.index("## Headline") < first_table < md.index("## All metrics")
+    head = section(md, "Headline (the paper's axes)").splitlines()
+    cols = next(ln for ln in head if ln.startswith("| method"))
+    assert [c.split(":")[0].strip() for c in cols.strip("|").split("|")][1:] == [
+        "Prompt alignment",
+        "Warp error",
+        "FPS",
+        "Latency p95",
+    ]
+    assert "Per-call" not in cols and "Per-call" in section(md, "All metrics")
 
 
-def test_paired_difference():
-    p = paired_table(videos(), "a", n_boot=200).set_index("metric")
-    assert p.loc["q", "diff"] == pytest.approx(1.0) and p.loc["q", "ci_low"] == pytest.approx(1.0)
-    assert p.loc["lat", "diff"] == pytest.approx(19.0)
-    assert paired_table(videos(), "missing").empty
+def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_path):
+    refs = [
+        {
+            "method": "a",
+            "metric": "warp_error",
+            "value": 2.5,
+            "source": "Paper, Table 1",
+            "settings": {"flow": "raft"},
+        },
+        {"method": "a", "metric": "fps", "value": 10.0, "source": "README speed table"},
+    ]
+    d = make_run(
+        tmp_path,
+        {
+            "a": {"warp_error": [2.0, 2.0], "fps": [12.0, 12.0]},
+            "b": {"warp_error": [3.0, 3.0], "fps": [1.0, 1.0]},
+        },
+        refs=refs,
+    )
+    md = build_report([d], tmp_path).read_text()
+    s = section(md, "Published figures beside ours")
+    a, b = row(s, "a"), row(s, "b")
+    assert a[1] == "2.50 [1] ≠settings" and a[2].startswith("2.00") and a[3] == "-0.5000 (-20%) [1]"
+    assert a[4] == "10.00 [2]" and a[6] == "+2.00 (+20%) [2]"
+    assert (
+        b[1] == "" and b[3] == "" and b[4] == "" and b[6] == ""
+    )  # nothing cited for b: empty, never invented
+    assert b[2].startswith("3.00")
+    assert "Paper, Table 1" in s and "flow: raft published, dis ours" in s and "settings not stated" in s
+
+
+def test_markdown_and_html_render_the_same_sections(tmp_path):
+    d = make_run(tmp_path, {"a": {"warp_error": [1.0, 2.0]}, "b": {"warp_error": [3.0, 4.0]}})
+    md = build_report([d], tmp_path).read_text()
+    html = (tmp_path / "report.html").read_text()
+    titles = re.findall(r"^#+ (.+)$", md, flags=re.M)
+    assert titles and all(t.replace("'", "&#x27;") in html for t in titles)
+    assert "<td class='best'" in html and "**1.50" in md

@@ -15,9 +15,7 @@ from tests.fake_methods import DelayMethod, FakeClock
 def run(tmp_path, *overrides, name="run"):
     """run_from_config with identity only (the harness is under test here, not the models)."""
     default_method = [] if any(o.startswith("method=") for o in overrides) else ["method=[identity]"]
-    cfg = compose(
-        [f"results_root={tmp_path / 'results'}", "report.bootstrap=200", *default_method, *overrides]
-    )
+    cfg = compose([f"results_root={tmp_path / 'results'}", *default_method, *overrides])
     return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
 
 
@@ -173,9 +171,13 @@ def test_nan_outputs_are_flagged_and_excluded(tmp_path):
         "method=[identity]",
         "+method.nan._target_=tests.fake_methods.NanMethod",
         "+method.nan.bad=2",
+        "+method.oor._target_=tests.fake_methods.OutOfRangeMethod",
     )
     v = s.videos.set_index(["method", "metric"]).value
     assert v[("nan", "nonfinite_frames")] == 1 and v[("identity", "nonfinite_frames")] == 0
+    assert v[("oor", "out_of_range_frames")] == 1 and v[("nan", "out_of_range_frames")] == 0
+    summary = (s.run_dir / "summary.md").read_text()
+    assert "| nan † |" in summary and "| oor ‡ |" in summary  # flagged in the tables
     f = s.frames.query("method == 'nan' and metric == 'frame_diff'").sort_values("frame").value.to_numpy()
     assert np.isnan(f[[0, 2, 3]]).all() and np.isfinite(f[[1, 4, 5]]).all()
     assert np.isfinite(v[("nan", "frame_diff")])

@@ -1,0 +1,79 @@
+"""Tables, plots and the report — functions of stored results only, so a report can be rebuilt (or several runs,
+shards or a sweep merged) without re-running anything::
+
+    python -m eval.report RESULT_DIR [RESULT_DIR ...] [--out DIR] [--compare-to identity]
+
+``RESULT_DIR`` is a run folder or a multirun folder (its job folders are merged). Writes ``summary.md``,
+``report.html`` (self-contained, images inlined), ``per_method.csv``, ``per_video.csv``, ``paired.csv`` and PNG plots
+into ``--out`` (default: the first result dir).
+
+Layout: ``stats.py`` (t intervals, sign-flip tests, Holm), ``sections.py`` (each section built once, as data),
+``render.py`` (one markdown and one HTML renderer), ``plots.py``. The run folder is read through ``eval.results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from eval import results
+from eval.report import render
+from eval.report.sections import Context, build_sections
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REFERENCE_METHODS = ("identity", "animatediff_window")  # as conf/config.yaml report.reference_methods
+
+
+def build_report(
+    dirs: list[Path],
+    out: Path,
+    compare_to: str | None = "identity",
+    seed: int = 0,
+    reference_methods: Iterable[str] = DEFAULT_REFERENCE_METHODS,
+) -> Path:
+    """Write the report for the results in ``dirs`` into ``out``; returns the path of ``summary.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = results.load_runs([Path(d) for d in dirs])
+    ctx = Context(run, out, compare_to, frozenset(reference_methods), seed)
+    ctx.table.to_csv(out / "per_method.csv", index=False)
+    ctx.wide.to_csv(out / "per_video.csv")
+    sections, paired = build_sections(ctx)
+    if not paired.empty:
+        paired.to_csv(out / "paired.csv", index=False)
+    (out / "summary.md").write_text(render.markdown(sections, out))
+    (out / "report.html").write_text(render.to_html(sections))
+    return out / "summary.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "dirs", nargs="+", type=Path, help="result folders (runs, shards, multirun folders) to merge"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the first result folder)")
+    p.add_argument("--compare-to", default="identity", help="reference method of the paired comparison")
+    p.add_argument(
+        "--reference-methods",
+        default=",".join(DEFAULT_REFERENCE_METHODS),
+        help="comma-separated methods shown but never ranked (report.reference_methods)",
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_dirs = results.expand_run_dirs(args.dirs)
+        summary = build_report(
+            run_dirs,
+            args.out or run_dirs[0],
+            args.compare_to or None,
+            reference_methods=[m for m in args.reference_methods.split(",") if m],
+        )
+    except (FileNotFoundError, results.ResultsError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(summary.read_text())
+    print(f"report: {summary.parent / 'report.html'}")
+    return 0

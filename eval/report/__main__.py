@@ -1,0 +1,3 @@
+from eval.report import main
+
+raise SystemExit(main())
