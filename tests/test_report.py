@@ -222,4 +222,4 @@ def test_markdown_and_html_render_the_same_sections(tmp_path):
     html = (tmp_path / "report.html").read_text()
     titles = re.findall(r"^#+ (.+)$", md, flags=re.M)
     assert titles and all(t.replace("'", "&#x27;") in html for t in titles)
-    assert "<td class='best'" in html and "**1.50" in md
+    assert "<td class='best num'" in html and "**1.50" in md

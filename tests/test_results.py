@@ -135,3 +135,29 @@ def test_system_descriptors_are_declared_once():
     assert "higher_is_better" not in (ROOT / "eval" / "timing.py").read_text()
     assert not hasattr(__import__("eval.timing", fromlist=["x"]), "SYSTEM_METRICS")
     assert results.SYSTEM_METRICS["fps"].header == "Throughput (FPS) ↑"
+
+
+class _FakeClip:
+    def describe(self):
+        return {
+            "display_name": "CLIP score",
+            "unit": "100·cos",
+            "higher_is_better": True,
+            "config": {"model": "x"},
+        }
+
+
+def test_metric_weights_are_identified_by_content_hash(tmp_path):
+    w = tmp_path / "clip.bin"
+    w.write_bytes(b"weights v1")
+    d = results.describe_metrics({"clip_score": _FakeClip()}, {"clip_score": {"weights": str(w)}})[
+        "clip_score"
+    ]
+    first = d.config["weights_sha256"]
+    w.write_bytes(b"weights v2")
+    again = results.describe_metrics({"clip_score": _FakeClip()}, {"clip_score": {"weights": str(w)}})[
+        "clip_score"
+    ]
+    assert first and again.config["weights_sha256"] != first and d.config["model"] == "x"
+    settings = results.run_settings({"model": {"size": "sd15", "weights": {"base": str(w), "motion": None}}})
+    assert settings["weights"] == {"base": {"path": str(w), "sha256": results.weights_hash(w)}}

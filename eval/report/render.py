@@ -10,10 +10,10 @@ from eval.report.sections import Cell, Image, Section, Table, Text
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"
-    "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;"
-    "padding:4px 8px;text-align:right;vertical-align:top}td:first-child,th:first-child{text-align:left}"
+    ".scroll{overflow-x:auto}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;"
+    "padding:4px 8px;text-align:left;vertical-align:top}td{white-space:nowrap}td.num{text-align:right}"
     "th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}"
-    "img{max-width:100%}.note{background:#fff4d6;padding:6px}td.best{background:#e3f4e3}"
+    "img{max-width:100%}.note{background:#fff4d6;padding:6px}tr:nth-child(n) td.best{background:#e3f4e3}"
 )
 
 
@@ -72,13 +72,19 @@ def _html_table(t: Table) -> str:
             title = f" title='{html.escape(c.title)}'" if c.title else ""
             text = html.escape(c.text)
             mark = f" <sup>{html.escape(c.mark)}</sup>" if c.mark else ""
+            cls = " ".join(k for k, on in (("best", c.bold), ("num", _numeric(c.text))) if on)
+            cls = f" class='{cls}'" if cls else ""
             tds.append(
-                f"<td class='best'{title}><b>{text}</b>{mark}</td>"
+                f"<td{cls}{title}><b>{text}</b>{mark}</td>"
                 if c.bold
-                else f"<td{title}>{text}{mark}</td>"
+                else f"<td{cls}{title}>{text}{mark}</td>"
             )
         body.append("<tr>" + "".join(tds) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+
+
+def _numeric(text: str) -> bool:
+    return bool(text) and (text[0].isdigit() or text[0] in "-+–")
 
 
 def _b64(path: Path) -> str:
