@@ -258,6 +258,6 @@ def test_reported_figures_need_a_source_and_appear_beside_ours(tmp_path):
     ref = "report.reference=[{method: identity, metric: steady_fps, value: 16.43, source: 'README table'}]"
     s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", ref)
     text = (s.run_dir / "summary.md").read_text()
-    assert "Reported figures beside ours" in text and "16.43" in text and "README table" in text
+    assert "Published figures beside ours" in text and "16.43" in text and "README table" in text
     with pytest.raises(ValueError, match="cites a source"):
         run(tmp_path, "dataset.num_videos=1", "report.reference=[{method: identity, metric: fps, value: 1}]")
