@@ -91,8 +91,9 @@ def test_best_is_never_a_reference_row_and_is_judged_on_common_videos(tmp_path):
             "identity": {"warp_error": [0.1, 0.1, 0.1]},
             "a": {"warp_error": [5.0, 5.0, 0.0]},
             "b": {"warp_error": [4.0, 4.0, 99.0]},
+            "dead": {"warp_error": [1.0, 1.0, 1.0]},
         },
-        errors={("b", "v2")},
+        errors={("b", "v2"), ("dead", "v0"), ("dead", "v1"), ("dead", "v2")},
     )
     ctx = ctx_of(d, reference_methods=frozenset({"identity"}))
     assert best_methods(ctx, "warp_error", ctx.methods) == {"b"}
@@ -100,7 +101,8 @@ def test_best_is_never_a_reference_row_and_is_judged_on_common_videos(tmp_path):
     full = section(md, "All metrics")
     assert row(full, "b")[1].startswith("**4.00") and "(1 missing)" in row(full, "b")[1]
     assert not row(full, "identity")[1].startswith("**") and not row(full, "a")[1].startswith("**")
-    assert "Failed units (1)" in md and "RuntimeError: boom" in md
+    assert row(full, "dead")[1] == "– n=0 (3 missing)"  # every unit failed: shown, never silently dropped
+    assert "Failed units (4)" in md and "RuntimeError: boom" in md
 
 
 def test_a_method_with_non_finite_outputs_is_flagged_everywhere_and_never_ranked(tmp_path):

@@ -119,6 +119,7 @@ class Context:
         self.expected = {
             m: list(dict.fromkeys(units.loc[units["method"] == m, "video"])) for m in self.methods
         }
+        self.failed = set(units.loc[units["status"] == "error", "method"]) if not units.empty else set()
         self.nonfinite = self._per_video_count("nonfinite_frames")
         self.out_of_range = self._per_video_count("out_of_range_frames")
         self.table = per_method_stats(self)
@@ -161,12 +162,10 @@ def per_method_stats(ctx: Context) -> pd.DataFrame:
     for method in ctx.methods:
         for metric in ctx.metrics:
             vals = ctx.values(method, metric)
-            if (
-                metric not in ctx.wide.columns
-                or vals.isna().all()
-                and metric not in _method_metrics(ctx, method)
-            ):
+            if metric not in ctx.wide.columns:
                 continue
+            if vals.isna().all() and metric not in _method_metrics(ctx, method) and method not in ctx.failed:
+                continue  # a metric this method does not produce (live figures, skipped_ratio ...)
             iv = t_interval(vals.to_numpy())
             rows.append(
                 {
