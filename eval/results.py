@@ -390,6 +390,7 @@ def load_run(run_dir: Path) -> RunResults:
             f"{d} was written with results schema {version}; this code reads up to {SCHEMA_VERSION} (update it)"
         )
     name = d.name
+    prov = _read_json(d / PROVENANCE, {})
     tables = {}
     for file, columns in ((FRAMES, FRAME_COLUMNS), (VIDEOS, VIDEO_COLUMNS), (UNITS, UNIT_COLUMNS)):
         df = pd.read_parquet(d / file) if (d / file).is_file() else pd.DataFrame(columns=columns)
@@ -401,8 +402,9 @@ def load_run(run_dir: Path) -> RunResults:
         units=tables[UNITS],
         metrics={k: MetricDescriptor.from_json(k, v) for k, v in _read_json(d / METRICS, {}).items()},
         runs=[name],
-        provenance={name: _read_json(d / PROVENANCE, {})},
-        settings={name: head.get("settings") or {}},
+        provenance={name: prov},
+        # version 1 folders have no run.json: the same settings, derived from their provenance
+        settings={name: head.get("settings") or run_settings(prov.get("config") or {})},
         references=[Reference.from_config(r) for r in _read_json(d / REFERENCES, [])],
         notes=list(_read_json(d / NOTES, [])),
         strips=sorted((d / STRIPS).glob("*/*.png")),

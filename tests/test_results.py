@@ -161,3 +161,11 @@ def test_metric_weights_are_identified_by_content_hash(tmp_path):
     assert first and again.config["weights_sha256"] != first and d.config["model"] == "x"
     settings = results.run_settings({"model": {"size": "sd15", "weights": {"base": str(w), "motion": None}}})
     assert settings["weights"] == {"base": {"path": str(w), "sha256": results.weights_hash(w)}}
+
+
+def test_a_version_1_folder_merges_with_a_version_2_one_without_spurious_labels(tmp_path):
+    old = write_run(tmp_path / "old", {"a": {"steps": 2}}, {("a", "v0"): 1.0})
+    (old / results.RUN).unlink()  # written before run.json existed
+    new = write_run(tmp_path / "new", {"a": {"steps": 2}}, {("a", "v1"): 2.0})
+    run = results.load_runs([old, new])
+    assert results.load_run(old).schema_version == 1 and run.methods == ["a"] and not run.labels

@@ -417,7 +417,8 @@ def per_video_section(ctx: Context) -> Section | None:
     quality = [m for m in ctx.metrics if ctx.desc[m].kind == "quality"]
     shown = quality + [m for m in ("latency_p50_ms", "fps") if m in ctx.metrics]
     rows = [
-        [f"{m} / {v}"] + [fmt(ctx.wide.loc[(m, v), k]) if k in ctx.wide.columns else "–" for k in shown]
+        [f"{ctx.label(m)} / {v}"]
+        + [fmt(ctx.wide.loc[(m, v), k]) if k in ctx.wide.columns else "–" for k in shown]
         for m, v in ctx.wide.index
     ]
     return Section("Per video", [table(["method / video"] + [ctx.desc[k].header for k in shown], rows)])
