@@ -2,7 +2,7 @@
 
 * The reference (open-mmlab/Live2Diff) stores its motion modules in the original AnimateDiff layout and the depth
   mapping network as ``flow_conv_in``; :func:`convert_reference_state_dict` maps them to diffusers'
-  ``UNetMotionModel`` keys and to :class:`~live2diff.models.MappingNetwork`, :func:`to_reference_state_dict` maps
+  ``UNetMotionModel`` keys and to :class:`~live2diff.components.depth.MappingNetwork`, :func:`to_reference_state_dict` maps
   back (round trip tested on a synthetic state dict).
 * :func:`fuse_lora_file` fuses a LoRA (LCM-LoRA, style LoRAs) into the weights, in kohya (``lora_unet_*``,
   ``lora_te_*``; diffusers module names) or PEFT/diffusers (``*.lora_A/lora_B``, ``*.lora.down/up``) format, without
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from live2diff.models import MissingWeightsError, _load_state_dict
+from eval.metrics.weights import MissingWeightsError, load_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_reference_checkpoint(
     the checkpoint should cover so that a wrong file fails loudly instead of leaving random motion modules."""
     if not Path(path).exists():
         raise MissingWeightsError(path, key, "Live2Diff motion-module checkpoint")
-    conv = convert_reference_state_dict(_load_state_dict(Path(path), key))
+    conv = convert_reference_state_dict(load_state_dict(Path(path), key))
     if conv.unknown:
         raise ValueError(
             f"{path}: {len(conv.unknown)} keys are neither motion modules nor the depth mapper "
@@ -147,14 +147,31 @@ def load_reference_checkpoint(
     return conv
 
 
+def unet2d_config_of(unet: nn.Module) -> dict:
+    """``UNet2DConditionModel`` config with the spatial layout of a ``UNetMotionModel`` (what diffusers' LDM
+    conversion needs to name the blocks)."""
+    cfg = dict(unet.config)
+    n = len(cfg["block_out_channels"])
+    return dict(
+        sample_size=cfg.get("sample_size") or 64,
+        in_channels=cfg["in_channels"],
+        out_channels=cfg["out_channels"],
+        down_block_types=["CrossAttnDownBlock2D"] * (n - 1) + ["DownBlock2D"],
+        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * (n - 1),
+        block_out_channels=list(cfg["block_out_channels"]),
+        layers_per_block=cfg["layers_per_block"],
+        norm_num_groups=cfg["norm_num_groups"],
+        cross_attention_dim=cfg["cross_attention_dim"],
+        attention_head_dim=cfg["num_attention_heads"],
+    )
+
+
 def load_dreambooth_unet(path: str | Path, unet: nn.Module, key: str = "model.weights.dreambooth") -> None:
     """Spatial UNet weights from a single-file (LDM layout) checkpoint; the motion modules are kept."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from live2diff.models import build_unet2d_config_from_motion
-
-    sd = _load_state_dict(Path(path), key)
-    converted = convert_ldm_unet_checkpoint(sd, build_unet2d_config_from_motion(unet))
+    sd = load_state_dict(Path(path), key)
+    converted = convert_ldm_unet_checkpoint(sd, unet2d_config_of(unet))
     own = {k for k in unet.state_dict() if ".motion_modules." not in k}
     missing = sorted(own - set(converted))
     if missing:
@@ -255,6 +272,6 @@ def fuse_lora_file(
                 cand, key, "LoRA weights (pytorch_lora_weights.safetensors in the folder)"
             )
         p = cand
-    n = fuse_lora_state_dict(_load_state_dict(p, key), unet, text_encoder, scale, key)
+    n = fuse_lora_state_dict(load_state_dict(p, key), unet, text_encoder, scale, key)
     log.info("fused %d LoRA layers from %s", n, p)
     return n

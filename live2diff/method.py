@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from live2diff.models import build_components
+from live2diff.components import build_components
 from live2diff.pipeline import Live2DiffStream
 from live2diff.similar_filter import SimilarImageFilter
 

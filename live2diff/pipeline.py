@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from live2diff.attention import StreamAttentionController, install_stream_attention
-from live2diff.models import (
+from live2diff.components import (
     Components,
     depth_latents,
     encode_prompt,

@@ -29,6 +29,14 @@ def compose(overrides: list[str] | None = None):
         return hydra_compose("config", overrides=list(overrides or []))
 
 
+def model_cfg(size: str = "tiny", *overrides: str) -> dict:
+    """``conf/model/<size>.yaml`` composed as ``run_eval.py model=<size> ...`` would (the YAML is the only source
+    of model sizes), as a plain dict; ``overrides`` like ``"model.seed=3"``."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose([f"model={size}", *overrides]).model, resolve=True)
+
+
 @pytest.fixture
 def davis_root() -> Path:
     root = SHARED_DATA / "davis"

@@ -6,18 +6,31 @@ import functools
 
 import torch
 
-from live2diff.models import Components, build_components, encode_prompt
+from live2diff.components import Components, build_components, encode_prompt
+from tests.conftest import model_cfg
 
 
 @functools.lru_cache(maxsize=4)
 def _cached(seed: int) -> Components:
-    return build_components({"size": "tiny", "seed": seed}, "cpu", "float32")
+    return build_components(tiny_cfg(seed), "cpu", "float32")
+
+
+@functools.lru_cache(maxsize=8)
+def _tiny_cfg(seed: int) -> dict:
+    return model_cfg("tiny", f"model.seed={seed}")
+
+
+def tiny_cfg(seed: int = 0) -> dict:
+    """``conf/model/tiny.yaml`` (what ``make eval`` builds) with ``model.seed``; a fresh copy each call."""
+    import copy
+
+    return copy.deepcopy(_tiny_cfg(seed))
 
 
 def tiny_components(seed: int = 0, fresh: bool = False) -> Components:
     """Tiny random components; ``fresh`` builds a new copy (tests that patch the UNet must not share it)."""
     if fresh:
-        return build_components({"size": "tiny", "seed": seed}, "cpu", "float32")
+        return build_components(tiny_cfg(seed), "cpu", "float32")
     return _cached(seed)
 
 

@@ -22,7 +22,8 @@ from live2diff.models import (
     vae_decode,
     vae_encode,
 )
-from tests.conftest_live2diff import tiny_components
+from tests.conftest import model_cfg
+from tests.conftest_live2diff import tiny_cfg, tiny_components
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,8 @@ def _one_thread():
 
 def test_tiny_components_shapes_and_helpers():
     c = tiny_components()
-    assert type(c.unet).__name__ == "UNetMotionModel" and type(c.vae).__name__ == "AutoencoderTiny"
+    # conf/model/tiny.yaml (what `make eval` builds): the weight-free pixel VAE
+    assert type(c.unet).__name__ == "UNetMotionModel" and type(c.vae).__name__ == "PixelAutoencoder"
     assert c.unet.config.motion_num_attention_heads == 8 and c.unet.config.motion_max_seq_length == 24
     assert not hasattr(c.unet.mid_block, "motion_modules")  # reference layout: no mid-block motion module
     emb = encode_prompt(c, "a cat")
@@ -47,9 +49,30 @@ def test_tiny_components_shapes_and_helpers():
     assert y.shape == (2, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
 
 
+def test_random_taesd_vae_round_trip_shapes():
+    cfg = model_cfg("tiny", "model.vae.kind=tiny")
+    c = build_components(cfg)
+    assert type(c.vae).__name__ == "AutoencoderTiny" and c.vae_scale_factor == 8
+    z = vae_encode(c, torch.rand(2, 3, 64, 64))
+    assert z.shape == (2, 4, 8, 8)
+    y = vae_decode(c, z)
+    assert y.shape == (2, 3, 64, 64) and 0 <= y.min() and y.max() <= 1
+
+
+def test_tests_build_what_make_eval_builds():
+    """The model tests use is conf/model/tiny.yaml itself (no second, drifting copy in Python)."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import CONF
+
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
+    assert resolve_model_cfg("tiny") == resolve_model_cfg(yaml) == resolve_model_cfg(tiny_cfg(0))
+    assert not hasattr(__import__("live2diff.models").models, "PRESETS")
+
+
 def test_build_is_deterministic_per_seed():
-    a = build_components({"size": "tiny", "seed": 3})
-    b = build_components({"size": "tiny", "seed": 3})
+    a = build_components(tiny_cfg(3))
+    b = build_components(tiny_cfg(3))
     for (n, p), (_, q) in zip(a.unet.state_dict().items(), b.unet.state_dict().items()):
         assert torch.equal(p, q), n
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from live2diff.method import Live2DiffMethod
-from tests.conftest_live2diff import frames
+from tests.conftest_live2diff import frames, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def _one_thread():
 
 
 def _method(**kw) -> Live2DiffMethod:
-    m = Live2DiffMethod(model={"size": "tiny"}, **kw)
+    m = Live2DiffMethod(model=tiny_cfg(), **kw)
     # Random tiny weights: give the motion modules' outputs weight so frames influence each other.
     g = torch.Generator().manual_seed(3)
     for name, p in m.components.unet.named_parameters():

@@ -1,11 +1,50 @@
-"""Loading model weights from local files only: metrics never download anything at run time."""
+"""Reading weight files from local paths: the one loader shared by the metrics and the diffusion components.
+
+Nothing is downloaded. Pickles are read with ``torch.load(weights_only=True)`` only; a checkpoint that needs more
+than that (an old training save with pickled objects) is refused with the command that converts it, once, to
+safetensors — run only on a file you trust::
+
+    python -m eval.metrics.weights to-safetensors model.ckpt model.safetensors
+
+Training saves wrap their weights in many ways; :func:`load_state_dict` accepts the common ones (a nested
+``state_dict`` / ``model`` / ``module`` entry, a ``module.`` prefix from DataParallel/DDP, metadata entries such as
+``global_step``) and returns the tensors only.
+
+(``eval`` never imports ``live2diff``; the components import this module, so there is one loader.)
+"""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+CONVERT_COMMAND = "python -m eval.metrics.weights to-safetensors {path} {out}"
+_WRAPPERS = ("state_dict", "model", "module", "model_state_dict", "net")
+
+
+class MissingWeightsError(FileNotFoundError):
+    """A configured weight file or folder does not exist (the message names the path and the config key)."""
+
+    def __init__(self, path: str | os.PathLike, key: str, what: str = "weights"):
+        self.path, self.key = str(path), key
+        super().__init__(
+            f"{what} not found at '{path}'. Set the config key `{key}` to an existing local path. "
+            "Nothing is downloaded."
+        )
+
+
+class UnsafeCheckpointError(ValueError):
+    """``torch.load(weights_only=True)`` refused a pickle: it holds more than tensors and plain containers."""
 
 
 def resolve_weights(path: str | Path | None, config_key: str, what: str) -> Path:
@@ -14,20 +53,87 @@ def resolve_weights(path: str | Path | None, config_key: str, what: str) -> Path
         raise ValueError(f"{what}: no weights file given; set {config_key}=/path/to/file")
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"{what}: weights file not found: {p} (set by {config_key})")
+        raise MissingWeightsError(p, config_key, f"{what} weights file")
     return p
 
 
-def load_state_dict(path: str | Path, config_key: str, what: str) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a torch pickle (``weights_only=True``, never arbitrary code)."""
+def read_checkpoint(path: str | Path, config_key: str, what: str = "weights") -> object:
+    """The raw object in a ``.safetensors`` file or a torch pickle (``weights_only=True``)."""
     p = resolve_weights(path, config_key, what)
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(p))
-    sd = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{what}: {p} does not hold a state dict (set by {config_key})")
-    return sd
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        out = p.with_suffix(".safetensors")
+        raise UnsafeCheckpointError(
+            f"{what}: {p} (set by {config_key}) is a pickle that torch.load(weights_only=True) refuses to read: it "
+            f"holds Python objects besides tensors ({str(e).splitlines()[0][:200]}). If you trust the file, "
+            f"convert it once with `{CONVERT_COMMAND.format(path=p, out=out)}` and set {config_key}={out}"
+        ) from None
+
+
+def unwrap_state_dict(obj: object, source: str = "checkpoint") -> tuple[dict[str, Tensor], list[str]]:
+    """Tensors of a training save, and the names of the non-tensor entries that were left out.
+
+    Descends into a nested ``state_dict`` (or ``model`` / ``module`` ...) entry while the level holds no tensors
+    besides it, and strips a ``module.`` prefix that every key carries (DataParallel / DDP saves)."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{source} does not hold a state dict (found {type(obj).__name__})")
+    dropped: list[str] = []
+    while True:
+        nested = [k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)]
+        if nested and not any(isinstance(v, Tensor) for v in obj.values()):
+            dropped += [k for k in obj if k != nested[0]]
+            obj = obj[nested[0]]
+            continue
+        break
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    dropped += [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    if not tensors:
+        raise ValueError(f"{source} holds no tensors (entries: {sorted(map(str, obj))[:8]})")
+    if dropped:
+        log.info("%s: left out non-tensor entries %s", source, dropped[:10])
+    return tensors, dropped
+
+
+def load_state_dict(path: str | Path, config_key: str, what: str = "weights") -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch pickle (``weights_only=True``, never arbitrary code),
+    unwrapped as :func:`unwrap_state_dict` does."""
+    obj = read_checkpoint(path, config_key, what)
+    return unwrap_state_dict(obj, f"{what}: {path} (set by {config_key})")[0]
+
+
+def convert_to_safetensors(src: str | Path, dst: str | Path) -> int:
+    """Rewrite a trusted pickle checkpoint as safetensors (tensors only; metadata entries dropped).
+
+    This is the one place that unpickles with ``weights_only=False``: the user runs it by hand on a file they
+    trust, so that every later load reads safetensors."""
+    from safetensors.torch import save_file
+
+    obj = torch.load(Path(src), map_location="cpu", weights_only=False)
+    sd, dropped = unwrap_state_dict(obj, str(src))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(dst))
+    if dropped:
+        log.warning("left out non-tensor entries: %s", dropped[:10])
+    return len(sd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.metrics.weights", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    conv = sub.add_parser("to-safetensors", help="convert a trusted .ckpt/.pth/.bin pickle to .safetensors")
+    conv.add_argument("src", type=Path)
+    conv.add_argument("dst", type=Path)
+    args = ap.parse_args(argv)
+    n = convert_to_safetensors(args.src, args.dst)
+    print(f"wrote {args.dst} ({n} tensors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""CLIP text encoder and tokenizer (SD1.5's), and prompt encoding with the reference's clip skip."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from live2diff.components.weights import load_state_dict, require
+
+
+class OpenClipTokenizer:
+    """CLIP BPE tokenizer shipped inside open_clip (no files to fetch): ``tok(["a cat"]) -> LongTensor[N, 77]``."""
+
+    def __init__(self, context_length: int = 77):
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self._tok = SimpleTokenizer(context_length=context_length)
+        self.model_max_length = context_length
+
+    def __call__(self, prompts: str | Sequence[str]) -> Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return self._tok(list(prompts), context_length=self.model_max_length)
+
+
+class HFTokenizer:
+    """A transformers ``CLIPTokenizer`` loaded from a local folder, padded to 77 like SD1.5's pipelines."""
+
+    def __init__(self, tokenizer: Any):
+        self._tok = tokenizer
+        self.model_max_length = tokenizer.model_max_length
+
+    def __call__(self, prompts: str | Sequence[str]) -> Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        return self._tok(
+            list(prompts),
+            padding="max_length",
+            max_length=self.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+
+
+def build_text(cfg: dict, base: Path | None):
+    """``(CLIPTextModel, tokenizer)``: from the base's diffusers folder, its single file, or random (cfg sizes)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if base is not None and base.is_dir():
+        from transformers import CLIPTokenizer
+
+        require(base / "text_encoder", "model.weights.base", "the 'text_encoder' subfolder")
+        for name in ("vocab.json", "merges.txt"):
+            require(
+                base / "tokenizer" / name, "model.weights.base", f"the CLIP tokenizer file tokenizer/{name}"
+            )
+        te = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", local_files_only=True)
+        tok = HFTokenizer(CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True))
+        return te, tok
+    t = cfg["text_encoder"]
+    te = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=int(t["hidden_size"]),
+            intermediate_size=int(t["intermediate_size"]),
+            num_hidden_layers=int(t["num_hidden_layers"]),
+            num_attention_heads=int(t["num_attention_heads"]),
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=int(t["hidden_size"]),
+        )
+    )
+    if base is not None:  # single file: the CLIP text weights live under cond_stage_model.transformer.
+        load_ldm_text_encoder(load_state_dict(base, "model.weights.base"), te, base, "model.weights.base")
+    return te, OpenClipTokenizer()
+
+
+def load_ldm_text_encoder(sd: dict[str, Tensor], te: torch.nn.Module, path: Path, key: str) -> None:
+    """The CLIP text weights of a single-file (LDM layout) checkpoint into ``te``; every weight must be there."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
+    te_sd = convert_ldm_clip_checkpoint(sd)
+    own = te.state_dict()
+    if not any(k.startswith("text_model.") for k in own):  # transformers 5 dropped the text_model level
+        te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
+    missing = [k for k in own if k not in te_sd and not k.endswith("position_ids")]
+    if missing:
+        raise ValueError(f"{path} ({key}) lacks CLIP text weights, e.g. {missing[:3]}")
+    te.load_state_dict({k: v for k, v in te_sd.items() if k in own}, strict=False)
+
+
+@torch.no_grad()
+def encode_prompt(comps: Any, prompt: str | Sequence[str]) -> Tensor:
+    """Text embeddings ``[N, 77, D]``.
+
+    ``clip_skip`` follows the reference (and diffusers): ``k`` takes ``hidden_states[-(k + 1)]`` — the output of
+    the layer ``k`` before the last — then CLIP's final layer norm; 0/None takes the last layer. The reference's
+    style configs use ``clip_skip: 2``."""
+    ids = comps.tokenizer(prompt).to(comps.device)
+    te = comps.text_encoder
+    if not comps.clip_skip:
+        return te(ids)[0].to(comps.dtype)
+    out = te(ids, output_hidden_states=True)
+    h = out.hidden_states[-(comps.clip_skip + 1)]
+    return getattr(te, "text_model", te).final_layer_norm(h).to(comps.dtype)

@@ -1,0 +1,122 @@
+"""The VAE: TAESD (diffusers ``AutoencoderTiny``), SD's ``AutoencoderKL``, or the weight-free ``pixel`` stand-in;
+and encode/decode between frames in [0, 1] and scaled latents."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from live2diff.components.weights import load_state_dict
+
+
+class PixelAutoencoder(nn.Module):
+    """A weight-free, structure-preserving VAE stand-in (``model.vae.kind: pixel``, the ``tiny`` default).
+
+    A random-initialised TAESD decodes *every* latent to a nearly constant image, so with random weights every
+    quality metric would compare flat grey frames. This stand-in keeps the image's structure instead: the latent is
+    the 8×8 block average of the RGB frame in [-1, 1] plus its luma as a 4th channel, and decoding upsamples the
+    colour channels bilinearly. Outputs are blurry versions of the input perturbed by whatever the (random) UNet
+    does, so temporal metrics respond to the method's latent-space behaviour. Same interface as diffusers' VAEs.
+    """
+
+    def __init__(self, factor: int = 8, scaling_factor: float = 1.0) -> None:
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        levels = int(round(math.log2(factor))) + 1
+        self.config = FrozenDict(
+            scaling_factor=float(scaling_factor), latent_channels=4, block_out_channels=[4] * levels
+        )
+        self.factor = factor
+        self.register_buffer(
+            "_anchor", torch.zeros(()), persistent=False
+        )  # gives .to()/.dtype something to move
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    def encode(self, x: Tensor):
+        rgb = F.avg_pool2d(x, self.factor)
+        lat = torch.cat([rgb, rgb.mean(dim=1, keepdim=True)], dim=1)
+        return SimpleNamespace(latents=lat, latent_dist=SimpleNamespace(mean=lat))
+
+    def decode(self, z: Tensor):
+        h, w = z.shape[-2] * self.factor, z.shape[-1] * self.factor
+        return SimpleNamespace(
+            sample=F.interpolate(z[:, :3], size=(h, w), mode="bilinear", align_corners=False)
+        )
+
+
+def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    v = cfg["vae"]
+    if taesd is not None:
+        return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
+    if v.get("kind", "tiny") == "pixel":
+        return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
+    if v.get("kind", "tiny") == "kl":
+        if base is not None and base.is_dir():
+            return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
+        vae = random_kl_vae(v)
+        if base is not None:
+            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+            vae.load_state_dict(
+                convert_ldm_vae_checkpoint(load_state_dict(base, "model.weights.base"), vae.config)
+            )
+        return vae
+    ch = list(v["block_out_channels"])
+    nb = list(v["num_blocks"])
+    return AutoencoderTiny(
+        encoder_block_out_channels=ch,
+        decoder_block_out_channels=ch,
+        num_encoder_blocks=nb,
+        num_decoder_blocks=nb[::-1],
+        latent_channels=4,
+    )
+
+
+def random_kl_vae(v: dict[str, Any]) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    ch = v.get("block_out_channels", [128, 256, 512, 512])
+    n = len(ch)
+    return AutoencoderKL(
+        block_out_channels=ch,
+        down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n,
+        latent_channels=4,
+        norm_num_groups=int(v.get("norm_num_groups", 32)),
+        layers_per_block=int(v.get("layers_per_block", 2)),
+        scaling_factor=0.18215,
+    )
+
+
+def _is_tiny_vae(vae: nn.Module) -> bool:
+    return type(vae).__name__ == "AutoencoderTiny"
+
+
+@torch.no_grad()
+def vae_encode(comps: Any, frames01: Tensor) -> Tensor:
+    """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/8,W/8]`` (deterministic: the posterior mean for KL)."""
+    x = frames01.to(comps.device, comps.dtype) * 2 - 1
+    if _is_tiny_vae(comps.vae):
+        lat = comps.vae.encode(x).latents
+    else:
+        lat = comps.vae.encode(x).latent_dist.mean
+    return lat * comps.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def vae_decode(comps: Any, latents: Tensor) -> Tensor:
+    """Scaled latents -> ``[B,3,H,W]`` float32 in [0,1]."""
+    x = comps.vae.decode(latents / comps.vae.config.scaling_factor).sample
+    return ((x.float() + 1) / 2).clamp(0, 1)
