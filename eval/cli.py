@@ -77,12 +77,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     refs = cfg.report.get("reference")
     refs = [Reference.from_config(r) for r in (OmegaConf.to_container(refs, resolve=True) if refs else [])]
     weights = (cfg.get("model") or {}).get("weights") or {}
-    notes = []
-    if not any(v for v in weights.values()):
-        notes.append(
-            f"model={cfg.model.get('size', '?')} with random-initialised weights (no model.weights set): "
-            "quality figures exercise the harness and the methods' mechanics, not their image quality"
-        )
+    notes = weight_notes(str(cfg.model.get("size", "?")), dict(weights))
     results.write_header(
         run_dir,
         provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
@@ -167,3 +162,21 @@ def exit_code(summaries: list[RunSummary]) -> int:
         )
         return 1
     return 0
+
+
+def weight_notes(size: str, weights: dict) -> list[str]:
+    """Report notes on the model's weights: all random, or which components ran random while others are real
+    (``model.weights.<key>=random``; the model refuses a real/unset mix, so these are the configured ones)."""
+    real = [k for k, v in weights.items() if v and str(v).lower() not in ("random", "none")]
+    random_parts = [k for k, v in weights.items() if str(v).lower() == "random"]
+    if not real:
+        return [
+            f"model={size} with random-initialised weights (no model.weights set): "
+            "quality figures exercise the harness and the methods' mechanics, not their image quality"
+        ]
+    if random_parts:
+        return [
+            f"model={size}: real weights for {real}; random weights, as configured, for {random_parts} "
+            "(model.weights.<key>=random): figures depending on those components are not the real model's"
+        ]
+    return []

@@ -7,7 +7,7 @@
 * :func:`fuse_lora_file` fuses a LoRA (LCM-LoRA, style LoRAs) into the weights, in kohya (``lora_unet_*``,
   ``lora_te_*``; diffusers module names) or PEFT/diffusers (``*.lora_A/lora_B``, ``*.lora.down/up``) format, without
   needing ``peft``.
-* :func:`load_dreambooth_unet` replaces the spatial UNet weights with a single-file (LDM layout) style checkpoint.
+* :func:`load_dreambooth` applies a single-file (LDM layout) style checkpoint: spatial UNet, text encoder, VAE.
 
 Pickled checkpoints are read with ``weights_only=True`` only.
 """
@@ -40,8 +40,11 @@ MAPPER_PREFIX = "flow_conv_in."
 
 @dataclass
 class ConvertedCheckpoint:
-    unet: dict[str, Tensor] = field(default_factory=dict)
+    unet: dict[str, Tensor] = field(default_factory=dict)  # motion-module weights, our names
     depth_mapper: dict[str, Tensor] = field(default_factory=dict)
+    spatial: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # spatial UNet weights a full training save holds
     pos_tables: dict[str, Tensor] = field(
         default_factory=dict
     )  # reference pos_encoder.pe (not loaded, checked)
@@ -53,9 +56,15 @@ def _strip(key: str) -> str:
     return key[len("module.") :] if key.startswith("module.") else key
 
 
-def convert_reference_state_dict(sd: dict[str, Tensor]) -> ConvertedCheckpoint:
-    """Reference Live2Diff checkpoint keys -> ours. Keys that are neither motion modules nor the mapper land in
-    ``unknown`` (the caller decides whether that is an error)."""
+def convert_reference_state_dict(
+    sd: dict[str, Tensor], spatial_keys: set[str] | frozenset[str] = frozenset()
+) -> ConvertedCheckpoint:
+    """Reference Live2Diff checkpoint keys -> ours.
+
+    Motion modules are renamed; ``flow_conv_in.*`` is the depth mapper; keys named in ``spatial_keys`` (the UNet's
+    own spatial weights: the reference's UNet3D names them as diffusers does) are kept as spatial weights, as the
+    reference's ``load_state_dict(strict=False)`` would load them; the reference's derived buffers (``grid``,
+    ``q_pe/k_pe/v_pe``) are dropped. Anything else lands in ``unknown`` (the caller reports it by name)."""
     out = ConvertedCheckpoint()
     for raw, value in sd.items():
         key = _strip(raw)
@@ -70,6 +79,8 @@ def convert_reference_state_dict(sd: dict[str, Tensor]) -> ConvertedCheckpoint:
             for a, b in _MOTION_RENAMES:
                 key = key.replace(a, b)
             out.unet[key] = value
+        elif key in spatial_keys:
+            out.spatial[key] = value
         else:
             out.unknown.append(raw)
     return out
@@ -97,43 +108,53 @@ def to_reference_state_dict(
 def load_reference_checkpoint(
     path: str | Path, unet: nn.Module, mapper: nn.Module | None, key: str = "model.weights.motion"
 ) -> ConvertedCheckpoint:
-    """Load the reference's motion-module (+ depth mapper) checkpoint into ``unet`` / ``mapper``; strict about what
-    the checkpoint should cover so that a wrong file fails loudly instead of leaving random motion modules."""
+    """Load the reference's motion-module (+ depth mapper) checkpoint into ``unet`` / ``mapper``.
+
+    As lenient as the reference's loader about wrapping (a nested ``state_dict``, ``module.`` prefixes, metadata
+    entries such as ``global_step``, spatial UNet weights of a full save — loaded over the base's, as the reference
+    does), and strict about coverage: every motion-module weight must be there and every key must be understood,
+    so that a wrong file fails loudly (unexpected keys are listed by name) instead of leaving random modules."""
     if not Path(path).exists():
         raise MissingWeightsError(path, key, "Live2Diff motion-module checkpoint")
-    conv = convert_reference_state_dict(load_state_dict(Path(path), key))
+    state = unet.state_dict()
+    spatial_keys = frozenset(k for k in state if ".motion_modules." not in k)
+    conv = convert_reference_state_dict(load_state_dict(Path(path), key), spatial_keys)
     if conv.unknown:
+        shown = ", ".join(conv.unknown[:20]) + (" ..." if len(conv.unknown) > 20 else "")
         raise ValueError(
-            f"{path}: {len(conv.unknown)} keys are neither motion modules nor the depth mapper "
-            f"(e.g. {conv.unknown[:3]}); is `{key}` the Live2Diff checkpoint?"
+            f"{path} ({key}): {len(conv.unknown)} unexpected keys, neither motion modules, the depth mapper "
+            f"(flow_conv_in.*) nor this UNet's spatial weights: {shown}. Is it the Live2Diff checkpoint, for this "
+            "model size?"
         )
-    own = {
-        k: v
-        for k, v in unet.state_dict().items()
-        if ".motion_modules." in k and not k.endswith("pos_embed.pe")
-    }
+    own = {k: v for k, v in state.items() if ".motion_modules." in k and not k.endswith("pos_embed.pe")}
     missing = sorted(set(own) - set(conv.unet))
     unexpected = sorted(set(conv.unet) - set(own))
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match the motion modules of this UNet: {len(missing)} missing "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected ({unexpected[:20]}). "
             "Check model.size / model.unet (motion_mid_block, layers_per_block)."
         )
     for k, table in conv.pos_tables.items():
-        ours = next(v for n, v in unet.state_dict().items() if n.endswith("pos_embed.pe"))
+        ours = next(v for n, v in state.items() if n.endswith("pos_embed.pe"))
         if table.shape[-2] != ours.shape[-2]:
             raise ValueError(
                 f"{path}: positional table {k} has {table.shape[-2]} positions, the UNet has {ours.shape[-2]}; "
                 "set model.unet.motion_max_seq_length accordingly"
             )
         break
-    for k, v in conv.unet.items():
-        if own[k].shape != v.shape:
+    for k, v in {**conv.unet, **conv.spatial}.items():
+        if state[k].shape != v.shape:
             raise ValueError(
-                f"{path}: {k} has shape {tuple(v.shape)}, the UNet expects {tuple(own[k].shape)}"
+                f"{path}: {k} has shape {tuple(v.shape)}, the UNet expects {tuple(state[k].shape)}"
             )
-    unet.load_state_dict(conv.unet, strict=False)
+    unet.load_state_dict({**conv.unet, **conv.spatial}, strict=False)
+    if conv.spatial:
+        log.warning(
+            "%s holds %d spatial UNet weights; loaded over the base's, as the reference's loader does",
+            path,
+            len(conv.spatial),
+        )
     if mapper is not None:
         if not conv.depth_mapper:
             raise ValueError(
@@ -166,17 +187,94 @@ def unet2d_config_of(unet: nn.Module) -> dict:
     )
 
 
-def load_dreambooth_unet(path: str | Path, unet: nn.Module, key: str = "model.weights.dreambooth") -> None:
-    """Spatial UNet weights from a single-file (LDM layout) checkpoint; the motion modules are kept."""
+LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIX = "first_stage_model."
+LDM_CLIP_PREFIX = "cond_stage_model.transformer."
+
+
+def load_ldm_text_encoder(sd: dict[str, Tensor], te: nn.Module, path: str | Path, key: str) -> int:
+    """The CLIP text weights of a single-file (LDM layout) checkpoint into ``te``; every weight must be there."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
+    te_sd = convert_ldm_clip_checkpoint(sd)
+    own = te.state_dict()
+    if not any(k.startswith("text_model.") for k in own):  # transformers 5 dropped the text_model level
+        te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
+    missing = [k for k in own if k not in te_sd and not k.endswith("position_ids")]
+    if missing:
+        raise ValueError(f"{path} ({key}) lacks CLIP text weights, e.g. {missing[:3]}")
+    for k, v in te_sd.items():
+        if k in own and own[k].shape != v.shape:
+            raise ValueError(
+                f"{path} ({key}): {k} has shape {tuple(v.shape)}, the text encoder expects {tuple(own[k].shape)}"
+            )
+    loaded = {k: v for k, v in te_sd.items() if k in own}
+    te.load_state_dict(loaded, strict=False)
+    return len(loaded)
+
+
+def load_ldm_vae(sd: dict[str, Tensor], vae: nn.Module, path: str | Path, key: str) -> int:
+    """The KL VAE of a single-file (LDM layout) checkpoint into a diffusers ``AutoencoderKL`` (strict)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    converted = convert_ldm_vae_checkpoint(sd, vae.config)
+    try:
+        vae.load_state_dict(converted, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path} ({key}): its VAE ({LDM_VAE_PREFIX}*) does not fit model.vae: {e}") from None
+    return len(converted)
+
+
+def load_dreambooth(
+    path: str | Path,
+    unet: nn.Module,
+    text_encoder: nn.Module | None = None,
+    vae: nn.Module | None = None,
+    key: str = "model.weights.dreambooth",
+) -> dict[str, str]:
+    """A single-file (LDM layout) style DreamBooth checkpoint, as the reference's ``load_third_party_checkpoints``
+    applies it: the spatial UNet (motion modules kept), the CLIP text encoder when the file has one, and the KL VAE
+    when the file has one and the model uses a KL VAE (with TAESD the VAE is replaced anyway, as the reference's
+    ``use_tiny_vae`` does). Returns what each part became (for the logs and the tests)."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     sd = load_state_dict(Path(path), key)
+    report: dict[str, str] = {}
+    if not any(k.startswith(LDM_UNET_PREFIX) for k in sd):
+        raise ValueError(
+            f"{path} ({key}) has no UNet weights ({LDM_UNET_PREFIX}*): is it a single-file SD1.x checkpoint?"
+        )
     converted = convert_ldm_unet_checkpoint(sd, unet2d_config_of(unet))
-    own = {k for k in unet.state_dict() if ".motion_modules." not in k}
+    state = unet.state_dict()
+    own = {k for k in state if ".motion_modules." not in k}
     missing = sorted(own - set(converted))
     if missing:
         raise ValueError(f"{path} ({key}) lacks {len(missing)} UNet weights, e.g. {missing[:3]}")
+    for k in own:
+        if converted[k].shape != state[k].shape:
+            raise ValueError(
+                f"{path} ({key}): {k} has shape {tuple(converted[k].shape)}, the UNet expects {tuple(state[k].shape)}"
+            )
     unet.load_state_dict({k: v for k, v in converted.items() if k in own}, strict=False)
+    report["unet"] = f"{len(own)} tensors"
+    if text_encoder is not None and any(k.startswith(LDM_CLIP_PREFIX) for k in sd):
+        report["text_encoder"] = f"{load_ldm_text_encoder(sd, text_encoder, path, key)} tensors"
+    else:
+        report["text_encoder"] = "not in file"
+    if not any(k.startswith(LDM_VAE_PREFIX) for k in sd):
+        report["vae"] = "not in file"
+    elif vae is not None and type(vae).__name__ == "AutoencoderKL":
+        report["vae"] = f"{load_ldm_vae(sd, vae, path, key)} tensors"
+    else:
+        report["vae"] = f"not used: the model's VAE is {type(vae).__name__} (model.vae.kind)"
+        log.info("%s: its KL VAE is not used (the model runs %s)", path, type(vae).__name__)
+    log.info("DreamBooth %s: %s", path, report)
+    return report
+
+
+def load_dreambooth_unet(path: str | Path, unet: nn.Module, key: str = "model.weights.dreambooth") -> None:
+    """Spatial UNet weights only (kept for callers that hold just a UNet); see :func:`load_dreambooth`."""
+    load_dreambooth(path, unet, None, None, key)
 
 
 # ------------------------------------------------------------------------------------------------ LoRA
@@ -226,6 +324,15 @@ def _lookup(model: nn.Module, name: str) -> nn.Module | None:
     return None
 
 
+#: ``W += scale · (alpha / rank) · up @ down`` — diffusers' ``load_lora_weights`` + ``fuse_lora(lora_scale)``, kohya's
+#: convention; how the reference fuses the LCM-LoRA and its ``lora_dict`` LoRAs. No alpha in the file: alpha = rank.
+ALPHA_OVER_RANK = "alpha_over_rank"
+#: ``W += lora_alpha · up @ down``, the file's alpha ignored — the reference's ``convert_lora_model_level``, which
+#: applies its configs' ``third_party_dict.lora_list`` entries (``lora_alpha``) to style LoRAs.
+LORA_ALPHA = "lora_alpha"
+LORA_SCALINGS = (ALPHA_OVER_RANK, LORA_ALPHA)
+
+
 @torch.no_grad()
 def fuse_lora_state_dict(
     sd: dict[str, Tensor],
@@ -233,8 +340,13 @@ def fuse_lora_state_dict(
     text_encoder: nn.Module | None,
     scale: float = 1.0,
     key: str = "model.weights.lcm_lora",
+    scaling: str = ALPHA_OVER_RANK,
 ) -> int:
-    """``W += scale * (alpha / rank) * up @ down`` for every LoRA pair; returns the number of fused layers."""
+    """Fuse every LoRA pair into its layer's weight with the named ``scaling`` (:data:`ALPHA_OVER_RANK` or
+    :data:`LORA_ALPHA`, where ``scale`` is the reference config's ``lora_alpha``); returns the number of fused
+    layers."""
+    if scaling not in LORA_SCALINGS:
+        raise ValueError(f"unknown LoRA scaling '{scaling}' for {key}; use one of {LORA_SCALINGS}")
     n = 0
     unknown = []
     for (target, name), parts in _group_lora(sd).items():
@@ -245,9 +357,17 @@ def fuse_lora_state_dict(
             continue
         down, up = parts["down"].float(), parts["up"].float()
         rank = down.shape[0]
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
-        delta = (up.flatten(1) @ down.flatten(1)) * (alpha / rank) * scale
+        if scaling == ALPHA_OVER_RANK:
+            alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
+            factor = scale * alpha / rank
+        else:
+            factor = scale
+        delta = (up.flatten(1) @ down.flatten(1)) * factor
         w = mod.weight
+        if delta.numel() != w.numel():
+            raise ValueError(
+                f"{key}: LoRA {target}:{name} has shape {tuple(delta.shape)}, the layer {tuple(w.shape)}"
+            )
         mod.weight.copy_((w.float() + delta.reshape(w.shape)).to(w.dtype))
         n += 1
     if unknown:
@@ -261,6 +381,7 @@ def fuse_lora_file(
     text_encoder: nn.Module | None,
     scale: float = 1.0,
     key: str = "model.weights.lcm_lora",
+    scaling: str = ALPHA_OVER_RANK,
 ) -> int:
     if not Path(path).exists():
         raise MissingWeightsError(path, key, "LoRA weights")
@@ -272,6 +393,6 @@ def fuse_lora_file(
                 cand, key, "LoRA weights (pytorch_lora_weights.safetensors in the folder)"
             )
         p = cand
-    n = fuse_lora_state_dict(load_state_dict(p, key), unet, text_encoder, scale, key)
-    log.info("fused %d LoRA layers from %s", n, p)
+    n = fuse_lora_state_dict(load_state_dict(p, key), unet, text_encoder, scale, key, scaling)
+    log.info("fused %d LoRA layers from %s (%s, scale %g)", n, p, scaling, scale)
     return n

@@ -95,22 +95,59 @@ def load_clip(
     device: str = "cpu",
     config_key: str = CONFIG_KEY,
     require_weights: bool = False,
+    quick_gelu: bool | None = None,
 ) -> ClipModel:
-    """The CLIP model for these settings, loaded once per process and shared (cached)."""
+    """The CLIP model for these settings, loaded once per process and shared (cached).
+
+    OpenAI's CLIP weights were trained with QuickGELU: a checkpoint in OpenAI's layout (recognised by the
+    ``input_resolution`` / ``context_length`` / ``vocab_size`` entries of OpenAI's own files) builds the
+    ``<model_name>-quickgelu`` architecture; ``quick_gelu=False`` with such a file is refused, ``True`` forces it."""
     if require_weights and not weights:
         raise ValueError(
             f"CLIP: real weights are required here (no random fallback); set {config_key}=/path/to/"
             f"open_clip_pytorch_model.bin (the open_clip checkpoint of {model_name})"
         )
     path = str(resolve_weights(weights, config_key, "CLIP")) if weights else None
+    openai_sd = None
+    if path is not None:
+        model_name, openai_sd = _activation(model_name, path, config_key, quick_gelu)
     key = (model_name if path else "tiny-random", path, str(device))
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = _build(model_name, path, device)
+            _CACHE[key] = _build(model_name, path, device, openai_sd)
         return _CACHE[key]
 
 
-def _build(model_name: str, path: str | None, device: str) -> ClipModel:
+OPENAI_MARKERS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _activation(
+    model_name: str, path: str, config_key: str, quick_gelu: bool | None
+) -> tuple[str, dict | None]:
+    """The architecture name for these weights, and their state dict when they are in OpenAI's layout."""
+    from eval.metrics.weights import read_checkpoint, unwrap_state_dict
+
+    openai_sd = None
+    if not path.endswith(".pt"):  # OpenAI's own .pt is a TorchScript archive: open_clip reads it itself
+        obj = read_checkpoint(path, config_key, "CLIP")
+        sd = unwrap_state_dict(obj, path)[0] if isinstance(obj, dict) else {}
+        if any(k in sd for k in OPENAI_MARKERS):
+            openai_sd = {k: v for k, v in sd.items() if k not in OPENAI_MARKERS}
+    named_quick = model_name.endswith("-quickgelu")
+    if openai_sd is not None and (quick_gelu is False):
+        raise ValueError(
+            f"{path} ({config_key}) holds OpenAI CLIP weights, trained with QuickGELU: set "
+            f"model_name={model_name.removesuffix('-quickgelu')}-quickgelu (or leave quick_gelu unset)"
+        )
+    if quick_gelu is False and named_quick:
+        raise ValueError(f"model_name={model_name} contradicts quick_gelu=false")
+    if (openai_sd is not None or quick_gelu) and not named_quick:
+        log.info("CLIP: %s is in OpenAI's layout: building %s-quickgelu", path, model_name)
+        model_name = f"{model_name}-quickgelu"
+    return model_name, openai_sd
+
+
+def _build(model_name: str, path: str | None, device: str, openai_sd: dict | None = None) -> ClipModel:
     import open_clip
 
     tiny = path is None or model_name == "tiny"
@@ -123,6 +160,13 @@ def _build(model_name: str, path: str | None, device: str) -> ClipModel:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = open_clip.create_model(base, pretrained=None, device=device, **kwargs)
+    elif openai_sd is not None:  # OpenAI's layout with its extra entries: load strictly ourselves
+        model = open_clip.create_model(base, pretrained=None, device=device, **kwargs)
+        missing, unexpected = model.load_state_dict(openai_sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"CLIP weights {path} do not fit {base}: missing {missing[:10]}, unexpected {unexpected[:10]}"
+            )
     else:
         model = open_clip.create_model(base, pretrained=path, device=device, **kwargs)
     model.eval()
@@ -154,10 +198,13 @@ class _ClipMetric(VideoMetric):
         batch_size: int = 16,
         scale: float | None = None,
         require_weights: bool = False,
+        quick_gelu: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.clip = load_clip(model_name, weights, device, require_weights=require_weights)
+        self.clip = load_clip(
+            model_name, weights, device, require_weights=require_weights, quick_gelu=quick_gelu
+        )
         self.batch_size = batch_size
         self.scale = float(self.default_scale if scale is None else scale)
         if self.scale != self.default_scale:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,9 @@ from live2diff.components.schedule import build_scheduler
 from live2diff.components.text import build_text
 from live2diff.components.unet import build_unet
 from live2diff.components.vae import build_vae
-from live2diff.components.weights import DESCRIPTIONS, check_path
+from live2diff.components.weights import DESCRIPTIONS, RANDOM, check_path, weight_plan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,13 @@ class Components:
     dtype: torch.dtype
     clip_skip: int = 2
     cfg: dict[str, Any] = field(default_factory=dict)
+    #: ``model.weights`` as built: each entry a path, ``random``, ``none`` or ``n/a`` (see ``weight_plan``)
+    weights: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def random_parts(self) -> list[str]:
+        """The ``model.weights`` entries built with random weights."""
+        return [k for k, v in self.weights.items() if v == RANDOM]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -67,8 +77,17 @@ def build_components(
     """
     cfg = resolve_model_cfg(model_cfg)
     device, dtype = torch.device(device), parse_dtype(dtype)
-    w = cfg["weights"]
-    paths = {k: check_path(w.get(k), f"model.weights.{k}", DESCRIPTIONS[k]) for k in WEIGHT_KEYS}
+    for k in WEIGHT_KEYS:  # a missing file is named first: the most specific error
+        v = (cfg["weights"] or {}).get(k)
+        if v is not None and str(v).lower() not in ("random", "none"):
+            check_path(v, f"model.weights.{k}", DESCRIPTIONS[k])
+    plan = weight_plan(cfg)  # refuses partial real weights before anything is built
+    paths = {k: check_path(plan[k], f"model.weights.{k}", DESCRIPTIONS[k]) for k in WEIGHT_KEYS}
+    if any(p is not None for p in paths.values()) and any(v == RANDOM for v in plan.values()):
+        log.warning(
+            "real weights with random components, as configured: %s",
+            [k for k, v in plan.items() if v == RANDOM],
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg["seed"]))
         unet = build_unet(cfg, paths["base"])
@@ -88,11 +107,18 @@ def build_components(
     if paths["motion"] is not None:
         convert.load_reference_checkpoint(paths["motion"], unet, mapper)
     if paths["dreambooth"] is not None:
-        convert.load_dreambooth_unet(paths["dreambooth"], unet)
-    for key in ("lcm_lora", "style_lora"):
+        convert.load_dreambooth(paths["dreambooth"], unet, text_encoder, vae)
+    # Fusion adds to the weights, so the order is immaterial; the scalings are the reference's (see convert.py).
+    for key, default_scaling in (("style_lora", convert.LORA_ALPHA), ("lcm_lora", convert.ALPHA_OVER_RANK)):
         if paths[key] is not None:
-            scale = float(get(cfg, f"{key}_scale", 1.0))
-            convert.fuse_lora_file(paths[key], unet, text_encoder, scale=scale, key=f"model.weights.{key}")
+            convert.fuse_lora_file(
+                paths[key],
+                unet,
+                text_encoder,
+                scale=float(get(cfg, f"{key}_scale", 1.0)),
+                key=f"model.weights.{key}",
+                scaling=str(get(cfg, f"{key}_scaling", default_scaling)),
+            )
 
     comps = Components(
         unet,
@@ -106,6 +132,7 @@ def build_components(
         dtype,
         int(cfg.get("clip_skip", 2)),
         cfg,
+        plan,
     )
     for m in comps.modules().values():
         m.eval().requires_grad_(False)

@@ -10,10 +10,16 @@ import torch
 from torch import Tensor
 
 from live2diff.components.weights import load_state_dict, require
+from live2diff.convert import load_ldm_text_encoder
 
 
 class OpenClipTokenizer:
-    """CLIP BPE tokenizer shipped inside open_clip (no files to fetch): ``tok(["a cat"]) -> LongTensor[N, 77]``."""
+    """SD1.x's CLIP tokenizer without files to fetch (the BPE vocabulary open_clip ships, which is OpenAI's):
+    ``tok(["a cat"]) -> LongTensor[N, 77]``, ``<|startoftext|>`` + at most 75 tokens + ``<|endoftext|>``, padded
+    with ``<|endoftext|>`` (49407) as SD1.x's ``CLIPTokenizer`` (``pad_token: <|endoftext|>``) pads — not with 0 as
+    open_clip's own tokenizer does, which would change every conditioning token after the prompt."""
+
+    SOT, EOT = 49406, 49407
 
     def __init__(self, context_length: int = 77):
         from open_clip.tokenizer import SimpleTokenizer
@@ -24,7 +30,12 @@ class OpenClipTokenizer:
     def __call__(self, prompts: str | Sequence[str]) -> Tensor:
         if isinstance(prompts, str):
             prompts = [prompts]
-        return self._tok(list(prompts), context_length=self.model_max_length)
+        n = self.model_max_length
+        out = torch.full((len(prompts), n), self.EOT, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids = [self.SOT, *self._tok.encode(p)[: n - 2], self.EOT]
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
 
 
 class HFTokenizer:
@@ -77,20 +88,6 @@ def build_text(cfg: dict, base: Path | None):
     if base is not None:  # single file: the CLIP text weights live under cond_stage_model.transformer.
         load_ldm_text_encoder(load_state_dict(base, "model.weights.base"), te, base, "model.weights.base")
     return te, OpenClipTokenizer()
-
-
-def load_ldm_text_encoder(sd: dict[str, Tensor], te: torch.nn.Module, path: Path, key: str) -> None:
-    """The CLIP text weights of a single-file (LDM layout) checkpoint into ``te``; every weight must be there."""
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
-
-    te_sd = convert_ldm_clip_checkpoint(sd)
-    own = te.state_dict()
-    if not any(k.startswith("text_model.") for k in own):  # transformers 5 dropped the text_model level
-        te_sd = {k.removeprefix("text_model."): v for k, v in te_sd.items()}
-    missing = [k for k in own if k not in te_sd and not k.endswith("position_ids")]
-    if missing:
-        raise ValueError(f"{path} ({key}) lacks CLIP text weights, e.g. {missing[:3]}")
-    te.load_state_dict({k: v for k, v in te_sd.items() if k in own}, strict=False)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from live2diff.components.weights import load_state_dict
+from live2diff.convert import load_ldm_vae
 
 
 class PixelAutoencoder(nn.Module):
@@ -67,11 +68,7 @@ def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
             return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
         vae = random_kl_vae(v)
         if base is not None:
-            from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-
-            vae.load_state_dict(
-                convert_ldm_vae_checkpoint(load_state_dict(base, "model.weights.base"), vae.config)
-            )
+            load_ldm_vae(load_state_dict(base, "model.weights.base"), vae, base, "model.weights.base")
         return vae
     ch = list(v["block_out_channels"])
     nb = list(v["num_blocks"])
