@@ -77,6 +77,11 @@ def build_components(
     """
     cfg = resolve_model_cfg(model_cfg)
     device, dtype = torch.device(device), parse_dtype(dtype)
+    if cfg["weights"].get("trained") and str(cfg["weights"]["trained"]).lower() not in ("random", "none"):
+        # the project's own tiny weights (python -m live2diff.train_tiny), shipped in the repo: found from anywhere
+        from live2diff.train_tiny import resolve_trained_path
+
+        cfg["weights"]["trained"] = str(resolve_trained_path(cfg["weights"]["trained"]))
     for k in WEIGHT_KEYS:  # a missing file is named first: the most specific error
         v = (cfg["weights"] or {}).get(k)
         if v is not None and str(v).lower() not in ("random", "none"):
@@ -134,6 +139,12 @@ def build_components(
         cfg,
         plan,
     )
+    if (
+        paths["trained"] is not None
+    ):  # a full state dict for this model (every component but a weight-free VAE)
+        from live2diff.train_tiny import load_trained
+
+        load_trained(paths["trained"], comps)
     for m in comps.modules().values():
         m.eval().requires_grad_(False)
         p = next(m.parameters(), None)

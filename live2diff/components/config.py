@@ -20,7 +20,7 @@ MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
 #: keys every model config must set (what the builders read without a default)
 REQUIRED = ("size", "unet", "text_encoder", "vae", "depth", "mapping_channels")
 
-WEIGHT_KEYS = ("base", "motion", "lcm_lora", "style_lora", "dreambooth", "taesd", "depth")
+WEIGHT_KEYS = ("base", "motion", "lcm_lora", "style_lora", "dreambooth", "taesd", "depth", "trained")
 
 
 def get(cfg: Any, key: str, default: Any = None) -> Any:

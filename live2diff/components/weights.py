@@ -36,6 +36,7 @@ DESCRIPTIONS = {
     "dreambooth": "DreamBooth checkpoint",
     "taesd": "TAESD (AutoencoderTiny) folder",
     "depth": "DPT depth model folder",
+    "trained": "the project's trained tiny weights (python -m live2diff.train_tiny)",
 }
 
 
@@ -67,6 +68,7 @@ def weight_plan(cfg: dict) -> dict[str, str]:
         "dreambooth": True,
         "taesd": vae_kind == "tiny",
         "depth": depth_kind != "none",
+        "trained": True,  # one file with every component's weights (live2diff.train_tiny): covers all the others
     }
     plan: dict[str, str] = {}
     for key in w:
@@ -96,8 +98,15 @@ def weight_plan(cfg: dict) -> dict[str, str]:
             f"model.weights.depth={plan['depth']} is given but model.depth.kind=tiny (a random stand-in) cannot "
             "load it; set model.depth.kind=dpt for a transformers DPT folder"
         )
+    if plan["trained"] not in ("", RANDOM, NONE):
+        for (
+            k,
+            v,
+        ) in plan.items():  # the full state dict covers every component; only additions may be stacked on
+            if k != "trained" and v == "":
+                plan[k] = "n/a"
     real = [k for k, v in plan.items() if v not in ("", RANDOM, NONE, "n/a")]
-    unset = [k for k, v in plan.items() if v == "" and k not in OPTIONAL]
+    unset = [k for k, v in plan.items() if v == "" and k not in (*OPTIONAL, "trained")]
     if real and unset:
         fixes = ", ".join(
             f"model.weights.{k}=/path" + (" (or none)" if k == "lcm_lora" else " (or random)") for k in unset
@@ -108,7 +117,7 @@ def weight_plan(cfg: dict) -> dict[str, str]:
         )
     for k, v in plan.items():
         if v == "":
-            plan[k] = NONE if k in ("lcm_lora", *OPTIONAL) else RANDOM
+            plan[k] = NONE if k in ("lcm_lora", "trained", *OPTIONAL) else RANDOM
     return plan
 
 
