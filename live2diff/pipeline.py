@@ -82,7 +82,7 @@ class _DepthInjector:
 
 
 class Live2DiffStream:
-    """The streaming pipeline over :class:`~live2diff.models.Components` (which it patches: it owns the UNet)."""
+    """The streaming pipeline over :class:`~live2diff.components.Components` (which it patches: it owns the UNet)."""
 
     def __init__(
         self,
