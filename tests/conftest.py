@@ -14,7 +14,8 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+# the real clips: ../shared/data next to the checkout, or where LIVE2DIFF_BENCH_SHARED_DATA points (worktrees)
+SHARED_DATA = Path(os.environ.get("LIVE2DIFF_BENCH_SHARED_DATA") or ROOT.parent / "shared" / "data")
 
 # one thread: tiny models gain nothing from more, and shared CI machines lose a lot to oversubscription
 torch.set_num_threads(1)
