@@ -136,9 +136,14 @@ def uint8_to_frames(arr: np.ndarray) -> Tensor:
 
 
 def load_prompts(path: str | Path | None) -> dict[str, str]:
-    """Prompts keyed by video name from a YAML or JSON mapping; ``None``/missing file -> ``{}``."""
+    """Prompts keyed by video name from a YAML or JSON mapping; ``None``/missing file -> ``{}``.
+    ``builtin:<name>[:<template>]`` reads a prompt file shipped with the project (eval/datasets/builtin_prompts.py)."""
     if path is None:
         return {}
+    if str(path).startswith("builtin:"):
+        from eval.datasets.builtin_prompts import load_builtin
+
+        return load_builtin(str(path))
     path = Path(path)
     if not path.is_file():
         return {}

@@ -37,7 +37,7 @@ class FolderDataset(VideoDataset):
 
     def _prompts(self) -> dict[str, str]:
         if self.prompts_path is not None:
-            if not Path(self.prompts_path).is_file():
+            if not str(self.prompts_path).startswith("builtin:") and not Path(self.prompts_path).is_file():
                 raise FileNotFoundError(f"dataset.prompts={self.prompts_path!r}: no such file")
             return load_prompts(self.prompts_path)
         for candidate in ("prompts.yaml", "prompts.yml", "prompts.json"):
