@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -22,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LIVE2DIFF_BENCH_SHARED_DATA") or ROOT.parent / "shared" / "data")
 sys.path.insert(0, str(ROOT))
 
 from eval.datasets.synthetic import generate_clip  # noqa: E402
 from eval.metrics.clip import ClipConsistency, ClipScore  # noqa: E402
+from eval.metrics.depth_error import DepthError  # noqa: E402
 from eval.metrics.flow import DISFlow, fb_occlusion, warp  # noqa: E402
 from eval.metrics.frame_diff import MeanAbsFrameDiff  # noqa: E402
 from eval.metrics.warp_error import WarpError  # noqa: E402
@@ -197,6 +200,40 @@ def clip_checks() -> None:
     )
 
 
+def depth_error_checks() -> None:
+    from torchvision.transforms.functional import gaussian_blur
+
+    def blur(v, s):
+        return v if s == 0 else gaussian_blur(v, 2 * int(3 * s) + 1, s)
+
+    clips = [("synthetic 64x64", generate_clip(8, 64, 64, seed=0).frames)]
+    davis = SHARED_DATA / "davis" / "JPEGImages" / "480p" / "dog"
+    if davis.is_dir():
+        from torchvision.io import read_image
+
+        files = sorted(davis.glob("*.jpg"))[:8]
+        video = torch.stack([read_image(str(p)) for p in files]).float() / 255
+        clips.append(("DAVIS dog 8 frames at 256x256", F.interpolate(video, (256, 256), mode="area")))
+    m = DepthError()  # tiny random depth net (no DPT weights offline): the mechanics, not MiDaS's numbers
+    for name, v in clips:
+        ident = value(m, v, v)
+        row(f"depth_error (random depth net), identity, {name}", "0 (< 1e-12)", f"{ident:.1e}", ident < 1e-12)
+        vals = [value(m, blur(v, s), v) for s in (0, 0.5, 1, 2, 4)]
+        row(
+            f"depth_error, Gaussian blur sigma 0/0.5/1/2/4 on the output, {name}",
+            "strictly increasing",
+            ", ".join(f"{x:.2e}" for x in vals),
+            all(b > a for a, b in zip(vals, vals[1:])),
+        )
+        vals = [value(m, torch.roll(v, k, -1), v) for k in (0, 1, 2, 4, 8)]
+        row(
+            f"depth_error, output shifted 0/1/2/4/8 px, {name}",
+            "strictly increasing",
+            ", ".join(f"{x:.2e}" for x in vals),
+            all(b > a for a, b in zip(vals, vals[1:])),
+        )
+
+
 def lpips_checks(weights: str | None) -> None:
     import lpips
     from safetensors.torch import load_file
@@ -272,7 +309,7 @@ def real_clip_checks() -> None:
         1.5,
     )
 
-    davis = ROOT.parent / "shared" / "data" / "davis" / "JPEGImages" / "480p"
+    davis = SHARED_DATA / "davis" / "JPEGImages" / "480p"
     if davis.is_dir():
         from torchvision.io import read_image
 
@@ -293,6 +330,7 @@ def main() -> int:
     t0 = time.time()
     warp_error_checks()
     clip_checks()
+    depth_error_checks()
     lpips_checks(args.lpips_weights)
     real_clip_checks()
     args.out.mkdir(parents=True, exist_ok=True)
