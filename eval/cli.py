@@ -28,7 +28,11 @@ GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experime
 
 def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
     """Run what the composed config asks for and print its outcome; returns the exit status (0 ok, 1 failed
-    units or a latency regression, 3 no comparable gate reference)."""
+    units or a latency regression, 2 a pre-flight check found something missing, 3 no comparable gate reference)."""
+    if cfg.get("check"):  # +check=true: pre-flight only (eval/check.py): what is missing, estimated run time
+        from eval.check import preflight
+
+        return preflight(cfg)
     if cfg.get("gate") and cfg.gate.get("enabled"):
         from eval.gate import run_gate
 

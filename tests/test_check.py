@@ -1,0 +1,111 @@
+"""Pre-flight check (``+check=true``): lists every missing weight file with its key, missing video, missing prompt
+and mismatched resolution, exits 2 without building a model; with nothing missing it estimates run times."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from eval import check
+from tests.conftest import ROOT, compose
+from tests.test_paper_experiments import write_davis
+
+
+@pytest.fixture
+def incomplete(tmp_path):
+    """A DAVIS folder with 2 of the 3 listed videos, a prompts file lacking one of them."""
+    root = write_davis(tmp_path / "DAVIS", names=("blackswan", "dog"), n_frames=4, size=32)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("blackswan\ndog\ncamel\n")
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text("blackswan: a watercolor painting of a black swan\ncamel: a camel\n")
+    return [
+        "experiment=paper_table1",
+        f"dataset.root={root}",
+        f"dataset.prompts={prompts}",
+        "dataset.size=[256,256]",
+        f"model.weights.base={tmp_path / 'sd15-absent'}",
+        f"results_root={tmp_path / 'results'}",
+    ]
+
+
+EXPECTED_KEYS = (
+    "model.weights.base",
+    "model.weights.motion",
+    "model.weights.lcm_lora",
+    "model.weights.taesd",
+    "model.weights.depth",  # also the depth_error metric's folder: listed once
+    "metrics.clip_score.weights",
+    "metrics.warp_error.raft_weights",
+    "metrics.lpips.weights",
+)
+
+
+def test_lists_everything_missing_and_builds_nothing(incomplete, monkeypatch):
+    import live2diff.models
+
+    def forbidden(*a, **k):
+        raise AssertionError("a model was built during the pre-flight check")
+
+    monkeypatch.setattr(live2diff.models, "build_components", forbidden)
+    monkeypatch.setattr(check, "probe", forbidden)
+    lines: list[str] = []
+    assert check.preflight(compose([*incomplete, "+check=true"]), out=lines.append) == 2
+    text = "\n".join(lines)
+    for key in EXPECTED_KEYS:
+        assert key in text, key
+    assert text.count("model.weights.depth") == 1
+    assert "sd15-absent: no such file" in text
+    assert "camel: no frames" in text  # listed in val.txt, absent on disk
+    assert "dog: no prompt" in text and "blackswan: no prompt" not in text
+    assert "dataset.size" in text and "[512, 512]" in text
+    kinds = [ln.split()[0] for ln in lines if ln.startswith("  ")]
+    assert kinds.count("weights") == len(EXPECTED_KEYS) and {"video", "prompt", "resolution"} <= set(kinds)
+
+
+def test_cli_exits_2_and_writes_no_results(incomplete, tmp_path):
+    p = subprocess.run(
+        [sys.executable, "run_eval.py", *incomplete, "+check=true", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "MISSING" in p.stdout and "metrics.lpips.weights" in p.stdout and "camel: no frames" in p.stdout
+    assert not (tmp_path / "results").exists()  # nothing computed, no unit cached
+
+
+def test_unset_dataset_root_is_named():
+    lines: list[str] = []
+    assert check.preflight(compose(["experiment=paper_table1", "+check=true"]), out=lines.append) == 2
+    assert any("dataset.root" in ln and "not set" in ln for ln in lines)
+
+
+def test_interpolated_keys_point_to_the_key_a_user_sets():
+    cfg = compose(["experiment=paper_table1", "dataset.root=/d"])
+    assert check.source_key(cfg, "metrics.clip_consistency.weights") == "metrics.clip_score.weights"
+    assert check.source_key(cfg, "metrics.depth_error.weights") == "model.weights.depth"
+    assert check.source_key(cfg, "metrics.warp_error_input.raft_weights") == "metrics.warp_error.raft_weights"
+    cfg = compose(["experiment=paper_table1", "dataset.root=/d", "metrics.depth_error.weights=/w/dpt"])
+    assert check.source_key(cfg, "metrics.depth_error.weights") == "metrics.depth_error.weights"
+
+
+def test_complete_setup_passes_and_estimates_each_method():
+    cfg = compose(
+        [
+            "+check=true",
+            "method=[identity,live2diff]",
+            "dataset.num_videos=2",
+            "dataset.num_frames=10",
+            "+preflight.probe_frames=4",
+        ]
+    )
+    lines: list[str] = []
+    assert check.preflight(cfg, out=lines.append) == 0
+    text = "\n".join(lines)
+    assert "All weight files, videos and prompts are present" in text and "Estimated run time" in text
+    rows = {ln.split()[0]: ln for ln in lines if ln.startswith("  ")}
+    assert {"identity", "live2diff", "(metrics,", "total"} <= set(rows)
+    assert " 20 " in rows["live2diff"]  # 2 videos x 10 frames
