@@ -81,7 +81,7 @@ def test_experiment_has_the_paper_setup(name):
 
 
 def _run(name, tmp_path):
-    root = write_davis(tmp_path / "DAVIS")
+    root = write_davis(tmp_path / "DAVIS", names=("blackswan",), n_frames=10)
     cfg = compose(
         [
             f"experiment={name}",
