@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from eval import results
+from eval import pictures, results
 from eval.datasets.base import Video
 from eval.interface import StreamMethod, method_device
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
@@ -42,6 +42,11 @@ class RunnerSettings:
     strip_frames: int = 6
     # keep each stream's outputs (float16) so that a metric-only change re-scores them instead of re-running
     keep_outputs: bool = False
+    xt_slices: bool = (
+        True  # <run>/xt/<video>.png: one pixel row over time, input | each method (eval/pictures.py)
+    )
+    xt_row: float = 0.5  # that row, as a fraction of the height
+    side_by_side: bool = False  # <run>/side_by_side/<video>.mp4: input | each method
     mode: str = "offline"
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
@@ -365,6 +370,12 @@ class Runner:
             files["strip.png"] = frame_strip_png(frames, outputs, self.settings.strip_frames)
         if self.settings.save_videos:
             write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
+        s = self.settings
+        files.update(
+            pictures.unit_files(
+                frames, outputs, video.fps, xt=s.xt_slices, row=s.xt_row, side_by_side=s.side_by_side
+            )
+        )
         return fr, vr, files
 
     # -- run-level outputs --------------------------------------------------------------------------------------
@@ -383,6 +394,14 @@ class Runner:
             metrics=results.describe_metrics(self.metrics, self.metrics_cfg),
             strips=strips,
         )
+        if self.settings.xt_slices or self.settings.side_by_side:
+            pictures.write_run_pictures(
+                self.run_dir,
+                [(u.method, u.video, self.store.path(u.key)) for u in units if u.status != "error"],
+                xt=self.settings.xt_slices,
+                side_by_side=self.settings.side_by_side,
+                fps={v.name: v.fps for v in self.videos},
+            )
 
 
 def frame_strip_png(inputs: Tensor, outputs: Tensor, k: int = 6, max_height: int = 96) -> bytes:
