@@ -154,8 +154,10 @@ def _weights(cfg: DictConfig) -> list[Finding]:
 
     model = cfg.get("model") or {}
     if isinstance(model, DictConfig) and "weights" in model:
-        for k, (what, where) in MODEL_WEIGHTS.items():
-            marker = "config.json" if k == "depth" else None
+        keys = list(dict.fromkeys([*MODEL_WEIGHTS, *model.weights.keys()]))
+        for k in keys:
+            what, where = MODEL_WEIGHTS.get(k, (f"model weights '{k}'", "see conf/model/"))
+            marker = "config.json" if k in ("depth", "taesd") else None  # transformers / diffusers folders
             check(f"model.weights.{k}", what, where, f"model.weights.{k}" in required, marker=marker)
     for name, m in (cfg.get("metrics") or {}).items():
         if m is None or not isinstance(m, DictConfig):
@@ -259,12 +261,11 @@ def _dataset(cfg: DictConfig) -> tuple[list[Finding], list[tuple[Any, int | None
         return [*out, Finding("dataset", key, str(exc).splitlines()[0])], []
     prompts_src = getattr(ds, "prompts_path", None)
     expect_h = {"480p": 480}.get(str(ds_cfg.get("resolution", ""))) if "resolution" in ds_cfg else None
-    counted = []
+    counted, empty = [], []
     for v in videos:
         n, hw = _count_frames(v, cfg)
         if n == 0:
-            where = (getattr(v, "meta", {}) or {}).get("path", v.name)
-            out.append(Finding("video", "dataset.root", f"{v.name}: no frames at {where}"))
+            empty.append((v.name, (getattr(v, "meta", {}) or {}).get("path", v.name)))
         if v.prompt == _SENTINEL:
             out.append(Finding("prompt", "dataset.prompts", f"{v.name}: no prompt in {prompts_src}"))
         if hw and expect_h and hw[0] != expect_h:
@@ -276,6 +277,18 @@ def _dataset(cfg: DictConfig) -> tuple[list[Finding], list[tuple[Any, int | None
                 )
             )
         counted.append((v, n))
+    if len(empty) <= 3:
+        out += [Finding("video", "dataset.root", f"{name}: no frames at {where}") for name, where in empty]
+    else:  # one line: a partial copy of a dataset misses many
+        parent = Path(str(empty[0][1])).parent
+        out.append(
+            Finding(
+                "video",
+                "dataset.root",
+                f"{len(empty)} of {len(videos)} videos have no frames under {parent}: "
+                + ", ".join(name for name, _ in empty),
+            )
+        )
     if not videos:
         out.append(Finding("video", "dataset", "the dataset lists no videos"))
     return out, counted
