@@ -337,6 +337,25 @@ def test_raft_large_torchvision_layout_loads_every_tensor(tmp_path):
     assert set(got) == set(saved) and all(torch.equal(got[k], v) for k, v in saved.items())
 
 
+def test_clip_openai_layout_is_detected_and_names_the_quickgelu_architecture(tmp_path):
+    """Fast half of the CLIP finding: OpenAI's layout (its input_resolution/context_length/vocab_size entries) turns
+    ViT-B-32 into ViT-B-32-quickgelu; quick_gelu=false with such a file is refused; other files keep the name."""
+    from safetensors.torch import save_file
+
+    from eval.metrics import clip as clipm
+
+    sd = {"visual.conv1.weight": torch.zeros(2, 3, 1, 1), "input_resolution": torch.tensor(224),
+          "context_length": torch.tensor(77), "vocab_size": torch.tensor(49408)}  # fmt: skip
+    save_file(sd, str(tmp_path / "openai.safetensors"))
+    name, openai_sd = clipm._activation("ViT-B-32", str(tmp_path / "openai.safetensors"), "k", None)
+    assert name == "ViT-B-32-quickgelu" and set(openai_sd) == {"visual.conv1.weight"}
+    with pytest.raises(ValueError, match="QuickGELU"):
+        clipm._activation("ViT-B-32", str(tmp_path / "openai.safetensors"), "k", False)
+    save_file({"visual.conv1.weight": torch.zeros(2, 3, 1, 1)}, str(tmp_path / "laion.safetensors"))
+    assert clipm._activation("ViT-B-32", str(tmp_path / "laion.safetensors"), "k", None) == ("ViT-B-32", None)
+
+
+@pytest.mark.slow
 def test_clip_openai_layout_builds_quickgelu_and_loads_every_tensor(tmp_path):
     """Finding (CLIP): OpenAI weights need QuickGELU; plain ViT-B-32 was built silently. OpenAI's layout is
     detected (its input_resolution/context_length/vocab_size entries) and the quickgelu architecture built."""
