@@ -35,7 +35,7 @@ EXPECTED = {
     "ablation_steps": {"live2diff_steps1", "live2diff_steps2", "live2diff_steps3", "live2diff_steps4"},
 }
 #: what a machine without any weights adds to run a paper experiment on the tiny model (as the README shows)
-TINY = ["model=tiny", "hardware=cpu", "+metrics/stand_ins=offline", "report.bootstrap=100"]
+TINY = ["model=tiny", "hardware=cpu", "+metrics/stand_ins=offline"]
 
 
 def write_davis(root, names=("blackswan", "dog"), n_frames=12, size=48):

@@ -36,7 +36,6 @@ def _run(tmp_path, *overrides, name="run"):
     cfg = compose(
         [
             f"results_root={tmp_path / 'results'}",
-            "report.bootstrap=50",
             "method=[identity,per_frame_img2img]",
             "dataset.num_videos=1",
             "dataset.num_frames=6",
