@@ -303,7 +303,27 @@ def inventory(cfg: DictConfig) -> tuple[list[Finding], list[tuple[Any, int | Non
         findings.append(
             Finding("config", "method", "no method selected: pass e.g. method=[identity,live2diff]")
         )
+    findings += _validation_problems(cfg, {f.key.split(" ")[0] for f in findings})
     return findings, videos
+
+
+def _validation_problems(cfg: DictConfig, known: set[str]) -> list[Finding]:
+    """The run's own config validation (eval/validate.py, where present), for keys not listed already."""
+    try:
+        from eval.validate import ConfigError, validate
+    except ImportError:
+        return []
+    try:
+        validate(cfg)
+    except ConfigError as exc:
+
+        def related(key: str) -> bool:
+            return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in known)
+
+        return [
+            Finding("config", p.key, str(p).split("=", 1)[-1]) for p in exc.problems if not related(p.key)
+        ]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- timing probe

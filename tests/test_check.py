@@ -109,3 +109,41 @@ def test_complete_setup_passes_and_estimates_each_method():
     rows = {ln.split()[0]: ln for ln in lines if ln.startswith("  ")}
     assert {"identity", "live2diff", "(metrics,", "total"} <= set(rows)
     assert " 20 " in rows["live2diff"]  # 2 videos x 10 frames
+
+
+def test_config_validation_problems_are_listed_once(incomplete, monkeypatch):
+    """Problems found by the run's config validation (eval/validate.py) join the list, without repeating a key
+    the inventory already names."""
+    import types
+    from dataclasses import dataclass
+
+    @dataclass
+    class Problem:
+        key: str
+        value: object
+        fix: str
+
+        def __str__(self):
+            return f"{self.key}={self.value}: {self.fix}"
+
+    class ConfigError(ValueError):
+        def __init__(self, problems):
+            self.problems = problems
+            super().__init__("problems")
+
+    def validate(cfg):
+        raise ConfigError(
+            [
+                Problem("model.weights.base", "/x", "no such file"),
+                Problem("runner.mode", "'fast'", "must be offline|live"),
+            ]
+        )
+
+    monkeypatch.setitem(
+        sys.modules, "eval.validate", types.SimpleNamespace(ConfigError=ConfigError, validate=validate)
+    )
+    lines: list[str] = []
+    assert check.preflight(compose([*incomplete, "+check=true"]), out=lines.append) == 2
+    text = "\n".join(lines)
+    assert text.count("model.weights.base") == 1
+    assert any(ln.split()[:2] == ["config", "runner.mode"] and "must be offline|live" in ln for ln in lines)
