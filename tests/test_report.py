@@ -28,7 +28,13 @@ DESCS = (
 
 def make_run(d, values: dict, errors=(), refs=(), nonfinite=None, out_of_range=None):
     """values: method -> metric -> [per-video values] (NaN = no value); errors: (method, video) failed units."""
-    results.write_header(d, provenance={"config": {"model": {"size": "tiny"}, "seed": 1}}, references=refs)
+    config = {
+        "model": {"size": "tiny"},
+        "hardware": {"dtype": "float32"},
+        "seed": 1,
+        "method": {m: {"t_index_list": [30, 40]} for m in values},
+    }
+    results.write_header(d, provenance={"config": config}, references=refs)
     vrows, urows = [], []
     for method, metrics in values.items():
         n = len(next(iter(metrics.values())))
@@ -197,6 +203,14 @@ def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_pa
             "settings": {"flow": "raft"},
         },
         {"method": "a", "metric": "fps", "value": 10.0, "source": "README speed table"},
+        {
+            "method": "b",
+            "metric": "fps",
+            "value": 1.5,
+            "source": "B's README",
+            "settings": {"t_index_list": [30, 40]},
+        },
+        {"method": "b", "metric": "fps", "value": 0.5, "source": "B fp16", "settings": {"dtype": "float16"}},
     ]
     d = make_run(
         tmp_path,
@@ -211,11 +225,13 @@ def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_pa
     a, b = row(s, "a"), row(s, "b")
     assert a[1] == "2.50 [1] ≠settings" and a[2].startswith("2.00") and a[3] == "-0.5000 (-20%) [1]"
     assert a[4] == "10.00 [2]" and a[6] == "+2.00 (+20%) [2]"
-    assert (
-        b[1] == "" and b[3] == "" and b[4] == "" and b[6] == ""
-    )  # nothing cited for b: empty, never invented
+    assert b[1] == "" and b[3] == ""  # no warp error cited for b: empty, never invented
+    assert b[4] == "1.50 [3]; 0.5000 [4] ≠settings"  # method and run settings are compared too
     assert b[2].startswith("3.00")
     assert "Paper, Table 1" in s and "flow: raft published, dis ours" in s and "settings not stated" in s
+    assert (
+        "dtype: float16 published, float32 ours" in s and "settings match ours (t_index_list=[30, 40])" in s
+    )
 
 
 def test_markdown_and_html_render_the_same_sections(tmp_path):

@@ -463,6 +463,15 @@ def strips_section(ctx: Context) -> Section | None:
     return Section("Frame strips (input above, output below)", blocks)
 
 
+def our_settings(ctx: Context, method: str, metric: str) -> dict:
+    """What a published figure's ``settings`` are compared with: the metric's settings, then the method's own
+    (e.g. ``t_index_list``), then the run's (model, dtype, device, ...)."""
+    run = next((s for s in ctx.run.settings.values() if s), {})
+    method_cfg = {k: v for k, v in ctx.run.method_settings(method).items() if not isinstance(v, dict)}
+    metric_cfg = ctx.desc[metric].config if metric in ctx.desc else {}
+    return {**run, **method_cfg, **metric_cfg}
+
+
 def _settings_mismatch(published: dict, ours: dict) -> list[str]:
     return [
         f"{k}: {v} published, {ours.get(k, 'unset')} ours" for k, v in published.items() if ours.get(k) != v
@@ -493,7 +502,7 @@ def published_section(ctx: Context) -> Section | None:
                 ours = float(t.loc[(method, metric), "mean"])
             pub, delta = [], []
             for r in cited:
-                mism = _settings_mismatch(r.settings, ctx.desc[metric].config if metric in ctx.desc else {})
+                mism = _settings_mismatch(r.settings, our_settings(ctx, method, metric))
                 flag = " ≠settings" if mism else ""
                 pub.append(f"{fmt(r.value)} [{numbers[id(r)]}]{flag}")
                 if ours is not None and math.isfinite(ours):
@@ -514,8 +523,7 @@ def published_section(ctx: Context) -> Section | None:
     ]
     src = []
     for i, r in enumerate(refs, start=1):
-        ours_cfg = ctx.desc[r.metric].config if r.metric in ctx.desc else {}
-        mism = _settings_mismatch(r.settings, ours_cfg)
+        mism = _settings_mismatch(r.settings, our_settings(ctx, r.method, r.metric))
         if not r.settings:
             s = "settings not stated"
         elif mism:
