@@ -452,7 +452,10 @@ def test_sd15_layout_every_weight_path_lands_and_every_method_runs(tmp_path):
     )
     cfg = model_cfg("sd15", *overrides)
     comps = build_components(cfg)
-    assert comps.random_parts == [] and set(comps.weights.values()) == {str(v) for v in files.values()}
+    assert comps.random_parts == [] and comps.weights == {
+        **{k: str(v) for k, v in files.items()},
+        "trained": "none",
+    }
 
     # expected tensors, from the files (LoRA deltas computed here, independently of convert.fuse_lora_*)
     db = load_file(str(files["dreambooth"]))
