@@ -7,11 +7,14 @@ report used before (normal data, seeded). Writes benchmarks/results/report_cover
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from eval.report.stats import sign_flip_pvalue, t_interval
+# run from anywhere: the repo's eval/, not an installed copy
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eval.report.stats import sign_flip_pvalue, t_interval  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
 T_REPS, BOOT_REPS, N_BOOT = 4000, 1000, 2000
