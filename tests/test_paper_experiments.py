@@ -110,7 +110,11 @@ def _check_run(name, summary):
 
 
 def test_paper_table1_runs_on_the_tiny_model(tmp_path):
-    _check_run("paper_table1", _run("paper_table1", tmp_path))
+    summary = _run("paper_table1", tmp_path)
+    _check_run("paper_table1", summary)
+    text = (summary.run_dir / "summary.md").read_text()
+    for ref in compose(["experiment=paper_table1", "dataset.root=/d"]).report.reference:
+        assert ref.source in text  # every cited figure is printed with its source
 
 
 @pytest.mark.slow
