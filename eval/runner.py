@@ -25,6 +25,7 @@ from torch import Tensor
 from eval import pictures, results
 from eval.datasets.base import Video
 from eval.interface import StreamMethod, method_device
+from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
 from eval.store import UnitStore, content_key
 from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
@@ -123,17 +124,16 @@ class Runner:
         self.context = context or {}
         self.progress = progress
         self._built: dict[str, StreamMethod] = {}
+        self._identity: dict[str, dict] = {}
 
     # -- keys ---------------------------------------------------------------------------------------------------
     def stream_key(self, method_name: str, video: Video) -> str:
         """Everything that determines a method's outputs and timings on a video (not the metrics)."""
-        mcfg = self.method_cfgs[method_name]
-        mcfg = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else mcfg
         s = self.settings
         return content_key(
             {
-                "method": mcfg,
-                "video": video.fingerprint,
+                **self._method_identity(method_name),
+                "video": {"name": video.name, "content": video.fingerprint, "prompt": video.prompt},
                 "seed": s.seed,
                 "mode": s.mode,
                 "mode_settings": s.extra.get(s.mode, {}),
@@ -145,10 +145,23 @@ class Runner:
         return content_key(
             {
                 "stream": self.stream_key(method_name, video),
-                "metrics": self.metrics_cfg,
+                **self._metrics_identity(),
                 "keep_outputs": self.settings.keep_outputs,  # kept outputs are scored at float16
             }
         )
+
+    def _method_identity(self, method_name: str) -> dict:
+        """A method's config, the hashes of the weights it names and the version of the code it runs."""
+        if method_name not in self._identity:
+            mcfg = self.method_cfgs[method_name]
+            mcfg = OmegaConf.to_container(mcfg, resolve=True) if isinstance(mcfg, DictConfig) else mcfg
+            self._identity[method_name] = stream_identity(mcfg)
+        return self._identity[method_name]
+
+    def _metrics_identity(self) -> dict:
+        if "__metrics__" not in self._identity:
+            self._identity["__metrics__"] = metrics_identity(self.metrics_cfg)
+        return self._identity["__metrics__"]
 
     # -- the run ------------------------------------------------------------------------------------------------
     def run(self) -> RunSummary:

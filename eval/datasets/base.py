@@ -166,9 +166,36 @@ def fingerprint(*parts: object) -> str:
 
 
 def file_fingerprint(path: Path) -> list:
-    """Cheap content identity: name, size and modification time (no full read)."""
-    st = path.stat()
-    return [path.name, st.st_size, st.st_mtime_ns]
+    """Content identity of a video file: its name and the sha256 of its bytes (remembered per stat signature, so
+    a re-run does not re-read it; see eval/keys.py)."""
+    from eval.keys import file_digest
+
+    return [path.name, file_digest(path)]
+
+
+def folder_fingerprint(folder: Path, files: list[Path]) -> list:
+    """Content identity of a frame folder: each frame's name (its order) and bytes, not sizes or mtimes."""
+    from eval.keys import tree_digest
+
+    return [folder.name, tree_digest(folder, files)]
+
+
+def check_unique_names(videos: list[Video]) -> None:
+    """Results are keyed and labelled by video name: two sources with one name would mix their numbers."""
+    by_name: dict[str, list[Video]] = {}
+    for v in videos:
+        by_name.setdefault(v.name, []).append(v)
+    dups = {n: vs for n, vs in by_name.items() if len(vs) > 1}
+    if dups:
+        lines = [
+            f"{n!r}: " + " and ".join(str(v.meta.get("path", "?")) for v in vs)
+            for n, vs in sorted(dups.items())
+        ]
+        raise ValueError(
+            "duplicate video names (a video is named by its file stem or folder name): "
+            + "; ".join(lines)
+            + ". Rename or move one of each, or pick one with dataset.videos"
+        )
 
 
 class VideoDataset:
@@ -208,6 +235,14 @@ class VideoDataset:
     def videos(self) -> list[Video]:
         """The videos of this shard, in a stable order."""
         vids = sorted(self.list_videos(), key=lambda v: v.name)
+        check_unique_names(vids)
+        from eval.keys import code_digest
+
+        code = code_digest(
+            f"{type(self).__module__}.{type(self).__name__}"
+        )  # decoding code is part of a frame
+        for v in vids:
+            v.fingerprint = fingerprint(v.fingerprint, code)
         if self.only is not None:
             known = {v.name for v in vids}
             missing = [n for n in self.only if n not in known]

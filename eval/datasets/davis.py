@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from eval.datasets.base import Video, VideoDataset, file_fingerprint, fingerprint, load_prompts
+from eval.datasets.base import Video, VideoDataset, fingerprint, folder_fingerprint, load_prompts
 from eval.datasets.files import list_frame_files, read_frame_folder
 
 
@@ -59,7 +59,7 @@ class DavisDataset(VideoDataset):
                     name,
                     self.prompt_for(name, prompts),
                     self.fps,
-                    fingerprint([file_fingerprint(f) for f in files], self.transform.describe()),
+                    fingerprint(folder_fingerprint(folder, files), self.transform.describe()),
                     partial(read_frame_folder, folder, self.transform),
                     {"path": str(folder)},
                 )

@@ -6,7 +6,14 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from eval.datasets.base import Video, VideoDataset, file_fingerprint, fingerprint, load_prompts
+from eval.datasets.base import (
+    Video,
+    VideoDataset,
+    file_fingerprint,
+    fingerprint,
+    folder_fingerprint,
+    load_prompts,
+)
 from eval.datasets.files import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
@@ -69,7 +76,7 @@ class FolderDataset(VideoDataset):
                         entry.name,
                         self.prompt_for(entry.name, prompts),
                         self.fps,
-                        fingerprint([file_fingerprint(f) for f in files], t.describe()),
+                        fingerprint(folder_fingerprint(entry, files), t.describe()),
                         partial(read_frame_folder, entry, t),
                         {"path": str(entry)},
                     )
