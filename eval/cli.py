@@ -28,7 +28,8 @@ GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experime
 
 def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
     """Run what the composed config asks for and print its outcome; returns the exit status (0 ok, 1 failed
-    units or a latency regression, 2 a pre-flight check found something missing, 3 no comparable gate reference)."""
+    units or a latency regression, 2 a configuration or set-up error (or a pre-flight check found something
+    missing), 3 no comparable gate reference)."""
     if cfg.get("check"):  # +check=true: pre-flight only (eval/check.py): what is missing, estimated run time
         from eval.check import preflight
 
@@ -39,7 +40,13 @@ def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
         outcome = run_gate(cfg, run_dir if run_dir is not None else _hydra_output_dir())
         print(outcome.text)
         return outcome.code
-    summary = run_from_config(cfg, run_dir)
+    from eval.validate import ConfigError
+
+    try:
+        summary = run_from_config(cfg, run_dir)
+    except ConfigError as exc:  # configuration or set-up problem: nothing was computed
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if cfg.report.get("print", True) and (summary.run_dir / "summary.md").is_file():
         print((summary.run_dir / "summary.md").read_text())
     print(f"results: {summary.run_dir}")
@@ -65,6 +72,9 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
 
     from eval.provenance import provenance
 
+    from eval.validate import validate
+
+    validate(cfg)  # every setting, before anything is built: ConfigError (exit status 2) lists all problems
     run_dir = Path(run_dir if run_dir is not None else _hydra_output_dir())
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.hardware.get("threads"):

@@ -89,6 +89,11 @@ class FrameTransform:
         m = self.multiple_of
         if self.size is None:
             th, tw = (h // m) * m, (w // m) * m
+            if th == 0 or tw == 0:
+                raise VideoReadError(
+                    f"frames are {h}x{w} px, smaller than {m} px (one VAE stride); set dataset.size=[64,64] "
+                    "(or larger) to resize them"
+                )
             if (th, tw) == (h, w):
                 return frames
             return _centre_crop(frames, th, tw)
@@ -149,11 +154,29 @@ def load_prompts(path: str | Path | None) -> dict[str, str]:
         return {}
     text = path.read_text()
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); write one \"name\": \"prompt\" pair "
+                "per entry"
+            ) from None
     else:
         import yaml
 
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f", line {mark.line + 1}" if mark is not None else ""
+            start = getattr(exc, "context_mark", None)
+            if start is not None and mark is not None and start.line != mark.line:
+                where += f" ({getattr(exc, 'context', '') or 'starting'} at line {start.line + 1})"
+            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(
+                f"{path}{where}: not valid YAML ({what}); write one `name: \"prompt\"` per line (quote prompts "
+                "that contain ':' or start with a special character)"
+            ) from None
     if not isinstance(data, dict):
         raise ValueError(
             f"{path}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}"
@@ -262,6 +285,18 @@ class VideoDataset:
                 "or set dataset.default_prompt"
             )
         return self.default_prompt
+
+    def warn_unused_prompts(self, prompts: dict[str, str], names: list[str]) -> None:
+        """A prompt whose key names no video is usually a typo or a renamed file: say so."""
+        unused = sorted(set(prompts) - set(names))
+        if unused:
+            log.warning(
+                "%s: prompts for %d name(s) that match no video: %s (videos: %s)",
+                self.prompts_path,
+                len(unused),
+                ", ".join(unused[:10]) + (" ..." if len(unused) > 10 else ""),
+                ", ".join(sorted(names)[:10]) + (" ..." if len(names) > 10 else ""),
+            )
 
     def describe(self) -> dict:
         return {"dataset": self.name, "transform": self.transform.describe()}

@@ -54,14 +54,17 @@ class DavisDataset(VideoDataset):
         for name in self._names():
             folder = self.frames_dir / name
             files = list_frame_files(folder) if folder.is_dir() else []
+            source: dict = {}
             out.append(
                 Video(
                     name,
                     self.prompt_for(name, prompts),
                     self.fps,
                     fingerprint(folder_fingerprint(folder, files), self.transform.describe()),
-                    partial(read_frame_folder, folder, self.transform),
-                    {"path": str(folder)},
+                    partial(read_frame_folder, folder, self.transform, info=source),
+                    {"path": str(folder), "source": source},
                 )
             )
+        # against every video on disk: a prompts file may well cover more than dataset.video_list selects
+        self.warn_unused_prompts(prompts, [p.name for p in self.frames_dir.iterdir() if p.is_dir()])
         return out

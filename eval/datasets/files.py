@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ from torch import Tensor
 
 from eval.datasets.base import FrameTransform, VideoReadError, uint8_to_frames
 
+log = logging.getLogger(__name__)
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def probe_fps(path: Path, default: float = 25.0) -> float:
@@ -26,59 +29,173 @@ def probe_fps(path: Path, default: float = 25.0) -> float:
         return default
 
 
-def read_video_file(path: Path, transform: FrameTransform) -> Tensor:
-    """Decode the frames ``transform`` keeps; stops early once ``max_frames`` are in hand."""
+def probe_size(path: Path) -> tuple[int, int] | None:
+    """``(height, width)`` of a video file or of a frame folder's first frame from headers; None when unknown."""
+    try:
+        if path.is_dir():
+            from PIL import Image
+
+            files = list_frame_files(path)
+            if not files:
+                return None
+            with Image.open(files[0]) as img:
+                return img.height, img.width
+        import av
+
+        with av.open(str(path)) as container:
+            ctx = container.streams.video[0].codec_context
+            return (int(ctx.height), int(ctx.width)) if ctx.height and ctx.width else None
+    except Exception:  # noqa: BLE001 - unreadable files are reported when decoded
+        return None
+
+
+def expected_frames(declared: int, transform: FrameTransform) -> int:
+    """How many frames ``transform`` keeps from a stream of ``declared`` frames."""
+    n = max(0, -(-(declared - transform.start) // transform.stride)) if declared > transform.start else 0
+    return min(n, transform.max_frames) if transform.max_frames is not None else n
+
+
+def _note_source(
+    info: dict | None, path: Path, declared: int, decoded: int, transform: FrameTransform, notes: list[str]
+) -> None:
+    """Record declared vs decoded (kept) frames and any conversion in ``info`` (the video's meta), and warn."""
+    if info is None:
+        info = {}
+    notes = list(dict.fromkeys(notes))
+    want = expected_frames(declared, transform) if declared > 0 else None
+    if want is not None and decoded < want:
+        notes.append(f"decoded {decoded} of the {want} frames the file's index declares ({declared} in all)")
+    info.update(
+        {"declared_frames": int(declared), "expected_frames": want, "decoded_frames": int(decoded), "notes": notes}
+    )
+    for n in notes:
+        log.warning("%s: %s", path, n)
+
+
+def _video_pixel_format(frame) -> tuple[int, bool]:
+    """(bits per component, has alpha) of a decoded PyAV frame."""
+    comps = list(frame.format.components)
+    bits = max((int(c.bits) for c in comps), default=8)
+    return bits, any(c.is_alpha for c in comps)
+
+
+def read_video_file(path: Path, transform: FrameTransform, info: dict | None = None) -> Tensor:
+    """Decode the frames ``transform`` keeps; stops early once ``max_frames`` are in hand.
+
+    Sources deeper than 8 bits are decoded at 16 bits (no precision lost before the float conversion); an alpha
+    channel is dropped. Both, and a file that decodes fewer frames than its index declares, are noted in ``info``
+    (the unit's row carries them) and logged.
+    """
     import av
 
     if not path.is_file():
         raise VideoReadError(f"{path}: no such file")
     kept: list[np.ndarray] = []
+    notes: list[str] = []
+    declared = 0
+    decoded = 0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
+            declared = int(container.streams.video[0].frames or 0)
             for i, frame in enumerate(container.decode(video=0)):
+                decoded = i + 1
                 if transform.done(len(kept)):
                     break
                 if transform.keeps(i, len(kept)):
-                    kept.append(frame.to_ndarray(format="rgb24"))
+                    bits, alpha = _video_pixel_format(frame)
+                    if alpha:
+                        notes.append(f"alpha channel dropped ({frame.format.name})")
+                    if bits > 8:
+                        notes.append(f"{bits}-bit source ({frame.format.name}) decoded at 16 bits")
+                        kept.append(frame.to_ndarray(format="rgb48le"))
+                    else:
+                        kept.append(frame.to_ndarray(format="rgb24"))
     except VideoReadError:
         raise
     except Exception as exc:  # PyAV raises many error types for corrupt data
-        raise VideoReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
+        if not kept:
+            raise VideoReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
+        notes.append(f"decoding stopped at frame {decoded} ({type(exc).__name__}: {exc})")
+    _note_source(info, path, declared, len(kept), transform, notes)
     if not kept:
         raise VideoReadError(f"{path}: no decodable frames")
-    return transform.spatial(uint8_to_frames(np.stack(kept)))
+    return transform.spatial(to_frames(kept))
+
+
+def to_frames(arrays: list[np.ndarray]) -> Tensor:
+    """``[H, W, 3]`` uint8 or uint16 arrays -> float32 ``[T, 3, H, W]`` in ``[0, 1]`` (16 bits kept)."""
+    if all(a.dtype == np.uint8 for a in arrays):
+        return uint8_to_frames(np.stack(arrays))
+    scaled = [a.astype(np.float32) / (65535.0 if a.dtype == np.uint16 else 255.0) for a in arrays]
+    return torch.from_numpy(np.stack(scaled)).permute(0, 3, 1, 2).contiguous()
 
 
 def list_frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def read_frame_folder(folder: Path, transform: FrameTransform) -> Tensor:
+def _read_image(f: Path, notes: list[str]) -> np.ndarray:
+    """One frame as ``[H, W, 3]`` uint8 or (16-bit sources) uint16; alpha dropped and noted."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(f) as img:
+            raw = img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else ""
+            raw = raw if isinstance(raw, str) else (raw[0] if raw else "")
+            deep = img.mode in ("I;16", "I;16B", "I;16L", "I") or "16" in str(raw)
+            if "A" in img.mode or (img.mode == "P" and "transparency" in img.info):
+                notes.append(f"alpha channel dropped ({img.mode} frames)")
+            if deep:
+                return _read_deep(f, img, notes)
+            if img.mode not in ("RGB", "L", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1"):
+                raise VideoReadError(f"{f}: unsupported image mode {img.mode}")
+            return np.asarray(img.convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VideoReadError(f"{f}: cannot read image ({exc})") from exc
+
+
+def _read_deep(f: Path, img, notes: list[str]) -> np.ndarray:
+    """16-bit images: Pillow would clip or truncate them to 8 bits, OpenCV reads every bit."""
+    import cv2
+
+    arr = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise VideoReadError(f"{f}: cannot read 16-bit image")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGB)
+    else:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    if arr.dtype == np.uint16:
+        notes.append("16-bit frames read at 16 bits")
+    elif arr.dtype != np.uint8:
+        raise VideoReadError(f"{f}: unsupported sample type {arr.dtype} ({img.mode})")
+    return np.ascontiguousarray(arr)
+
+
+def read_frame_folder(folder: Path, transform: FrameTransform, info: dict | None = None) -> Tensor:
     files = list_frame_files(folder) if folder.is_dir() else []
     if not files:
         raise VideoReadError(f"{folder}: no frames ({'/'.join(IMAGE_EXTENSIONS)}) in folder")
-    frames: list[Tensor] = []
+    frames: list[np.ndarray] = []
+    notes: list[str] = []
     size = None
     for i, f in enumerate(files):
         if transform.done(len(frames)):
             break
         if not transform.keeps(i, len(frames)):
             continue
-        try:
-            with Image.open(f) as img:
-                if img.mode not in ("RGB", "L", "RGBA", "P"):
-                    raise VideoReadError(f"{f}: unsupported image mode {img.mode}")
-                arr = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise VideoReadError(f"{f}: cannot read image ({exc})") from exc
-        if size is not None and arr.shape != size:
-            raise VideoReadError(f"{f}: frame size {arr.shape[:2]} differs from the first frame's {size[:2]}")
-        size = arr.shape
-        frames.append(torch.from_numpy(arr.copy()))
+        arr = _read_image(f, notes)
+        if size is not None and arr.shape[:2] != size:
+            raise VideoReadError(f"{f}: frame size {arr.shape[:2]} differs from the first frame's {size}")
+        size = arr.shape[:2]
+        frames.append(arr)
     if not frames:
         raise VideoReadError(f"{folder}: no frames kept (check dataset.start / stride)")
-    return transform.spatial(uint8_to_frames(torch.stack(frames).numpy()))
+    if len({a.dtype for a in frames}) > 1:
+        frames = [a.astype(np.uint16) * (257 if a.dtype == np.uint8 else 1) for a in frames]
+    _note_source(info, folder, len(files), len(frames), transform, notes)
+    return transform.spatial(to_frames(frames))

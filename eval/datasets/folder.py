@@ -25,6 +25,8 @@ from eval.datasets.files import (
 
 log = logging.getLogger(__name__)
 
+PROMPT_FILES = ("prompts.yaml", "prompts.yml", "prompts.json")
+
 
 class FolderDataset(VideoDataset):
     """``root/*.mp4|*.avi|*.mov`` files and ``root/<name>/*.jpg|*.png`` frame folders.
@@ -47,7 +49,7 @@ class FolderDataset(VideoDataset):
             if not str(self.prompts_path).startswith("builtin:") and not Path(self.prompts_path).is_file():
                 raise FileNotFoundError(f"dataset.prompts={self.prompts_path!r}: no such file")
             return load_prompts(self.prompts_path)
-        for candidate in ("prompts.yaml", "prompts.yml", "prompts.json"):
+        for candidate in PROMPT_FILES:
             if (self.root / candidate).is_file():
                 self.prompts_path = str(self.root / candidate)
                 return load_prompts(self.root / candidate)
@@ -58,6 +60,7 @@ class FolderDataset(VideoDataset):
         t = self.transform
         out = []
         for entry in sorted(self.root.iterdir()):
+            source: dict = {}  # filled when decoded: declared vs decoded frames, conversions (eval/datasets/files.py)
             if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
                 out.append(
                     Video(
@@ -65,25 +68,33 @@ class FolderDataset(VideoDataset):
                         self.prompt_for(entry.stem, prompts),
                         probe_fps(entry, self.fps),
                         fingerprint(file_fingerprint(entry), t.describe()),
-                        partial(read_video_file, entry, t),
-                        {"path": str(entry)},
+                        partial(read_video_file, entry, t, info=source),
+                        {"path": str(entry), "source": source},
                     )
                 )
-            elif entry.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entry.iterdir()):
-                files = list_frame_files(entry)
+            elif entry.is_dir() and (files := list_frame_files(entry)):
                 out.append(
                     Video(
                         entry.name,
                         self.prompt_for(entry.name, prompts),
                         self.fps,
                         fingerprint(folder_fingerprint(entry, files), t.describe()),
-                        partial(read_frame_folder, entry, t),
-                        {"path": str(entry)},
+                        partial(read_frame_folder, entry, t, info=source),
+                        {"path": str(entry), "source": source},
                     )
+                )
+            elif not entry.name.startswith(".") and entry.name not in PROMPT_FILES:
+                log.warning(
+                    "dataset.root: skipped %s: %s",
+                    entry,
+                    f"a folder without frames ({', '.join(IMAGE_EXTENSIONS)})"
+                    if entry.is_dir()
+                    else f"not a video ({', '.join(VIDEO_EXTENSIONS)}) or frame folder",
                 )
         if not out:
             raise FileNotFoundError(
                 f"dataset.root={str(self.root)!r} holds no videos ({', '.join(VIDEO_EXTENSIONS)}) "
                 f"and no folders of frames ({', '.join(IMAGE_EXTENSIONS)})"
             )
+        self.warn_unused_prompts(prompts, [v.name for v in out])
         return out

@@ -1,0 +1,384 @@
+"""Check the whole composed config before anything is built or computed.
+
+A bad setting found after an hour of compute (or never: a value silently ignored) costs more than a bad setting
+refused at start-up. :func:`validate` looks at every part of the config — the dataset (its settings, its root, its
+prompts file, its videos' sizes), every selected method's settings (``_target_`` importable, keys its constructor
+takes, ``t_index_list``), the metrics (``_target_``, weights files), the runner and the seed — and raises one
+:class:`ConfigError` listing *every* problem, each naming the key, the value and the fix. The entry point turns it
+into exit status 2 (configuration or set-up error), apart from 1 (some units failed).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+SEED_MAX = 2**32 - 1  # numpy's and most generators' seed range
+LIVE_POLICIES = ("drop", "latest", "queue")
+RUNNER_MODES = ("offline", "live")
+HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
+
+
+@dataclass
+class Problem:
+    key: str
+    value: Any
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.key}={_show(self.value)}: {self.fix}"
+
+
+class ConfigError(ValueError):
+    """One or more configuration / set-up problems; the message lists each with its key, value and fix."""
+
+    def __init__(self, problems: list[Problem] | str) -> None:
+        if isinstance(problems, str):
+            problems = [Problem("config", None, problems)]
+        self.problems = problems
+        head = f"{len(problems)} configuration problem{'s' if len(problems) > 1 else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, DictConfig | ListConfig):
+        v = OmegaConf.to_container(v, resolve=False)
+    return repr(v) if isinstance(v, str) else str(v).replace("None", "null")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    """A value without resolving interpolations that may fail (``???`` is returned as the string)."""
+    if isinstance(cfg, DictConfig):
+        if key not in cfg.keys():
+            return default
+        if OmegaConf.is_missing(cfg, key):
+            return "???"
+        return cfg[key]
+    return cfg.get(key, default) if isinstance(cfg, dict) else default
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# -- parts --------------------------------------------------------------------------------------------------------
+def check_seed(cfg: Any) -> list[Problem]:
+    seed = _get(cfg, "seed")
+    if not _is_int(seed) or not 0 <= seed <= SEED_MAX:
+        return [Problem("seed", seed, f"must be an integer in [0, {SEED_MAX}], e.g. seed=42")]
+    return []
+
+
+def check_runner(runner: Any) -> list[Problem]:
+    out: list[Problem] = []
+    if runner is None:
+        return out
+    mode = _get(runner, "mode", "offline")
+    if mode not in RUNNER_MODES:
+        out.append(Problem("runner.mode", mode, f"must be one of {', '.join(RUNNER_MODES)}"))
+    for key in ("resume", "save_videos", "save_strips", "keep_outputs"):
+        v = _get(runner, key, False)
+        if not isinstance(v, bool):
+            out.append(Problem(f"runner.{key}", v, "must be true or false"))
+    for key, low in (("warmup_frames", 0), ("strip_frames", 1)):
+        v = _get(runner, key, low)
+        if not _is_int(v) or v < low:
+            out.append(Problem(f"runner.{key}", v, f"must be an integer >= {low}"))
+    v = _get(runner, "min_frames", 1)
+    if not _is_int(v) or v < 1:
+        out.append(Problem("runner.min_frames", v, "must be an integer >= 1 (fewest decoded frames a unit accepts)"))
+    live = _get(runner, "live") or {}
+    fps = _get(live, "fps")
+    if fps is not None and (not _is_num(fps) or fps <= 0):
+        out.append(Problem("runner.live.fps", fps, "must be a frame rate > 0, or null for each video's own"))
+    policy = _get(live, "policy", "drop")
+    if policy not in LIVE_POLICIES:
+        out.append(Problem("runner.live.policy", policy, f"must be one of {', '.join(LIVE_POLICIES)}"))
+    return out
+
+
+def check_dataset(ds: Any) -> list[Problem]:
+    """Static checks of the dataset settings (no files read)."""
+    out: list[Problem] = []
+    if ds is None or _get(ds, "_target_") is None:
+        return [Problem("dataset", ds, "select a dataset: dataset=synthetic | folder | davis")]
+    for key in ("root",):
+        if key in ds.keys() and _get(ds, key) in ("???", None, ""):
+            out.append(Problem(f"dataset.{key}", _get(ds, key), f"set dataset.{key}=/path/to/videos"))
+        elif key in ds.keys():
+            root = Path(str(_get(ds, key))).expanduser()
+            if not root.is_dir():
+                out.append(Problem(f"dataset.{key}", str(_get(ds, key)), "no such directory; point it at your videos"))
+    v = _get(ds, "max_frames")
+    if v is not None and (not _is_int(v) or v < 1):
+        out.append(Problem("dataset.max_frames", v, "must be an integer >= 1, or null for every frame"))
+    for key, low in (("stride", 1), ("start", 0), ("num_shards", 1)):
+        v = _get(ds, key, low)
+        if not _is_int(v) or v < low:
+            out.append(Problem(f"dataset.{key}", v, f"must be an integer >= {low}"))
+    shard, n = _get(ds, "shard", 0), _get(ds, "num_shards", 1)
+    if _is_int(shard) and _is_int(n) and n >= 1 and not 0 <= shard < n:
+        out.append(Problem("dataset.shard", shard, f"must be in [0, dataset.num_shards={n})"))
+    elif not _is_int(shard):
+        out.append(Problem("dataset.shard", shard, "must be an integer"))
+    v = _get(ds, "max_videos")
+    if v is not None and (not _is_int(v) or v < 1):
+        out.append(Problem("dataset.max_videos", v, "must be an integer >= 1, or null for all"))
+    size = _get(ds, "size")
+    if size is not None:
+        size = list(size) if isinstance(size, ListConfig | list | tuple) else size
+        if (
+            not isinstance(size, list)
+            or len(size) != 2
+            or not all(_is_int(s) and s >= 8 and s % 8 == 0 for s in size)
+        ):
+            out.append(
+                Problem("dataset.size", size, "must be [height, width], multiples of 8 and >= 8 (or null)")
+            )
+    mode = _get(ds, "resize_mode", "resize_crop")
+    if mode not in ("resize", "crop", "resize_crop"):
+        out.append(Problem("dataset.resize_mode", mode, "must be resize, crop or resize_crop"))
+    for key in ("height", "width"):  # synthetic
+        v = _get(ds, key)
+        if v is not None and (not _is_int(v) or v < 8 or v % 8):
+            out.append(Problem(f"dataset.{key}", v, "must be a multiple of 8, >= 8"))
+    for key in ("num_videos", "num_frames"):
+        v = _get(ds, key)
+        if key in ds and (not _is_int(v) or v < 1):
+            out.append(Problem(f"dataset.{key}", v, "must be an integer >= 1"))
+    fps = _get(ds, "fps")
+    if fps is not None and (not _is_num(fps) or fps <= 0):
+        out.append(Problem("dataset.fps", fps, "must be a frame rate > 0"))
+    prompts = _get(ds, "prompts")
+    if isinstance(prompts, str) and prompts not in ("???",) and not Path(prompts).expanduser().is_file():
+        out.append(Problem("dataset.prompts", prompts, "no such file; give a YAML/JSON file of name: prompt"))
+    return out
+
+
+def check_videos(cfg: Any, min_size: int = 8) -> list[Problem]:
+    """Build the dataset and list its videos (prompts, duplicate names, unknown names); with ``dataset.size=null``
+    probe each video's size, which must be at least one VAE stride (8 px) in both directions."""
+    from hydra.utils import instantiate
+
+    try:
+        dataset = instantiate(cfg.dataset, _convert_="all")
+        videos = dataset.videos()
+    except Exception as exc:  # noqa: BLE001 - every dataset error is a set-up problem to report
+        return [Problem("dataset", _get(cfg.dataset, "root", _get(cfg.dataset, "_target_")), _reason(exc))]
+    if not videos:
+        shard = _get(cfg.dataset, "shard", 0)
+        return [Problem("dataset.shard", shard, "this shard has no videos; lower dataset.num_shards")]
+    out: list[Problem] = []
+    if _get(cfg.dataset, "size", "x") is None:
+        from eval.datasets.files import probe_size
+
+        for v in videos:
+            path = v.meta.get("path")
+            hw = probe_size(Path(path)) if path else None
+            if hw is not None and min(hw) < min_size:
+                out.append(
+                    Problem(
+                        "dataset.size",
+                        None,
+                        f"video {v.name!r} ({path}) is {hw[0]}x{hw[1]} px, smaller than {min_size} px (one VAE "
+                        f"stride); set dataset.size=[{min_size * 8},{min_size * 8}] to resize it, or drop it "
+                        "with dataset.videos",
+                    )
+                )
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def _import_target(target: str) -> Any:
+    module, _, attr = target.rpartition(".")
+    if not module:
+        raise ImportError(f"{target!r} is not a dotted path (package.module.Class)")
+    return getattr(importlib.import_module(module), attr)
+
+
+def check_target(key: str, node: Any) -> tuple[list[Problem], Any]:
+    target = _get(node, "_target_")
+    if not isinstance(target, str) or not target:
+        return [Problem(f"{key}._target_", target, "set it to the class to build (package.module.Class)")], None
+    try:
+        obj = _import_target(target)
+    except Exception as exc:  # noqa: BLE001
+        return [
+            Problem(
+                f"{key}._target_",
+                target,
+                f"cannot import it ({type(exc).__name__}: {exc}); check the dotted path and PYTHONPATH",
+            )
+        ], None
+    return [], obj
+
+
+def check_params(key: str, node: Any, obj: Any) -> list[Problem]:
+    """Keys the constructor does not take (a misspelled setting would otherwise fail per unit, or not at all)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return []
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    out = []
+    for k in node:
+        if str(k) in HYDRA_KEYS or str(k) in params:
+            continue
+        close = difflib.get_close_matches(str(k), list(params), n=1)
+        hint = f"did you mean {key}.{close[0]}? " if close else ""
+        out.append(
+            Problem(f"{key}.{k}", _get(node, str(k)), f"{hint}{obj.__qualname__} takes {', '.join(params)}")
+        )
+    return out
+
+
+def check_t_index_list(key: str, node: Any) -> list[Problem]:
+    if "t_index_list" not in node:
+        return []
+    steps = _get(node, "num_inference_steps", 50)
+    steps = steps if _is_int(steps) and steps > 0 else 50
+    v = _get(node, "t_index_list")
+    lst = list(v) if isinstance(v, ListConfig | list | tuple) else None
+    fix = (
+        f"a non-empty, strictly increasing list of integers in [0, {steps}) (indices into LCM's {steps}-step "
+        "schedule), e.g. [30, 36, 42]"
+    )
+    if lst is None or not lst or not all(_is_int(t) for t in lst):
+        return [Problem(f"{key}.t_index_list", v, f"must be {fix}")]
+    if sorted(set(lst)) != lst or lst[0] < 0 or lst[-1] >= steps:
+        return [Problem(f"{key}.t_index_list", lst, f"must be {fix}")]
+    return []
+
+
+def check_methods(cfg: Any) -> list[Problem]:
+    methods = _get(cfg, "method")
+    if not methods:
+        return [Problem("method", methods, "select at least one: method=[identity,live2diff]")]
+    out: list[Problem] = []
+    for name in methods:
+        node = methods[name]
+        key = f"method.{name}"
+        if str(name).startswith("_") or not isinstance(node, DictConfig | dict):
+            files = headerless_method_files()
+            where = (
+                "; files without it: " + ", ".join(f"{f} (add `# @package method.{f.stem}`)" for f in files)
+                if files
+                else ""
+            )
+            out.append(
+                Problem(
+                    key,
+                    node,
+                    "this is not a method: a method's YAML file lacks its first line `# @package method.<name>` "
+                    f"(without it the file's keys land directly under `method`){where}",
+                )
+            )
+            continue
+        problems, obj = check_target(key, node)
+        out += problems
+        if obj is not None:
+            out += check_params(key, node, obj)
+        out += check_t_index_list(key, node)
+    return out
+
+
+def _method_dirs() -> list[Path]:
+    dirs = [Path(__file__).resolve().parent.parent / "conf" / "method"]  # then Hydra's search path, if any
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        for src in HydraConfig.get().runtime.config_sources:
+            if src.schema == "file" and src.path:
+                dirs.append(Path(str(src.path)) / "method")
+    except Exception:  # noqa: BLE001 - outside a Hydra app (tests compose directly): the repo's folder only
+        pass
+    return dirs
+
+
+def headerless_method_files(dirs: list[Path] | None = None) -> list[Path]:
+    """Method YAML files whose header does not put them under ``method.<file name>``."""
+    out = []
+    for d in dict.fromkeys(Path(x).resolve() for x in dirs or _method_dirs()):
+        for f in sorted(Path(d).glob("*.yaml")) if Path(d).is_dir() else []:
+            head = f.read_text().splitlines()[:5]
+            if not any(line.strip().replace(" ", "") == f"#@packagemethod.{f.stem}" for line in head):
+                out.append(f)
+    return out
+
+
+def check_metrics(cfg: Any) -> list[Problem]:
+    metrics = _get(cfg, "metrics") or {}
+    out: list[Problem] = []
+    for name in metrics:
+        node = metrics[name]
+        if node is None:
+            continue
+        key = f"metrics.{name}"
+        if not isinstance(node, DictConfig | dict):
+            out.append(Problem(key, node, "a metric is a mapping with _target_ (see conf/metrics/default.yaml)"))
+            continue
+        problems, obj = check_target(key, node)
+        out += problems
+        if obj is not None:
+            out += check_params(key, node, obj)
+        out += check_paths(key, node)
+    return out
+
+
+def check_paths(key: str, node: Any) -> list[Problem]:
+    """Weights paths that are set must exist (``???`` means a required one is unset)."""
+    out = []
+    for k in node:
+        sub = f"{key}.{k}"
+        v = _get(node, str(k))
+        if isinstance(v, DictConfig):
+            out += check_paths(sub, v)
+        elif "weight" in sub.lower() and isinstance(v, str) and v:
+            if v == "???":
+                out.append(Problem(sub, v, f"required: set {sub}=/path/to/weights"))
+            elif not Path(v).expanduser().exists():
+                out.append(Problem(sub, v, "no such file or folder (nothing is downloaded: give a local path)"))
+    return out
+
+
+def check_hardware(cfg: Any) -> list[Problem]:
+    hw = _get(cfg, "hardware") or {}
+    device = str(_get(hw, "device", "cpu"))
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return [Problem("hardware.device", device, "no CUDA device is available here; use hardware=cpu")]
+    return []
+
+
+def validate(cfg: DictConfig, *, videos: bool = True) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg``; return None when it is fine to run."""
+    problems = [*check_seed(cfg), *check_runner(_get(cfg, "runner")), *check_dataset(_get(cfg, "dataset"))]
+    problems += check_methods(cfg)
+    problems += check_metrics(cfg)
+    model = _get(cfg, "model")
+    if isinstance(model, DictConfig):
+        problems += check_paths("model", model)
+    problems += check_hardware(cfg)
+    if videos and not any(p.key.startswith("dataset") for p in problems):
+        problems += check_videos(cfg)
+    if problems:
+        raise ConfigError(problems)
