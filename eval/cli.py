@@ -71,7 +71,6 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     from hydra.utils import instantiate
 
     from eval.provenance import provenance
-
     from eval.validate import validate
 
     validate(cfg)  # every setting, before anything is built: ConfigError (exit status 2) lists all problems

@@ -97,7 +97,9 @@ def check_runner(runner: Any) -> list[Problem]:
             out.append(Problem(f"runner.{key}", v, f"must be an integer >= {low}"))
     v = _get(runner, "min_frames", 1)
     if not _is_int(v) or v < 1:
-        out.append(Problem("runner.min_frames", v, "must be an integer >= 1 (fewest decoded frames a unit accepts)"))
+        out.append(
+            Problem("runner.min_frames", v, "must be an integer >= 1 (fewest decoded frames a unit accepts)")
+        )
     live = _get(runner, "live") or {}
     fps = _get(live, "fps")
     if fps is not None and (not _is_num(fps) or fps <= 0):
@@ -119,7 +121,11 @@ def check_dataset(ds: Any) -> list[Problem]:
         elif key in ds.keys():
             root = Path(str(_get(ds, key))).expanduser()
             if not root.is_dir():
-                out.append(Problem(f"dataset.{key}", str(_get(ds, key)), "no such directory; point it at your videos"))
+                out.append(
+                    Problem(
+                        f"dataset.{key}", str(_get(ds, key)), "no such directory; point it at your videos"
+                    )
+                )
     v = _get(ds, "max_frames")
     if v is not None and (not _is_int(v) or v < 1):
         out.append(Problem("dataset.max_frames", v, "must be an integer >= 1, or null for every frame"))
@@ -214,7 +220,9 @@ def _import_target(target: str) -> Any:
 def check_target(key: str, node: Any) -> tuple[list[Problem], Any]:
     target = _get(node, "_target_")
     if not isinstance(target, str) or not target:
-        return [Problem(f"{key}._target_", target, "set it to the class to build (package.module.Class)")], None
+        return [
+            Problem(f"{key}._target_", target, "set it to the class to build (package.module.Class)")
+        ], None
     try:
         obj = _import_target(target)
     except Exception as exc:  # noqa: BLE001
@@ -332,7 +340,9 @@ def check_metrics(cfg: Any) -> list[Problem]:
             continue
         key = f"metrics.{name}"
         if not isinstance(node, DictConfig | dict):
-            out.append(Problem(key, node, "a metric is a mapping with _target_ (see conf/metrics/default.yaml)"))
+            out.append(
+                Problem(key, node, "a metric is a mapping with _target_ (see conf/metrics/default.yaml)")
+            )
             continue
         problems, obj = check_target(key, node)
         out += problems
@@ -354,7 +364,9 @@ def check_paths(key: str, node: Any) -> list[Problem]:
             if v == "???":
                 out.append(Problem(sub, v, f"required: set {sub}=/path/to/weights"))
             elif not Path(v).expanduser().exists():
-                out.append(Problem(sub, v, "no such file or folder (nothing is downloaded: give a local path)"))
+                out.append(
+                    Problem(sub, v, "no such file or folder (nothing is downloaded: give a local path)")
+                )
     return out
 
 

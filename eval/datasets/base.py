@@ -158,7 +158,7 @@ def load_prompts(path: str | Path | None) -> dict[str, str]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(
-                f"{path}, line {exc.lineno}: not valid JSON ({exc.msg}); write one \"name\": \"prompt\" pair "
+                f'{path}, line {exc.lineno}: not valid JSON ({exc.msg}); write one "name": "prompt" pair '
                 "per entry"
             ) from None
     else:
@@ -174,7 +174,7 @@ def load_prompts(path: str | Path | None) -> dict[str, str]:
                 where += f" ({getattr(exc, 'context', '') or 'starting'} at line {start.line + 1})"
             what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ValueError(
-                f"{path}{where}: not valid YAML ({what}); write one `name: \"prompt\"` per line (quote prompts "
+                f'{path}{where}: not valid YAML ({what}); write one `name: "prompt"` per line (quote prompts '
                 "that contain ':' or start with a special character)"
             ) from None
     if not isinstance(data, dict):

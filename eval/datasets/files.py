@@ -66,7 +66,12 @@ def _note_source(
     if want is not None and decoded < want:
         notes.append(f"decoded {decoded} of the {want} frames the file's index declares ({declared} in all)")
     info.update(
-        {"declared_frames": int(declared), "expected_frames": want, "decoded_frames": int(decoded), "notes": notes}
+        {
+            "declared_frames": int(declared),
+            "expected_frames": want,
+            "decoded_frames": int(decoded),
+            "notes": notes,
+        }
     )
     for n in notes:
         log.warning("%s: %s", path, n)

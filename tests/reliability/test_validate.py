@@ -36,7 +36,11 @@ def problems(*overrides):
         ("dataset.shard=2", "dataset.shard=2", "[0, dataset.num_shards=1)"),
         ("dataset.height=60", "dataset.height=60", "multiple of 8"),
         ("+method.identity.kernel=3", "method.identity.kernel=3", "IdentityMethod takes"),
-        ("metrics.clip_score.weights=/nope/clip.bin", "metrics.clip_score.weights='/nope/clip.bin'", "no such"),
+        (
+            "metrics.clip_score.weights=/nope/clip.bin",
+            "metrics.clip_score.weights='/nope/clip.bin'",
+            "no such",
+        ),
         ("model.weights.base=/nope/sd15", "model.weights.base='/nope/sd15'", "no such"),
     ],
 )
@@ -66,7 +70,9 @@ def test_tiny_video_with_size_null(tmp_path):
     clip.mkdir()
     for i in range(3):
         Image.fromarray(np.zeros((5, 7, 3), dtype=np.uint8)).save(clip / f"{i}.png")
-    text = problems("dataset=folder", f"dataset.root={tmp_path}", "dataset.default_prompt=p", "dataset.size=null")
+    text = problems(
+        "dataset=folder", f"dataset.root={tmp_path}", "dataset.default_prompt=p", "dataset.size=null"
+    )
     assert "dataset.size=null" in text and "5x7 px" in text and "dataset.size=[64,64]" in text
 
 
