@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval import results
 from eval.results import Reference
 from eval.runner import Runner, RunnerSettings, RunSummary, build_metrics
-from eval.store import UnitStore
+from eval.store import UnitStore, claim_run_dir, finish_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +71,21 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     from hydra.utils import instantiate
 
     from eval.provenance import provenance
-    from eval.validate import validate
+    from eval.validate import ConfigError, validate
 
     validate(cfg)  # every setting, before anything is built: ConfigError (exit status 2) lists all problems
-    run_dir = Path(run_dir if run_dir is not None else _hydra_output_dir())
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # a folder of its own (never shared with another run), marked INCOMPLETE until the run finishes
+    run_dir = claim_run_dir(run_dir if run_dir is not None else _hydra_output_dir())
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
     methods = cfg.get("method") or {}
-    if not methods:
-        raise ValueError("no method selected: pass e.g. method=[identity,live2diff]")
-    dataset = instantiate(cfg.dataset, _convert_="all")
-    videos = dataset.videos()
-    if not videos:
-        raise ValueError(f"the dataset has no videos for shard {cfg.dataset.get('shard', 0)}")
-    metrics = build_metrics(cfg.metrics)
+    try:
+        dataset = instantiate(cfg.dataset, _convert_="all")
+        videos = dataset.videos()
+        metrics = build_metrics(cfg.metrics)
+    except Exception as exc:  # set-up, not a unit: exit status 2
+        finish_run_dir(run_dir, "failed")
+        raise ConfigError(f"set-up failed: {type(exc).__name__}: {exc}") from exc
     resolved = OmegaConf.to_container(cfg, resolve=True)
     refs = cfg.report.get("reference")
     refs = [Reference.from_config(r) for r in (OmegaConf.to_container(refs, resolve=True) if refs else [])]
@@ -113,7 +113,15 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
         context=context,
         progress=progress,
     )
-    summary = runner.run()
+    try:
+        summary = runner.run()
+    except KeyboardInterrupt:
+        finish_run_dir(run_dir, "interrupted")
+        raise
+    except BaseException:
+        finish_run_dir(run_dir, "failed")
+        raise
+    finish_run_dir(run_dir, "complete")  # the tables are whole; the report below is derived from them
     if cfg.report.enabled:
         from eval.report import build_report
 

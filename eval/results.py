@@ -50,7 +50,7 @@ OUTPUT_VIDEOS = "videos"
 
 FRAME_COLUMNS = ["method", "video", "frame", "metric", "value"]
 VIDEO_COLUMNS = ["method", "video", "metric", "value"]
-UNIT_COLUMNS = ["method", "video", "key", "status", "error", "n_frames", "seconds"]
+UNIT_COLUMNS = ["method", "video", "key", "status", "error", "n_frames", "seconds", "notes"]
 UNIT_STATUSES = ("ok", "cached", "rescored", "error")
 
 
@@ -389,6 +389,8 @@ def load_run(run_dir: Path) -> RunResults:
         raise ResultsError(
             f"{d} was written with results schema {version}; this code reads up to {SCHEMA_VERSION} (update it)"
         )
+    if (d / "INCOMPLETE").exists():  # eval/store.py claim_run_dir: the run was killed, crashed or still runs
+        log.warning("%s is marked INCOMPLETE: its tables may lack units (resume the run to complete it)", d)
     name = d.name
     prov = _read_json(d / PROVENANCE, {})
     tables = {}

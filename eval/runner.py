@@ -23,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from eval import pictures, results
-from eval.datasets.base import Video
+from eval.datasets.base import Video, VideoReadError
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
-from eval.store import UnitStore, content_key
+from eval.store import UnitStore, content_key, fault_point
 from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class RunnerSettings:
     xt_row: float = 0.5  # that row, as a fraction of the height
     side_by_side: bool = False  # <run>/side_by_side/<video>.mp4: input | each method
     mode: str = "offline"
+    # a video that decodes fewer frames is an error row (one frame has no temporal metrics)
+    min_frames: int = 2
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
     @classmethod
@@ -67,6 +69,7 @@ class UnitResult:
     error: str = ""
     n_frames: int = 0
     seconds: float = 0.0
+    notes: str = ""  # what was not as the source declared (frames missing, 16-bit, alpha) or not done for it
 
 
 @dataclass
@@ -239,16 +242,55 @@ class Runner:
     ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
         key = self.unit_key(method_name, video)
         if self.settings.resume and self.store.done(key):
-            meta, fr, vr = self.store.read(key)
-            return (
-                UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0)),
-                fr,
-                vr,
+            return self._cached(method_name, video, key)
+        with self.store.lock(key):  # another run on this results root may be computing it right now
+            if self.settings.resume and self.store.done(key):
+                return self._cached(method_name, video, key)
+            fault_point("unit.begin")
+            return self._compute(method_name, video, key)
+
+    def _cached(
+        self, method_name: str, video: Video, key: str
+    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
+        meta, fr, vr = self.store.read(key)
+        notes = list(meta.get("notes", []))
+        if self.settings.save_videos:
+            notes += self._save_cached_video(method_name, video)
+        unit = UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0))
+        unit.notes = "; ".join(notes)
+        return unit, fr, vr
+
+    def _save_cached_video(self, method_name: str, video: Video) -> list[str]:
+        """runner.save_videos for a unit computed earlier: from its kept outputs, or a note saying why not."""
+        skey = self.stream_key(method_name, video)
+        if not self.store.stream_done(skey):
+            note = (
+                "save_videos: no video written: this cached unit's outputs were not kept (runner.keep_outputs=true "
+                "keeps them from now on; runner.resume=false recomputes)"
             )
+            log.warning("%s / %s: %s", method_name, video.name, note)
+            return [note]
+        outputs = torch.stack(self.store.read_stream(skey).outputs)
+        outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
+        write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
+        return []
+
+    def _compute(
+        self, method_name: str, video: Video, key: str
+    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
         t0 = time.perf_counter()
         status = "ok"
+        notes: list[str] = []
         try:
             frames = video.load()
+            source = dict(video.meta.get("source") or {})
+            notes = list(source.get("notes", []))
+            if frames.shape[0] < self.settings.min_frames:
+                raise VideoReadError(
+                    f"{video.name}: {frames.shape[0]} frame(s) after decoding and preprocessing, fewer than "
+                    f"runner.min_frames={self.settings.min_frames}"
+                    + (f" ({'; '.join(notes)})" if notes else "")
+                )
             skey = self.stream_key(method_name, video)
             kept = self.settings.keep_outputs and self.settings.resume  # resume=false re-runs everything
             if kept and self.store.stream_done(skey):
@@ -271,11 +313,9 @@ class Runner:
                     self._built[method_name].reset()
                 except Exception:  # noqa: BLE001
                     self._built.pop(method_name, None)
-            return (
-                UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0),
-                None,
-                None,
-            )
+            unit = UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0)
+            unit.notes = "; ".join(notes)
+            return unit, None, None
         meta = {
             "method": method_name,
             "video": video.name,
@@ -285,20 +325,20 @@ class Runner:
             "height": int(frames.shape[-2]),
             "width": int(frames.shape[-1]),
             "extra": rec.extra,
+            "source": source,  # declared vs decoded frames, conversions (eval/datasets/files.py)
+            "notes": notes,
         }
         self.store.write(key, meta, fr, vr, files)
-        return (
-            UnitResult(
-                method_name,
-                video.name,
-                key,
-                status,
-                n_frames=int(frames.shape[0]),
-                seconds=time.perf_counter() - t0,
-            ),
-            fr,
-            vr,
+        unit = UnitResult(
+            method_name,
+            video.name,
+            key,
+            status,
+            n_frames=int(frames.shape[0]),
+            seconds=time.perf_counter() - t0,
         )
+        unit.notes = "; ".join(notes)
+        return unit, fr, vr
 
     def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
         h, w = frames.shape[-2:]

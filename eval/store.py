@@ -12,12 +12,14 @@ changes metrics re-scores the kept outputs instead of running the method again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,46 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the umask can only be read by setting it
+    os.umask(mask)
+    return mask
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: ``LIVE2DIFF_BENCH_FAULT=name:n`` SIGKILLs this process the n-th time it reaches ``name``
+    (tests/reliability kill runs at chosen points of a unit's life, then check that resuming is exact)."""
+    spec = os.environ.get("LIVE2DIFF_BENCH_FAULT")
+    if not spec:
+        return
+    point, _, n = spec.partition(":")
+    if point != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(n or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Move a finished temporary file into place with the permissions a plain ``open`` would give it (mkstemp
+    creates files 0600; results are meant to be read by the group/others the user's umask allows)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+    fault_point("atomic.before_replace")
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -55,7 +90,7 @@ def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -73,6 +108,21 @@ class UnitStore:
     def done(self, key: str) -> bool:
         return (self.path(key) / "unit.json").is_file()
 
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive per-unit lock (``flock``): two runs on one results root never compute the same unit at once;
+        the second waits, then finds it done. The kernel drops the lock when its process dies, even by SIGKILL."""
+        import fcntl
+
+        path = self.root / "locks" / key[:2] / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
     def write(
         self,
         key: str,
@@ -85,10 +135,13 @@ class UnitStore:
         d.mkdir(parents=True, exist_ok=True)
         (d / "unit.json").unlink(missing_ok=True)  # not done until rewritten last
         atomic_write_parquet(d / "frames.parquet", frames)
+        fault_point("unit.frames_written")
         atomic_write_parquet(d / "videos.parquet", videos)
         for name, data in (files or {}).items():
             atomic_write_bytes(d / name, data)
+        fault_point("unit.before_done")
         atomic_write_json(d / "unit.json", {**meta, "key": key})
+        fault_point("unit.done")
         return d
 
     def read(self, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -115,6 +168,7 @@ class UnitStore:
         buf = io.BytesIO()
         np.save(buf, torch.stack(rec.outputs).to(torch.float16).numpy())
         atomic_write_bytes(d / "outputs.npy", buf.getvalue())
+        fault_point("stream.outputs_written")
         record = {**rec.timings(), "key": key}
         atomic_write_bytes(d / "stream.json", json.dumps(record, default=str).encode())
         return d
@@ -124,5 +178,54 @@ class UnitStore:
 
         d = self.stream_path(key)
         record = json.loads((d / "stream.json").read_text())
-        outputs = torch.from_numpy(np.load(d / "outputs.npy")).to(torch.float32)
+        outputs = torch.from_numpy(np.load(d / "outputs.npy", allow_pickle=False)).to(torch.float32)
         return StreamRecord.from_timings(list(outputs), record)
+
+
+# -- run folders ----------------------------------------------------------------------------------------------------
+# {"status": running|complete|interrupted|failed, "pid", "host", "started", "finished"}
+RUN_STATUS = "status.json"
+# present until the run finished writing its tables and report: a killed run keeps it
+INCOMPLETE = "INCOMPLETE"
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """Make ``run_dir`` this run's own: its status file is created exclusively (``O_EXCL``), so a second run that
+    was given the same folder (two runs started in the same second) gets ``<run_dir>_2`` (``_3`` ...) instead of
+    overwriting the first one's tables. The folder is marked ``INCOMPLETE`` until :func:`finish_run_dir`."""
+    import socket
+    import time
+
+    base = Path(run_dir)
+    for n in range(1, 1000):
+        d = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        d.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(d / RUN_STATUS, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        status = {
+            "status": "running",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+        }
+        with os.fdopen(fd, "w") as f:
+            json.dump(status, f)
+        atomic_write_bytes(d / INCOMPLETE, b"this run did not finish (killed, crashed or still running)\n")
+        return d
+    raise RuntimeError(f"could not claim a run folder next to {base}")
+
+
+def finish_run_dir(run_dir: str | Path, status: str) -> None:
+    """Record how the run ended; ``complete`` also removes the ``INCOMPLETE`` mark."""
+    import time
+
+    d = Path(run_dir)
+    try:
+        record = json.loads((d / RUN_STATUS).read_text())
+    except (OSError, ValueError):
+        record = {}
+    atomic_write_json(d / RUN_STATUS, {**record, "status": status, "finished": time.time()})
+    if status == "complete":
+        (d / INCOMPLETE).unlink(missing_ok=True)

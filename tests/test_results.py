@@ -25,7 +25,7 @@ def write_run(d: Path, method_cfg: dict, values: dict, metric: MetricDescriptor 
     """A run folder with one quality metric; ``values`` maps (method, video) -> value."""
     results.write_header(d, provenance=provenance(method_cfg, seed=42), references=refs, notes=["a note"])
     units = pd.DataFrame(
-        [(m, v, f"k{m}{v}", "ok", "", 4, 0.1) for m, v in values], columns=results.UNIT_COLUMNS
+        [(m, v, f"k{m}{v}", "ok", "", 4, 0.1, "") for m, v in values], columns=results.UNIT_COLUMNS
     )
     videos = pd.DataFrame(
         [(m, v, metric.name, x) for (m, v), x in values.items()], columns=results.VIDEO_COLUMNS
