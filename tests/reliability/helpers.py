@@ -32,3 +32,30 @@ class WeightedIdentity:
 
     def reset(self):
         pass
+
+
+class SlowLogged:
+    """Identity that sleeps per frame and appends each real video's prompt to ``log`` when it starts one, to count
+    how many times each unit was computed across processes."""
+
+    lookahead = 0
+
+    def __init__(self, log: str, delay: float = 0.05) -> None:
+        self.log, self.delay = log, delay
+
+    def prepare(self, prompt, *, height, width, seed):
+        if prompt != "warm-up":
+            with open(self.log, "a") as f:
+                f.write(prompt + "\n")
+
+    def push(self, index, frame):
+        import time
+
+        time.sleep(self.delay)
+        return [(index, 1 - frame)]
+
+    def flush(self):
+        return []
+
+    def reset(self):
+        pass
