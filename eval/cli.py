@@ -162,16 +162,34 @@ def check_overrides(argv: list[str]) -> str | None:
     for arg in argv:
         if "=" not in arg or arg.startswith(("+", "~", "hydra")):
             continue
-        key, value = arg.split("=", 1)
-        if key not in GROUPS or value in ("null", ""):
+        key = arg.split("=", 1)[0]
+        if key not in GROUPS:
             continue
         options = available(key, extra)
-        for name in [v.strip() for v in value.strip("[]").split(",") if v.strip()]:
+        for name in _option_names(arg):
             if name not in options:
                 close = difflib.get_close_matches(name, options, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
                 return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}"
     return None
+
+
+def _option_names(arg: str) -> list[str]:
+    """Config names in a ``group=...`` override as Hydra reads it: ``a``, ``[a,b]``, sweeps ``a,b`` and sweeps of
+    lists ``[a],[b,c]``. An override Hydra cannot parse gives none here (Hydra reports it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        (override,) = OverridesParser.create().parse_overrides([arg])
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    except Exception:  # noqa: BLE001 - Hydra's own message is the better one
+        return []
+    names: list[str] = []
+    for v in values:
+        for item in v if isinstance(v, list) else [v]:
+            if isinstance(item, str) and item not in ("null", ""):
+                names.append(item)
+    return names
 
 
 def exit_code(summaries: list[RunSummary]) -> int:

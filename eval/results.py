@@ -422,8 +422,8 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
     for p in map(Path, paths):
         if is_run_folder(p):
             out.append(p)
-        elif p.is_file() or p.name.startswith("."):
-            log.info("skipping %s (not a result folder)", p)
+        elif p.is_file() or p.name.startswith(".") or (p / "summary.md").is_file():
+            log.info("skipping %s (not a result folder)", p)  # a file, hidden, or a merged report
         elif p.is_dir() and any(is_run_folder(c) for c in p.iterdir()):
             out += sorted((c for c in p.iterdir() if is_run_folder(c)), key=lambda c: (len(c.name), c.name))
         else:

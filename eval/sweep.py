@@ -1,0 +1,56 @@
+"""Hydra multirun support: a callback that writes one merged report when a sweep ends.
+
+Sweeps run on Hydra's own launchers (basic, joblib, submitit_local, submitit_slurm); every job writes its run
+folder under ``<sweep dir>/<job number>/``. When the sweep ends, :class:`MergeReport` (enabled in
+``conf/config.yaml`` under ``hydra.callbacks``) merges those folders into ``<sweep dir>/report/`` — the same as
+``python -m eval.report <sweep dir> --out <sweep dir>/report``. A sweep whose jobs cannot be merged (say, two seeds
+of one method: the report refuses to mix settings) gets a warning, not a failed sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+
+
+class MergeReport(Callback):
+    def __init__(
+        self, enabled: bool = True, compare_to: str | None = "identity", bootstrap: int = 2000
+    ) -> None:
+        self.enabled, self.compare_to, self.bootstrap = enabled, compare_to, bootstrap
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        merge_sweep(
+            sweep_dir, compare_to=self.compare_to, n_boot=self.bootstrap, seed=int(config.get("seed", 0))
+        )
+
+
+def merge_sweep(
+    sweep_dir: Path, *, compare_to: str | None = "identity", n_boot: int = 2000, seed: int = 0
+) -> Path | None:
+    """Merge the run folders of a sweep into ``sweep_dir/report``; None (with a warning) when there is nothing to
+    merge or the runs cannot be merged."""
+    from eval import results
+    from eval.report import build_report
+
+    try:
+        dirs = results.expand_run_dirs([sweep_dir])
+        out = sweep_dir / REPORT_DIR
+        build_report(dirs, out, compare_to=compare_to, n_boot=n_boot, seed=seed)
+    except Exception as exc:  # noqa: BLE001 - the jobs' own results stand; only the merged view is missing
+        log.warning("sweep %s: no merged report (%s: %s)", sweep_dir, type(exc).__name__, exc)
+        return None
+    log.info("sweep %s: merged report of %d runs in %s", sweep_dir, len(dirs), out)
+    print(f"merged report: {out}")
+    return out
