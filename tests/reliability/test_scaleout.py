@@ -88,7 +88,7 @@ def sweep(tmp_path, *args, timeout=600):
 
 @pytest.mark.slow
 def test_sweep_over_method_lists_with_merged_report(tmp_path):
-    d = sweep(tmp_path, "method=[identity],[busy]", "method.busy.iterations=1", "dataset.num_videos=2")
+    d = sweep(tmp_path, "method=[identity],[busy]", "dataset.num_videos=2")
     jobs = sorted(p.name for p in d.iterdir() if (p / "units.parquet").is_file())
     assert jobs == ["0", "1"]
     assert {pd.read_parquet(d / j / "units.parquet").method.unique()[0] for j in jobs} == {"identity", "busy"}
