@@ -44,12 +44,14 @@ def merge_sweep(
     from eval import results
     from eval.report import build_report
 
+    out = sweep_dir / REPORT_DIR
     try:
         dirs = results.expand_run_dirs([sweep_dir])
-        out = sweep_dir / REPORT_DIR
         build_report(dirs, out, compare_to=compare_to, n_boot=n_boot, seed=seed)
     except Exception as exc:  # noqa: BLE001 - the jobs' own results stand; only the merged view is missing
         log.warning("sweep %s: no merged report (%s: %s)", sweep_dir, type(exc).__name__, exc)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         return None
     log.info("sweep %s: merged report of %d runs in %s", sweep_dir, len(dirs), out)
     print(f"merged report: {out}")
