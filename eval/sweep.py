@@ -23,21 +23,32 @@ REPORT_DIR = "report"
 
 class MergeReport(Callback):
     def __init__(
-        self, enabled: bool = True, compare_to: str | None = "identity", bootstrap: int = 2000
+        self,
+        enabled: bool = True,
+        compare_to: str | None = "identity",
+        reference_methods: list[str] | None = None,
     ) -> None:
-        self.enabled, self.compare_to, self.bootstrap = enabled, compare_to, bootstrap
+        self.enabled, self.compare_to = enabled, compare_to
+        self.reference_methods = list(reference_methods) if reference_methods is not None else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled:
             return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         merge_sweep(
-            sweep_dir, compare_to=self.compare_to, n_boot=self.bootstrap, seed=int(config.get("seed", 0))
+            sweep_dir,
+            compare_to=self.compare_to,
+            seed=int(config.get("seed", 0)),
+            reference_methods=self.reference_methods,
         )
 
 
 def merge_sweep(
-    sweep_dir: Path, *, compare_to: str | None = "identity", n_boot: int = 2000, seed: int = 0
+    sweep_dir: Path,
+    *,
+    compare_to: str | None = "identity",
+    seed: int = 0,
+    reference_methods: list[str] | None = None,
 ) -> Path | None:
     """Merge the run folders of a sweep into ``sweep_dir/report``; None (with a warning) when there is nothing to
     merge or the runs cannot be merged."""
@@ -45,9 +56,10 @@ def merge_sweep(
     from eval.report import build_report
 
     out = sweep_dir / REPORT_DIR
+    extra = {"reference_methods": reference_methods} if reference_methods is not None else {}
     try:
         dirs = results.expand_run_dirs([sweep_dir])
-        build_report(dirs, out, compare_to=compare_to, n_boot=n_boot, seed=seed)
+        build_report(dirs, out, compare_to=compare_to, seed=seed, **extra)
     except Exception as exc:  # noqa: BLE001 - the jobs' own results stand; only the merged view is missing
         log.warning("sweep %s: no merged report (%s: %s)", sweep_dir, type(exc).__name__, exc)
         if out.is_dir() and not any(out.iterdir()):

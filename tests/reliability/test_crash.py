@@ -40,7 +40,12 @@ def run_eval(tmp_path, name, *extra, fault=None, env=None):
     e.pop("LIVE2DIFF_BENCH_FAULT", None)
     if fault:
         e["LIVE2DIFF_BENCH_FAULT"] = fault
-    cmd = [sys.executable, "run_eval.py", f"results_root={tmp_path / 'results'}", f"hydra.run.dir={tmp_path / name}"]
+    cmd = [
+        sys.executable,
+        "run_eval.py",
+        f"results_root={tmp_path / 'results'}",
+        f"hydra.run.dir={tmp_path / name}",
+    ]
     return subprocess.run([*cmd, *RUN, *extra], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
 
 

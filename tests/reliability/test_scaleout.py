@@ -80,7 +80,7 @@ def sweep(tmp_path, *args, timeout=600):
         f"results_root={tmp_path / 'results'}",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
     ]
-    cmd += ["dataset.num_frames=4", "metrics=none", "report.print=false", "report.bootstrap=100", *args]
+    cmd += ["dataset.num_frames=4", "metrics=none", "report.print=false", *args]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     return tmp_path / "sweep"
