@@ -119,6 +119,7 @@ class StreamTemporalAttnProcessor:
             self._pe_key = key
         return self._pe_proj
 
+    @torch.compiler.disable  # Python state that changes every call: a graph break, not a recompile per call
     def __call__(
         self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs
     ):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from live2diff.components import build_components
-from live2diff.pipeline import Live2DiffStream
+from live2diff.pipeline import Live2DiffStream, compile_unet
 from live2diff.similar_filter import SimilarImageFilter
 
 
@@ -38,6 +38,8 @@ class Live2DiffMethod:
         stream_batch: bool = True,
         threads: int | None = None,
         compile: bool = False,
+        cuda_graphs: bool = True,
+        channels_last: bool = False,
         similar_image_filter: bool = False,
         similar_image_filter_threshold: float = 0.98,
         similar_image_filter_max_skip_frame: int = 10,
@@ -57,8 +59,13 @@ class Live2DiffMethod:
             depth=bool(depth),
             stream_batch=stream_batch,
         )
-        if compile:
-            self.components.unet = torch.compile(self.components.unet)  # type: ignore[assignment]
+        if channels_last:  # opt-in (hardware.channels_last): NHWC convolutions, often faster with fp16 on GPUs
+            for name in ("unet", "vae", "depth_mapper"):
+                mod = getattr(self.components, name, None)
+                if mod is not None:
+                    mod.to(memory_format=torch.channels_last)
+        if compile:  # opt-in (hardware.compile): see live2diff.pipeline.compile_unet
+            compile_unet(self.components, cuda_graphs=cuda_graphs)
         self.lookahead = self.stream.lookahead
         # pushes until the streaming path runs with a full stream batch (or, re-run windows, a full window); the
         # runner's untimed warm-up covers them (eval.interface)

@@ -17,13 +17,19 @@ all its steps at once, lag 0 — the same numbers, one UNet call per step); ``at
 (no cache: every frame re-denoises the last ``window`` frames jointly with full attention and keeps the newest —
 the naive alternative, ``window`` times the work).
 
-Noise: every frame draws its ``n_steps`` noise tensors from one seeded CPU generator when it is pushed, so a run is
-a pure function of (weights, frames, prompt, seed) on a given device, whatever the batching.
+Noise: every frame draws its ``n_steps`` noise tensors from one seeded generator *on the compute device* when it is
+pushed, so a run is a pure function of (weights, frames, prompt, seed) on a given device, whatever the batching.
+
+Device work per frame (GPU path): the schedule's constants and the stream call's step indices live on the device
+(no host-to-device copy per call besides the frame itself), the temporal attention reads its cache through SDPA
+(:mod:`live2diff.attention`), and outputs stay on the device until the driver copies each emitted frame once.
+:func:`compile_unet` is the opt-in ``torch.compile`` of the UNet (``hardware.compile``).
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -97,7 +103,16 @@ class Live2DiffStream:
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got '{attention}'")
         self.comps = comps
-        self.schedule = make_lcm_schedule(comps.scheduler, list(t_index_list))
+        schedule = make_lcm_schedule(comps.scheduler, list(t_index_list))
+        self.schedule = dataclasses.replace(  # constants on the device once, not copied there per call
+            schedule,
+            **{
+                f.name: getattr(schedule, f.name).to(comps.device)
+                for f in dataclasses.fields(schedule)
+                if isinstance(getattr(schedule, f.name), Tensor)
+            },
+        )
+        self._step_index: dict[tuple[int, ...], Tensor] = {}
         self.n_steps = self.schedule.n_steps
         self.warmup = int(warmup) if attention == "unidirectional" else 0
         self.window = int(window)
@@ -124,7 +139,7 @@ class Live2DiffStream:
         f = self.comps.vae_scale_factor
         self.proc_h, self.proc_w = max(f, round(height / f) * f), max(f, round(width / f) * f)
         self.latent_hw = (self.proc_h // f, self.proc_w // f)
-        self.generator = torch.Generator("cpu").manual_seed(int(seed))
+        self.generator = torch.Generator(self.comps.device).manual_seed(int(seed))
 
     def reset(self) -> None:
         self.ctl.reset()
@@ -141,7 +156,9 @@ class Live2DiffStream:
         if self.prompt_embeds is None or self.generator is None:
             raise RuntimeError("call prepare(prompt, height=, width=, seed=) before push()")
         z, depth_feat = self._encode(frame)
-        noise = torch.randn((self.n_steps, *z.shape[1:]), generator=self.generator).to(z.device, z.dtype)
+        noise = torch.randn(
+            (self.n_steps, *z.shape[1:]), generator=self.generator, device=self.generator.device
+        ).to(z.dtype)
         if self.attention == "bidirectional_window":
             self.window_buffer.append(_Buffered(index, z, noise, depth_feat))
             return self._run_window()
@@ -231,7 +248,9 @@ class Live2DiffStream:
         steps = [r.step for r in rows]
         x = torch.cat([r.x for r in rows])  # [nb, 4, h, w]
         feats = torch.cat([r.depth_feat for r in rows]) if self.use_depth else None
-        step_t = torch.tensor(steps)
+        step_t = self._step_index.get(tuple(steps))
+        if step_t is None:
+            step_t = self._step_index[tuple(steps)] = torch.tensor(steps, device=self.comps.device)
         with self.ctl.stream(steps):
             eps = self._unet(x[:, :, None], self.schedule.timesteps[step_t], feats)[:, :, 0]
         x0 = self.schedule.denoise(x, eps, step_t)
@@ -249,3 +268,19 @@ class Live2DiffStream:
 
     def cache_bytes(self) -> int:
         return self.ctl.cache_bytes()
+
+
+def compile_unet(comps: Components, cuda_graphs: bool = True) -> None:
+    """``torch.compile`` the UNet in place (``hardware.compile=true``), after :func:`install_stream_attention`.
+
+    The temporal-attention processors stay eager (a graph break each): their Python state (mode, ring slots) changes
+    every call and would otherwise recompile the graph; everything between them (resnets, spatial transformers,
+    feed-forwards, norms) is compiled, one graph per input shape (warm-up clip, stream batch, draining batch). On
+    CUDA with ``cuda_graphs`` the compiled parts are replayed as CUDA graphs (``mode="reduce-overhead"``); the
+    shapes of a stream are static, so each shape is captured once. Elsewhere CUDA graphs do not exist and plain
+    ``default`` mode is used."""
+    mode = "reduce-overhead" if cuda_graphs and comps.device.type == "cuda" else "default"
+    # one shared code object (e.g. a resnet's forward) serves every resolution level x every call shape: the
+    # default limit of 8 compiled variants would silently fall back to eager for some of them
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    comps.unet = torch.compile(comps.unet, mode=mode, dynamic=False)
