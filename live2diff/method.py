@@ -59,7 +59,8 @@ class Live2DiffMethod:
             depth=bool(depth),
             stream_batch=stream_batch,
         )
-        if channels_last:  # opt-in (hardware.channels_last): NHWC convolutions, often faster with fp16 on GPUs
+        # opt-in (hardware.channels_last): NHWC convolutions, often faster with fp16 on GPUs
+        if channels_last:
             for name in ("unet", "vae", "depth_mapper"):
                 mod = getattr(self.components, name, None)
                 if mod is not None:
