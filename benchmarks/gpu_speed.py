@@ -1,0 +1,327 @@
+"""Speed of every method where users run it: `model=sd15` shapes (random weights), 512x512, a 2-step
+``t_index_list``, TAESD + depth, float16 on one GPU; eager and ``hardware.compile=true`` side by side.
+
+Per method and mode, in one process (methods built one at a time, freed before the next):
+
+* **steady-state FPS**: frames emitted per second over ``--frames`` pushes after the method's warm-up
+  (``steady_state_frames`` + 2 pushes, untimed; compilation happens there), pushed as fast as the method takes them;
+* **end-to-end latency p50 / p95**: for each frame pushed in the timed window, from the start of its push to the end
+  of the push that emitted it, device synchronised and the frame copied to the CPU (pipeline lag included);
+* **peak memory**: ``torch.cuda.max_memory_allocated`` over build + run (CPU: the process's peak RSS, process-wide);
+* **MFU**: FLOPs of one steady-state push counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+  convolutions, attention; eager model) x FPS / the card's dense fp16 peak (``--peak-tflops`` overrides; none on CPU).
+
+    python benchmarks/gpu_speed.py                      # GPU: sd15 shapes, 512^2, float16, every method
+    python benchmarks/gpu_speed.py --smoke              # CPU: tiny model, 64^2, float32 (proves the script works)
+    python benchmarks/gpu_speed.py --plan               # writes the table with every row open (no run)
+
+Writes benchmarks/results/gpu_speed.{json,md} (``--smoke``: gpu_speed_smoke.{json,md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
+
+RESULTS = ROOT / "benchmarks" / "results"
+SKIP = {"busy"}  # the latency gate's synthetic test subject, not a method
+# dense fp16/bf16 tensor-core peaks (no sparsity), TFLOP/s, matched against torch.cuda.get_device_name()
+PEAK_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
+               "A100": 312.0, "L40S": 362.1, "RTX 4090": 165.2, "A10G": 125.0, "L4": 121.0}  # fmt: skip
+
+
+def all_methods() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml") if p.stem not in SKIP)
+
+
+def method_config(name: str, args, compiled: bool):
+    from hydra import compose, initialize_config_dir
+
+    over = [
+        f"model={args.model}",
+        f"hardware={args.hardware}",
+        f"hardware.dtype={args.dtype}",
+        f"method=[{name}]",
+    ]
+    if args.threads:
+        over.append(f"hardware.threads={args.threads}")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=over)
+    mcfg = cfg.method[name]
+    if "t_index_list" in mcfg:
+        mcfg.t_index_list = list(args.t_index_list)
+    if compiled:
+        if "compile" not in mcfg:
+            return None
+        mcfg.compile = True
+    return mcfg
+
+
+def clip(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """A smooth moving pattern, ``[n, 3, size, size]`` in [0, 1] on the CPU (where a user's frames arrive)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(3, max(size // 8, 1), max(size // 8, 1), generator=g)
+    base = torch.nn.functional.interpolate(base[None], size=(size, size), mode="bilinear")[0]
+    return torch.stack([torch.roll(base, shifts=(i, 2 * i), dims=(1, 2)) for i in range(n)]).clamp(0, 1)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_tflops(args, device: torch.device) -> float | None:
+    if args.peak_tflops:
+        return float(args.peak_tflops)
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_TFLOPS.items():
+        if key in name:
+            return value
+    return None
+
+
+def measure(name: str, args, compiled: bool) -> dict:
+    from hydra.utils import instantiate
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from eval.interface import method_steady_state_frames
+
+    mcfg = method_config(name, args, compiled)
+    row = {"method": name, "mode": "compiled" if compiled else "eager"}
+    if mcfg is None:
+        return {**row, "status": "n/a (no compile option)"}
+    device = torch.device(str(mcfg.get("device", "cpu")) if "device" in mcfg else args.device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    m = instantiate(mcfg, _convert_="all")
+    build_s = time.perf_counter() - t0
+    warm = method_steady_state_frames(m) + 2
+    frames = clip(warm + args.frames + 1, args.size)
+    m.prepare("a watercolor painting of a street", height=args.size, width=args.size, seed=42)
+    push_t: dict[int, float] = {}
+    emit_t: dict[int, float] = {}
+    step_s: list[float] = []
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for i in range(warm):  # untimed: warm-up, pipeline fill, compilation
+            m.push(i, frames[i])
+        sync(device)
+        warm_s = time.perf_counter() - t0
+        start = time.perf_counter()
+        for i in range(warm, warm + args.frames):
+            t = time.perf_counter()
+            push_t[i] = t
+            out = m.push(i, frames[i])
+            for _, o in out:
+                o.float().cpu()  # the one device-to-host copy per emitted frame (synchronises)
+            sync(device)
+            now = time.perf_counter()
+            step_s.append(now - t)
+            for j, _ in out:
+                emit_t[j] = now
+        elapsed = time.perf_counter() - start
+        emitted = len(emit_t)
+        flops = None
+        if not compiled:  # one more steady-state push, counted (eager: the compiled graph does the same math)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                m.push(warm + args.frames, frames[warm + args.frames])
+            sync(device)
+            flops = counter.get_total_flops()
+    lat = sorted(emit_t[i] - push_t[i] for i in push_t if i in emit_t)
+    comps = getattr(m, "components", None)
+    dtypes = {}
+    for part in ("unet", "vae", "depth", "depth_mapper"):  # fp16 TAESD / depth when hardware.dtype is float16
+        p = next(getattr(comps, part).parameters(), None) if getattr(comps, part, None) is not None else None
+        if p is not None:
+            dtypes[part] = str(p.dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-wide
+    del m
+    gc.collect()
+
+    def pct(q: float) -> float | None:
+        return statistics.quantiles(lat, n=100, method="inclusive")[q - 1] * 1e3 if len(lat) >= 2 else None
+
+    return {
+        **row,
+        "status": "ok",
+        "device": str(device),
+        "fps": emitted / elapsed if elapsed > 0 else None,
+        "push_ms_median": statistics.median(step_s) * 1e3,
+        "latency_ms_p50": pct(50),
+        "latency_ms_p95": pct(95),
+        "latency_n": len(lat),
+        "peak_mem_MiB": peak_mem,
+        "peak_mem_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        "flops_per_push": flops,
+        "component_dtypes": dtypes,
+        "build_s": build_s,
+        "warmup_s": warm_s,
+        "warmup_pushes": warm,
+        "timed_pushes": args.frames,
+        "emitted": emitted,
+    }
+
+
+def add_mfu(rows: list[dict], peak: float | None) -> None:
+    flops = {r["method"]: r.get("flops_per_push") for r in rows if r["mode"] == "eager"}
+    for r in rows:
+        f = flops.get(r["method"])
+        r["flops_per_push"] = f
+        ok = r.get("status") == "ok" and f and peak and r.get("fps")
+        r["mfu"] = f * r["fps"] / (peak * 1e12) if ok else None
+
+
+def fmt(v, spec: str = ".1f", missing: str = "—") -> str:
+    return missing if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    a = result["args"]
+    open_rows = result["open"]
+    head = [
+        "# Speed where users run it: every method, eager and compiled",
+        "",
+        f"`model={a['model']}` shapes (random weights), {a['size']}x{a['size']}, t_index_list {a['t_index_list']}, "
+        f"TAESD + depth, {a['dtype']}, `hardware={a['hardware']}`; {a['frames']} timed pushes per row after each "
+        "method's warm-up; one process, methods built one at a time.",
+        "",
+        f"Device: {result['device_name']}. torch {result['torch']}. Peak used for MFU: "
+        f"{fmt(result['peak_tflops'], '.1f', 'none')} TFLOP/s.",
+        "",
+    ]
+    if open_rows:
+        head += [
+            "**GPU rows open: not run yet.** No GPU was available to the session that wrote this script; every row "
+            "below is to be filled by `python benchmarks/gpu_speed.py` on the card (the table is rewritten with the "
+            "card named). Goal for `live2diff` on one H100: >= 60 FPS and end-to-end p95 <= 40 ms (the reference "
+            "reports 16.43 FPS on an RTX 4090 with TensorRT, 6.91 without).",
+            "",
+        ]
+    if result.get("smoke"):
+        head += [
+            "**Smoke run on a CPU** (tiny model): proves the script end to end; the figures say nothing about a GPU.",
+            "",
+        ]
+    lines = [
+        "| method | mode | FPS | e2e p50 ms | e2e p95 ms | peak mem MiB | GFLOP/push | MFU | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        f = r.get("flops_per_push")
+        lines.append(
+            f"| {r['method']} | {r['mode']} | {fmt(r.get('fps'))} | {fmt(r.get('latency_ms_p50'))} "
+            f"| {fmt(r.get('latency_ms_p95'))} | {fmt(r.get('peak_mem_MiB'), '.0f')} "
+            f"| {fmt(None if f is None else f / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | {r.get('status', '')} |"
+        )
+    tail = [
+        "",
+        "FPS: frames emitted per second in steady state. End-to-end latency: push of a frame to the end of the push "
+        "that emitted it (device synchronised, frame on the CPU), so a stream batch's pipeline lag is included. "
+        "Peak memory: "
+        + ("CUDA max allocated per row." if not result.get("smoke") else "process peak RSS (CPU).")
+        + " FLOPs: one steady-state push counted on the eager model (matmuls, convolutions, attention), used for "
+        "both modes. Compiled: `hardware.compile=true` (torch.compile of the UNet, temporal attention eager, CUDA "
+        "graphs on CUDA); methods without that option show n/a.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    return "\n".join(head + lines + tail)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 64^2, float32, few frames")
+    ap.add_argument("--plan", action="store_true", help="write the table with every row open, run nothing")
+    ap.add_argument("--methods", nargs="*", default=None, help="default: every conf/method file but busy")
+    ap.add_argument(
+        "--compile-methods", nargs="*", default=None, help="default: every method with the option"
+    )
+    ap.add_argument("--model", default="sd15")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--hardware", default="cuda")
+    ap.add_argument("--dtype", default="float16")
+    ap.add_argument(
+        "--t-index-list", type=int, nargs="+", default=[30, 40], help="the reference demo's 2 steps"
+    )
+    ap.add_argument("--frames", type=int, default=60, help="timed pushes per row")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    argv = " ".join(sys.argv[1:])
+    if args.smoke:
+        args.model, args.size, args.hardware, args.dtype = "tiny", 64, "cpu", "float32"
+        args.frames = min(args.frames, 6)
+        args.threads = args.threads or 1
+        if args.compile_methods is None:
+            args.compile_methods = ["live2diff"]  # CPU compilation of every variant would take many minutes
+    args.device = "cuda" if args.hardware == "cuda" else "cpu"
+    methods = args.methods or all_methods()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows: list[dict] = []
+    for name in methods:
+        for compiled in (False, True):
+            if compiled and args.compile_methods is not None and name not in args.compile_methods:
+                rows.append({"method": name, "mode": "compiled", "status": "not run (--compile-methods)"})
+                continue
+            if args.plan:
+                has = method_config(name, args, compiled) is not None
+                status = "open" if has else "n/a (no compile option)"
+                rows.append({"method": name, "mode": "compiled" if compiled else "eager", "status": status})
+                continue
+            if args.device == "cuda" and not torch.cuda.is_available():
+                raise SystemExit("no CUDA device: run with --smoke (CPU) or --plan (table with open rows)")
+            rows.append(measure(name, args, compiled))
+            print(json.dumps(rows[-1]), flush=True)
+    device = torch.device(args.device)
+    peak = None if args.plan else peak_tflops(args, device)
+    add_mfu(rows, peak)
+    if args.plan:
+        device_name = "none (not run)"
+    elif device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
+    result = {
+        "benchmark": "gpu_speed",
+        "smoke": args.smoke,
+        "open": args.plan,
+        "args": {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)},
+        "device_name": device_name,
+        "peak_tflops": peak,
+        "torch": torch.__version__,
+        "command": "python benchmarks/gpu_speed.py " + argv,
+        "rows": rows,
+    }
+    stem = "gpu_speed_smoke" if args.smoke else "gpu_speed"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    md = markdown(result)
+    (args.out / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
