@@ -208,6 +208,12 @@ def weight_notes(size: str, weights: dict) -> list[str]:
     (``model.weights.<key>=random``; the model refuses a real/unset mix, so these are the configured ones)."""
     real = [k for k, v in weights.items() if v and str(v).lower() not in ("random", "none")]
     random_parts = [k for k, v in weights.items() if str(v).lower() == "random"]
+    if real == ["trained"]:
+        return [
+            f"model={size}: tiny model trained by the project (not SD1.5; {weights['trained']}, "
+            "python -m live2diff.train_tiny): quality figures compare the methods on this ~2M-parameter video "
+            "denoiser, not the published models' image quality"
+        ]
     if not real:
         return [
             f"model={size} with random-initialised weights (no model.weights set): "

@@ -37,10 +37,12 @@ Reproducible: the same command (same ``--threads``) gives the same weights, bit 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -514,6 +516,44 @@ def plot_curve(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+STRIP_METHODS = ("per_frame_img2img", "streamdiffusion", "streamv2v", "animatediff_window", "live2diff")
+
+
+def write_strip(
+    path: str | Path, methods=STRIP_METHODS, frames=(0, 8, 12, 16, 20, 23), scale: int = 2
+) -> None:
+    """Input vs each method's output on the default run's first clip (synthetic_000, seed 42), with
+    ``model=tiny``: one row per method, one column per frame, as a PNG (``--strip PATH``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from PIL import Image, ImageDraw
+
+    from eval.datasets.synthetic import generate_clip
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"method=[{','.join(methods)}]"])
+    clip = generate_clip(24, 64, 64, seed=0).frames
+    prompt = cfg.dataset.prompt_list[0]
+    rows = [("input", clip)]
+    for name in methods:
+        m = instantiate(cfg.method[name])
+        m.prepare(prompt, height=64, width=64, seed=int(cfg.seed))
+        out = dict(p for i in range(clip.shape[0]) for p in m.push(i, clip[i]))
+        out.update(m.flush())
+        rows.append((name, torch.stack([out[i] for i in range(clip.shape[0])])))
+    side, label_w = 64 * scale, 150
+    img = Image.new("RGB", (label_w + side * len(frames), side * len(rows)), "white")
+    draw = ImageDraw.Draw(img)
+    for r, (name, video) in enumerate(rows):
+        draw.text((4, r * side + side // 2 - 6), name, fill="black")
+        for c, f in enumerate(frames):
+            arr = (video[f].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+            tile = Image.fromarray(arr).resize((side, side), Image.NEAREST)
+            img.paste(tile, (label_w + c * side, r * side))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m live2diff.train_tiny", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -528,10 +568,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-clips-per-file", type=int, default=40)
     p.add_argument("--davis", default=None, help="optional DAVIS-2017 root (extra data; never shipped)")
     p.add_argument("--davis-clips-per-video", type=int, default=4)
-    p.add_argument("--image-steps", type=int, default=3000)
+    p.add_argument("--image-steps", type=int, default=1200)
     p.add_argument("--image-batch", type=int, default=64)
     p.add_argument("--lr-image", type=float, default=2e-3)
-    p.add_argument("--video-steps", type=int, default=2000)
+    p.add_argument("--video-steps", type=int, default=500)
     p.add_argument("--video-batch", type=int, default=4)
     p.add_argument("--lr-video", type=float, default=1e-3)
     p.add_argument("--max-frames", type=int, default=16, help="longest training clip (Live2Diff's window)")
@@ -541,6 +581,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument(
+        "--strip", default=None, help="only write a PNG strip: input vs each method (model=tiny), no training"
+    )
     return p.parse_args(argv)
 
 
@@ -560,14 +603,22 @@ def train(args: argparse.Namespace) -> tuple[Any, list[dict], dict]:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     args = parse_args(argv)
+    if args.strip:
+        torch.set_num_threads(args.threads)
+        write_strip(args.strip)
+        log.info("wrote %s", args.strip)
+        return 0
     t0 = time.time()
     comps, hist, data = train(args)
     elapsed = time.time() - t0
     out = Path(args.out)
-    cmd = "python -m live2diff.train_tiny" + ("" if argv is None else " " + " ".join(argv))
+    if Path(args.model_cfg).resolve().is_relative_to(ROOT):
+        args.model_cfg = str(Path(args.model_cfg).resolve().relative_to(ROOT))
+    given = sys.argv[1:] if argv is None else list(argv)
+    cmd = " ".join(["python -m live2diff.train_tiny", *given])
     meta = {
         "command": cmd,
-        "args": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "strip")},
         "data": data,
         "seconds": round(elapsed, 1),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -580,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     save_weights(comps, out, {k: meta[k] for k in ("command", "args", "data")})
+    meta["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     meta["history"] = hist
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     plot_curve(hist, out.with_suffix(".png"))

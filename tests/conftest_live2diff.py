@@ -17,11 +17,12 @@ def _cached(seed: int) -> Components:
 
 @functools.lru_cache(maxsize=8)
 def _tiny_cfg(seed: int) -> dict:
-    return model_cfg("tiny", f"model.seed={seed}")
+    return model_cfg("tiny_random", f"model.seed={seed}")
 
 
 def tiny_cfg(seed: int = 0) -> dict:
-    """``conf/model/tiny.yaml`` (what ``make eval`` builds) with ``model.seed``; a fresh copy each call."""
+    """``conf/model/tiny_random.yaml`` (random weights: the mechanics under test do not need trained ones) with
+    ``model.seed``; a fresh copy each call."""
     import copy
 
     return copy.deepcopy(_tiny_cfg(seed))
@@ -32,6 +33,15 @@ def tiny_components(seed: int = 0, fresh: bool = False) -> Components:
     if fresh:
         return build_components(tiny_cfg(seed), "cpu", "float32")
     return _cached(seed)
+
+
+def trained_components() -> Components:
+    """A fresh copy of the project's trained tiny model (``model=tiny``: conf/model/tiny.yaml + shipped weights)."""
+    from omegaconf import OmegaConf
+
+    from live2diff.train_tiny import DEFAULT_MODEL_CFG
+
+    return build_components(OmegaConf.load(str(DEFAULT_MODEL_CFG)), "cpu", "float32")
 
 
 def randomise_motion_out(unet: torch.nn.Module, std: float = 0.2, seed: int = 1) -> None:

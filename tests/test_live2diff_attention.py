@@ -17,7 +17,7 @@ from live2diff.attention import (
     temporal_blocks,
 )
 from live2diff.kv_cache import LayerKVCache, SlotIndex
-from tests.conftest_live2diff import prompt_embeds, randomise_motion_out, tiny_components
+from tests.conftest_live2diff import prompt_embeds, randomise_motion_out, tiny_components, trained_components
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +108,19 @@ def _stream_unet(comps, lat, emb, t, warmup, window, kernel="auto"):
     return torch.cat(outs, dim=2), ctl
 
 
+@pytest.fixture(params=["random", "trained"])
+def any_weights(request):
+    """Random tiny components with non-zero motion outputs, or the project's trained tiny model."""
+    if request.param == "trained":
+        return trained_components()
+    comps = tiny_components(fresh=True)
+    randomise_motion_out(comps.unet)
+    return comps
+
+
 @pytest.mark.parametrize("warmup,kernel", [(8, "vector"), (0, "vector"), (8, "sdpa"), (0, "sdpa")])
-def test_cache_equivalence_short_stream_equals_one_masked_pass(patched, warmup, kernel):
+def test_cache_equivalence_short_stream_equals_one_masked_pass(any_weights, warmup, kernel):
+    patched = any_weights
     n, window = 14, 16
     g = torch.Generator().manual_seed(0)
     lat = torch.randn(1, 4, n, 8, 8, generator=g)
@@ -172,19 +183,26 @@ class NaiveTemporalAttention:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-@pytest.mark.parametrize("warmup,kernel", [(8, "vector"), (0, "vector"), (8, "sdpa")])
-def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup, kernel):
-    n, window = 32, 16  # twice the window: the ring wraps and re-positions repeatedly
+def _fresh(weights: str):
+    if weights == "trained":
+        return trained_components()
     comps = tiny_components(fresh=True)
     randomise_motion_out(comps.unet)
+    return comps
+
+
+@pytest.mark.parametrize("weights", ["random", "trained"])
+@pytest.mark.parametrize("warmup,kernel", [(8, "vector"), (0, "vector"), (8, "sdpa")])
+def test_cache_equivalence_long_stream_equals_naive_recomputation(warmup, kernel, weights):
+    n, window = 32, 16  # twice the window: the ring wraps and re-positions repeatedly
+    comps = _fresh(weights)
     g = torch.Generator().manual_seed(1)
     lat = torch.randn(1, 4, n, 4, 4, generator=g)
     emb = prompt_embeds(comps, n)
     t = torch.tensor(400)
     streamed, _ = _stream_unet(comps, lat, emb, t, warmup, window, kernel)
 
-    naive = tiny_components(fresh=True)
-    randomise_motion_out(naive.unet)
+    naive = _fresh(weights)
     install_stream_attention(
         naive.unet, n_steps=1, window=window, warmup=warmup
     )  # per-frame norm, deferred pe

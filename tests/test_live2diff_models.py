@@ -50,7 +50,7 @@ def test_tiny_components_shapes_and_helpers():
 
 
 def test_random_taesd_vae_round_trip_shapes():
-    cfg = model_cfg("tiny", "model.vae.kind=tiny")
+    cfg = model_cfg("tiny_random", "model.vae.kind=tiny")
     c = build_components(cfg)
     assert type(c.vae).__name__ == "AutoencoderTiny" and c.vae_scale_factor == 8
     z = vae_encode(c, torch.rand(2, 3, 64, 64))
@@ -60,13 +60,13 @@ def test_random_taesd_vae_round_trip_shapes():
 
 
 def test_tests_build_what_make_eval_builds():
-    """The model tests use is conf/model/tiny.yaml itself (no second, drifting copy in Python)."""
+    """The random model tests use is conf/model/tiny_random.yaml itself (no second, drifting copy in Python)."""
     from omegaconf import OmegaConf
 
     from tests.conftest import CONF
 
-    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny.yaml"), resolve=True)
-    assert resolve_model_cfg("tiny") == resolve_model_cfg(yaml) == resolve_model_cfg(tiny_cfg(0))
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny_random.yaml"), resolve=True)
+    assert resolve_model_cfg("tiny_random") == resolve_model_cfg(yaml) == resolve_model_cfg(tiny_cfg(0))
     assert not hasattr(__import__("live2diff.models").models, "PRESETS")
 
 
@@ -111,7 +111,7 @@ def test_unet2d_shares_spatial_weights():
 def test_missing_weight_file_names_path_and_config_key(tmp_path, key):
     missing = tmp_path / f"no_{key}.safetensors"
     with pytest.raises(MissingWeightsError) as err:
-        build_components({"size": "tiny", "weights": {key: str(missing)}})
+        build_components({"size": "tiny_random", "weights": {key: str(missing)}})
     assert str(missing) in str(err.value) and f"model.weights.{key}" in str(err.value)
 
 
@@ -215,7 +215,7 @@ def test_build_components_loads_motion_checkpoint_from_config(tmp_path):
         "lcm_lora": "none",
         "motion": str(tmp_path / "live2diff.ckpt"),
     }
-    loaded = build_components({"size": "tiny", "weights": weights})
+    loaded = build_components({"size": "tiny_random", "weights": weights})
     conv = convert_reference_state_dict(ref)
     own = loaded.unet.state_dict()
     assert all(torch.equal(own[k], v) for k, v in conv.unet.items())
@@ -287,7 +287,7 @@ def test_diffusers_folder_weights_are_loaded(tmp_path):
     src.scheduler.save_pretrained(base / "scheduler")
     _write_clip_tokenizer(base / "tokenizer")
     rest = {"motion": "random", "depth": "random", "lcm_lora": "none"}
-    c = build_components({"size": "tiny", "weights": {"base": str(base), **rest}})
+    c = build_components({"size": "tiny_random", "weights": {"base": str(base), **rest}})
     own = c.unet.state_dict()
     for k, v in src.unet.state_dict().items():
         if "motion_modules" not in k:
@@ -298,7 +298,7 @@ def test_diffusers_folder_weights_are_loaded(tmp_path):
     assert torch.equal(ids_hf, ids_oc)  # both pad with <|endoftext|>, as SD1.x's CLIPTokenizer
     (base / "tokenizer" / "vocab.json").unlink()
     with pytest.raises(MissingWeightsError, match="vocab.json"):
-        build_components({"size": "tiny", "weights": {"base": str(base), **rest}})
+        build_components({"size": "tiny_random", "weights": {"base": str(base), **rest}})
 
 
 def test_clip_skip_follows_the_reference():

@@ -194,11 +194,23 @@ def test_method_configs_compose_and_instantiate():
         assert sorted(i for i, _ in out) == [0, 1, 2]
 
 
-def test_short_stream_through_the_pipeline_equals_one_masked_offline_denoising(live2diff):
+@pytest.fixture(scope="module")
+def live2diff_trained():
+    """Live2Diff on the project's trained tiny model (model=tiny: conf/model/tiny.yaml + shipped weights)."""
+    from tests.conftest import compose
+
+    torch.set_num_threads(1)
+    return Live2DiffMethod(model=compose(["model=tiny"]).model)
+
+
+@pytest.mark.parametrize("weights", ["live2diff", "live2diff_trained"])
+def test_short_stream_through_the_pipeline_equals_one_masked_offline_denoising(request, weights):
     """Whole pipeline (3 LCM steps, stream batch, depth, VAE): a stream no longer than the window equals denoising
-    all frames at once at each step with the training mask (warmup block bidirectional, then causal)."""
+    all frames at once at each step with the training mask (warmup block bidirectional, then causal) — on random
+    weights and on the trained model."""
     from live2diff.attention import causal_warmup_mask
 
+    live2diff = request.getfixturevalue(weights)
     n, size = 13, 32
     clip = frames(n, size=size)
     streamed = dict(_run(live2diff, clip, seed=4))

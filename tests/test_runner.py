@@ -51,7 +51,9 @@ def test_identity_on_synthetic_writes_everything(tmp_path):
     assert {"git", "packages", "device", "seed", "time", "config"} <= set(prov)
     assert prov["config"]["dataset"]["num_videos"] == 2 and prov["seed"] == 42
     assert prov["packages"]["torch"]
-    assert "random-initialised weights" in (d / "summary.md").read_text()
+    summary_md = (d / "summary.md").read_text()
+    assert "tiny model trained by the project (not SD1.5" in summary_md  # model=tiny is the trained default
+    assert "random-initialised weights" not in summary_md
     html = (d / "report.html").read_text()
     assert "data:image/png;base64," in html and "Frame diff" in html
     # identity's frame diff is the input's own consecutive-frame difference

@@ -8,6 +8,7 @@ import torch
 
 from live2diff import train_tiny
 from live2diff.models import build_components
+from tests.conftest import compose
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +27,33 @@ def _tiny_args(**kw):
     for k, v in kw.items():
         setattr(args, k, v)
     return args
+
+
+def test_model_tiny_loads_the_shipped_weights_and_a_24_frame_run_reconstructs_the_input():
+    from hydra.utils import instantiate
+
+    from eval.datasets.synthetic import generate_clip
+    from eval.metrics.warp_error import WarpError
+
+    cfg = compose(["method=[live2diff]", "model=tiny"])
+    path = train_tiny.resolve_trained_path(cfg.model.weights.trained)
+    assert path.is_file() and path.stat().st_size < 16e6
+    method = instantiate(cfg.method.live2diff)
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(path))
+    state = method.components.unet.state_dict()
+    for key in ("conv_in.weight", "down_blocks.0.motion_modules.0.proj_out.weight"):
+        torch.testing.assert_close(state[key], shipped[f"unet.{key}"].float(), rtol=0, atol=0)
+    clip = generate_clip(24, 64, 64, seed=0).frames
+    method.prepare("a pencil sketch", height=64, width=64, seed=42)
+    out = dict(p for i in range(24) for p in method.push(i, clip[i]))
+    out.update(method.flush())
+    y = torch.stack([out[i] for i in range(24)])
+    l1 = float((y - clip).abs().mean() * 255)
+    warp = float(WarpError().score_frames(y, clip, None).nanmean())
+    # random weights give ~90-100 grey levels on both; the trained model keeps the input's structure
+    assert l1 < 30 and warp < 20, (l1, warp)
 
 
 def test_a_few_training_steps_reduce_the_loss():
@@ -54,3 +82,16 @@ def test_training_is_reproducible_and_the_file_round_trips(tmp_path):
     loaded = build_components(cfg)
     for k, v in train_tiny.trainable_state(loaded).items():
         torch.testing.assert_close(v, sa[k].to(torch.float16).float(), rtol=0, atol=0)
+
+
+def test_weights_that_do_not_fit_the_architecture_are_refused_naming_the_file(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = compose(["model=tiny_random"]).model
+    cfg = OmegaConf.to_container(cfg, resolve=True)
+    cfg["weights"]["trained"] = str(train_tiny.DEFAULT_OUT)
+    with pytest.raises(ValueError, match="tiny_trained.safetensors.*model.weights.trained.*tiny_random"):
+        build_components(cfg)
+    cfg["weights"]["trained"] = str(tmp_path / "absent.safetensors")
+    with pytest.raises(FileNotFoundError, match="model.weights.trained"):
+        build_components(cfg)
