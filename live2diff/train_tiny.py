@@ -223,7 +223,7 @@ class Trainer:
     """Holds the data pool (latents, depth latents) and the components; runs the two stages."""
 
     def __init__(self, args: argparse.Namespace):
-        from live2diff.models import build_components, depth_latents, encode_prompt, vae_encode
+        from live2diff.components import build_components, depth_latents, encode_prompt, vae_encode
 
         self.args = args
         self.rng = np.random.default_rng(args.seed)
@@ -306,7 +306,7 @@ class Trainer:
         return x, tt, eps, self.embeds(b)
 
     def train_image(self, log_every: int = 50) -> list[dict]:
-        from live2diff.models import build_unet2d
+        from live2diff.components import build_unet2d
 
         a = self.args
         u2 = build_unet2d(self.comps).train().requires_grad_(True)

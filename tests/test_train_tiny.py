@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from live2diff import train_tiny
-from live2diff.models import build_components
+from live2diff.components import build_components
 from tests.conftest import compose
 
 
