@@ -127,7 +127,17 @@ SYSTEM_METRICS = _table(
     _system("first_frame_latency_ms", "First-frame latency", "ms", False),
     _system("call_p50_ms", "Per-call time p50", "ms", False),
     _system("fps", "Throughput", "FPS", True),
-    _system("steady_fps", "Steady-state FPS", "FPS", True),
+    MetricDescriptor(
+        "steady_fps",
+        "Steady-state FPS",
+        "FPS",
+        True,
+        "system",
+        notes=(
+            "pushes after the method's steady_state_frames, divided by their summed call time (eval/timing.py "
+            "steady_fps); empty when a video is shorter than the method's steady state",
+        ),
+    ),
     MetricDescriptor(
         "peak_mem_mb",
         "Peak memory",

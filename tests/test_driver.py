@@ -272,3 +272,46 @@ def test_cuda_peak_memory_is_reset_per_unit_and_outputs_come_back_to_the_cpu():
     small = run_stream(CudaHoard(0), frames)  # a later unit does not inherit the earlier one's peak
     assert small.peak_mem_mb < 16
     assert all(o.device.type == "cpu" and o.dtype == torch.float32 for o in small.outputs)
+
+
+class Buffering:
+    """Free pushes while it fills a buffer of ``steady_state_frames`` frames, then ``cost`` per push, with all the
+    work of every ``burst`` pushes done in the last of them (a window method's bursty calls)."""
+
+    lookahead = 0
+
+    def __init__(self, clock: FakeClock, buffer: int, cost: float, burst: int = 1):
+        self.clock, self.buffer, self.cost, self.burst = clock, buffer, cost, burst
+        self.steady_state_frames = buffer
+        self.n = 0
+
+    def prepare(self, prompt, *, height, width, seed):
+        self.n = 0
+
+    def push(self, index, frame):
+        self.n += 1
+        if self.n > self.buffer and (self.n - self.buffer) % self.burst == 0:
+            self.clock.advance(self.cost * self.burst)
+        return [(index, frame)]
+
+    def flush(self):
+        return []
+
+    def reset(self):
+        pass
+
+
+@pytest.mark.parametrize("burst", [1, 4])
+def test_steady_fps_leaves_out_the_pushes_before_the_steady_state_and_charges_bursts(burst):
+    clock = FakeClock()
+    rec = run_stream(Buffering(clock, buffer=8, cost=0.1, burst=burst), torch.rand(24, 3, 4, 4), clock=clock)
+    assert rec.steady_from == 8
+    # 16 steady pushes cost 1.6 s in all: 10 FPS (a median of per-call times would give 0 s -> inf, or 0 s
+    # -> inf for the bursty one, and the first 8 free pushes would push any average up)
+    assert summarise(rec)[1]["steady_fps"] == pytest.approx(10.0)
+
+
+def test_steady_fps_is_empty_when_the_stream_never_reached_its_steady_state():
+    clock = FakeClock()
+    rec = run_stream(Buffering(clock, buffer=8, cost=0.1), torch.rand(8, 3, 4, 4), clock=clock)
+    assert np.isnan(summarise(rec)[1]["steady_fps"])
