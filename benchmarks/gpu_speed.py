@@ -8,8 +8,9 @@ Per method and mode, in one process (methods built one at a time, freed before t
 * **end-to-end latency p50 / p95**: for each frame pushed in the timed window, from the start of its push to the end
   of the push that emitted it, device synchronised and the frame copied to the CPU (pipeline lag included);
 * **peak memory**: ``torch.cuda.max_memory_allocated`` over build + run (CPU: the process's peak RSS, process-wide);
-* **MFU**: FLOPs of one steady-state push counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
-  convolutions, attention; eager model) x FPS / the card's dense fp16 peak (``--peak-tflops`` overrides; none on CPU).
+* **MFU**: FLOPs per emitted frame, counted with ``torch.utils.flop_counter.FlopCounterMode`` over ``--flop-pushes``
+  more steady-state pushes (matmuls, convolutions, attention; eager model), x FPS / the card's dense fp16 peak
+  (``--peak-tflops`` overrides; none on CPU).
 
     python benchmarks/gpu_speed.py                      # GPU: sd15 shapes, 512^2, float16, every method
     python benchmarks/gpu_speed.py --smoke              # CPU: tiny model, 64^2, float32 (proves the script works)
@@ -112,7 +113,7 @@ def measure(name: str, args, compiled: bool) -> dict:
     m = instantiate(mcfg, _convert_="all")
     build_s = time.perf_counter() - t0
     warm = method_steady_state_frames(m) + 2
-    frames = clip(warm + args.frames + 1, args.size)
+    frames = clip(warm + args.frames + args.flop_pushes, args.size)
     m.prepare("a watercolor painting of a street", height=args.size, width=args.size, seed=42)
     push_t: dict[int, float] = {}
     emit_t: dict[int, float] = {}
@@ -138,12 +139,13 @@ def measure(name: str, args, compiled: bool) -> dict:
         elapsed = time.perf_counter() - start
         emitted = len(emit_t)
         flops = None
-        if not compiled:  # one more steady-state push, counted (eager: the compiled graph does the same math)
-            counter = FlopCounterMode(display=False)
+        if not compiled:  # more steady-state pushes, counted (eager: the compiled graph does the same math)
+            counter, counted = FlopCounterMode(display=False), 0
             with counter:
-                m.push(warm + args.frames, frames[warm + args.frames])
+                for i in range(warm + args.frames, warm + args.frames + args.flop_pushes):
+                    counted += len(m.push(i, frames[i]))
             sync(device)
-            flops = counter.get_total_flops()
+            flops = counter.get_total_flops() / counted if counted else None  # per emitted frame
     lat = sorted(emit_t[i] - push_t[i] for i in push_t if i in emit_t)
     comps = getattr(m, "components", None)
     dtypes = {}
@@ -172,7 +174,7 @@ def measure(name: str, args, compiled: bool) -> dict:
         "latency_n": len(lat),
         "peak_mem_MiB": peak_mem,
         "peak_mem_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
-        "flops_per_push": flops,
+        "flops_per_frame": flops,
         "component_dtypes": dtypes,
         "build_s": build_s,
         "warmup_s": warm_s,
@@ -183,10 +185,10 @@ def measure(name: str, args, compiled: bool) -> dict:
 
 
 def add_mfu(rows: list[dict], peak: float | None) -> None:
-    flops = {r["method"]: r.get("flops_per_push") for r in rows if r["mode"] == "eager"}
+    flops = {r["method"]: r.get("flops_per_frame") for r in rows if r["mode"] == "eager"}
     for r in rows:
-        f = flops.get(r["method"])
-        r["flops_per_push"] = f
+        f = flops.get(r["method"]) if r.get("status") == "ok" else None
+        r["flops_per_frame"] = f
         ok = r.get("status") == "ok" and f and peak and r.get("fps")
         r["mfu"] = f * r["fps"] / (peak * 1e12) if ok else None
 
@@ -223,11 +225,11 @@ def markdown(result: dict) -> str:
             "",
         ]
     lines = [
-        "| method | mode | FPS | e2e p50 ms | e2e p95 ms | peak mem MiB | GFLOP/push | MFU | status |",
+        "| method | mode | FPS | e2e p50 ms | e2e p95 ms | peak mem MiB | GFLOP/frame | MFU | status |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        f = r.get("flops_per_push")
+        f = r.get("flops_per_frame")
         lines.append(
             f"| {r['method']} | {r['mode']} | {fmt(r.get('fps'))} | {fmt(r.get('latency_ms_p50'))} "
             f"| {fmt(r.get('latency_ms_p95'))} | {fmt(r.get('peak_mem_MiB'), '.0f')} "
@@ -239,8 +241,8 @@ def markdown(result: dict) -> str:
         "that emitted it (device synchronised, frame on the CPU), so a stream batch's pipeline lag is included. "
         "Peak memory: "
         + ("CUDA max allocated per row." if not result.get("smoke") else "process peak RSS (CPU).")
-        + " FLOPs: one steady-state push counted on the eager model (matmuls, convolutions, attention), used for "
-        "both modes. Compiled: `hardware.compile=true` (torch.compile of the UNet, temporal attention eager, CUDA "
+        + " FLOPs per emitted frame: `--flop-pushes` further steady-state pushes counted on the eager model "
+        "(matmuls, convolutions, attention), divided by the frames they emitted; used for both modes. Compiled: `hardware.compile=true` (torch.compile of the UNet, temporal attention eager, CUDA "
         "graphs on CUDA); methods without that option show n/a.",
         "",
         f"Command: `{result['command']}`",
@@ -265,6 +267,7 @@ def main() -> None:
         "--t-index-list", type=int, nargs="+", default=[30, 40], help="the reference demo's 2 steps"
     )
     ap.add_argument("--frames", type=int, default=60, help="timed pushes per row")
+    ap.add_argument("--flop-pushes", type=int, default=16, help="pushes whose FLOPs are counted (eager)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
