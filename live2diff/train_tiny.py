@@ -31,7 +31,8 @@ meaning for this model (it has only learnt to reconstruct video), they only exer
 Depth conditioning uses the frozen random ``TinyDepthNet`` stand-in (a fixed random filter bank, not a depth
 estimator): the mapping network learns to use whatever structure its map carries.
 
-Reproducible: the same command (same ``--threads``) gives the same weights, bit for bit.
+Seeded: the same command (same ``--threads``) repeats the same run — bit for bit in the tests' short runs, also
+across processes; the shipped file's own long run was not bit-reproduced later (see tiny_trained.md).
 """
 
 from __future__ import annotations
