@@ -8,6 +8,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # also for the run_eval.py subprocesses
+if "LIVE2DIFF_BENCH_CACHE" not in os.environ:  # weights digests (eval/keys.py): not into the user's ~/.cache
+    import tempfile
+
+    os.environ["LIVE2DIFF_BENCH_CACHE"] = tempfile.mkdtemp(prefix="live2diff-bench-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
