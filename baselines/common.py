@@ -35,6 +35,7 @@ from live2diff.models import (
     vae_decode,
     vae_encode,
 )
+from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,20 @@ def seeded_noise(shape: tuple[int, ...], *keys: int) -> Tensor:
     return torch.randn(shape, generator=g)
 
 
-def build_image_components(model: Any, device: str, dtype: str) -> Components:
+def build_image_components(
+    model: Any, device: str, dtype: str, noise_schedule: str | None = None
+) -> Components:
     """Components with the motion UNet replaced by a plain 2D UNet of the same spatial weights (the motion UNet is
-    dropped, so it does not count in the baseline's memory)."""
+    dropped, so it does not count in the baseline's memory), the LCM scheduler on ``noise_schedule``'s betas
+    (:mod:`live2diff.noise_schedule`; None = the model config's)."""
     comps = build_components(model, device, dtype)
-    return dataclasses.replace(comps, unet=build_unet2d(comps), depth=None, depth_mapper=None)
+    return dataclasses.replace(
+        comps,
+        unet=build_unet2d(comps),
+        depth=None,
+        depth_mapper=None,
+        scheduler=scheduler_with_betas(comps.scheduler, noise_schedule),
+    )
 
 
 def latent_size(comps: Components, height: int, width: int) -> tuple[int, int]:
@@ -90,10 +100,14 @@ class LatentStreamMethod:
         "initialize" (RCFG onetime-negative: one extra row, the newest frame with the negative prompt, whose
         prediction initialises that frame's stock noise). guidance_scale (all CFG is off at <= 1), delta and
         negative_prompt as in StreamDiffusion.
+      noise_schedule: the betas LCM runs on — "scaled_linear" (SD1.5's, what StreamDiffusion and StreamV2V take
+        from the pipeline), "linear" (Live2Diff's DDIM kwargs) or "model" (the model config's scheduler as is);
+        the resolved name is ``self.noise_schedule`` (recorded per unit for the report).
     """
 
     lookahead = 0
     initial_block = 0
+    offline_reference = False  # True: per-call time is not a streaming speed (see animatediff_window)
 
     def __init__(
         self,
@@ -108,12 +122,14 @@ class LatentStreamMethod:
         delta: float = 1.0,
         num_inference_steps: int = 50,
         negative_prompt: str = "",
+        noise_schedule: str | None = "model",
     ) -> None:
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         if cfg_type not in CFG_TYPES:
             raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r}")
-        self.comps = build_image_components(model, device, dtype)
+        self.comps = build_image_components(model, device, dtype, noise_schedule)
+        self.noise_schedule = schedule_name(self.comps.scheduler)
         self.device = self.comps.device
         self.schedule: LCMSchedule = make_lcm_schedule(
             self.comps.scheduler, t_index_list, num_inference_steps

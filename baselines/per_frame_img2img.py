@@ -13,7 +13,8 @@ class PerFrameImg2Img(LatentStreamMethod):
     """Each push runs all ``len(t_index_list)`` steps on its own frame and returns it at once (no pipeline lag).
 
     ``noise="per_frame"`` (default) draws fresh noise per frame, as independent img2img calls do; ``"fixed"``
-    reuses one noise tensor per step for every frame."""
+    reuses one noise tensor per step for every frame. ``noise_schedule`` defaults to SD1.5's ``scaled_linear`` (an
+    img2img call of the SD1.5 pipeline with LCM-LoRA)."""
 
     def __init__(
         self,
@@ -24,6 +25,7 @@ class PerFrameImg2Img(LatentStreamMethod):
         noise: str = "per_frame",
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,
+        noise_schedule: str | None = "scaled_linear",
     ) -> None:
         super().__init__(
             model,
@@ -35,4 +37,5 @@ class PerFrameImg2Img(LatentStreamMethod):
             cfg_type="none",
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
+            noise_schedule=noise_schedule,
         )

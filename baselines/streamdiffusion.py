@@ -43,6 +43,7 @@ class StreamDiffusion(LatentStreamMethod):
         similar_image_filter_max_skip_frame: int = 10,
         num_inference_steps: int = 50,
         negative_prompt: str = "",
+        noise_schedule: str | None = "scaled_linear",
     ) -> None:
         self.filter = (
             SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
@@ -61,6 +62,7 @@ class StreamDiffusion(LatentStreamMethod):
             delta=delta,
             num_inference_steps=num_inference_steps,
             negative_prompt=negative_prompt,
+            noise_schedule=noise_schedule,
         )
 
     def reset(self) -> None:

@@ -197,6 +197,7 @@ class StreamV2V(StreamDiffusion):
         fusion_threshold: float = 0.98,
         fusion_layers: list[str] | tuple[str, ...] = ("up_blocks.0", "up_blocks.1", "mid_block"),
         num_inference_steps: int = 50,
+        noise_schedule: str | None = "scaled_linear",
     ) -> None:
         if cfg_type in ("full", "initialize") and float(guidance_scale) > 1.0:
             raise ValueError(
@@ -227,6 +228,7 @@ class StreamV2V(StreamDiffusion):
             similar_image_filter_threshold=similar_image_filter_threshold,
             similar_image_filter_max_skip_frame=similar_image_filter_max_skip_frame,
             num_inference_steps=num_inference_steps,
+            noise_schedule=noise_schedule,
         )
         procs = {}
         for name, proc in self.comps.unet.attn_processors.items():

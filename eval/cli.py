@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval import results
+from eval.method_notes import method_notes
 from eval.results import Reference
 from eval.runner import Runner, RunnerSettings, RunSummary, build_metrics
 from eval.store import UnitStore, claim_run_dir, finish_run_dir
@@ -91,6 +92,9 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     refs = [Reference.from_config(r) for r in (OmegaConf.to_container(refs, resolve=True) if refs else [])]
     weights = (cfg.get("model") or {}).get("weights") or {}
     notes = weight_notes(str(cfg.model.get("size", "?")), dict(weights))
+    notes += method_notes(
+        resolved.get("method") or {}, resolved.get("diffusion") or {}, resolved.get("model") or {}
+    )
     results.write_header(
         run_dir,
         provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from live2diff.components import build_components
+from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 from live2diff.pipeline import Live2DiffStream, compile_unet
 from live2diff.similar_filter import SimilarImageFilter
 
@@ -43,13 +45,19 @@ class Live2DiffMethod:
         similar_image_filter: bool = False,
         similar_image_filter_threshold: float = 0.98,
         similar_image_filter_max_skip_frame: int = 10,
+        noise_schedule: str | None = "linear",
     ):
         if threads:
             torch.set_num_threads(int(threads))
         if isinstance(depth, str):
             depth = depth.lower() not in ("none", "off", "false", "no")
         self.device = torch.device(device)
-        self.components = build_components(model, self.device, dtype)
+        comps = build_components(model, self.device, dtype)
+        # the reference's LCM runs on its DDIM kwargs' linear betas (live2diff/noise_schedule.py)
+        self.components = dataclasses.replace(
+            comps, scheduler=scheduler_with_betas(comps.scheduler, noise_schedule)
+        )
+        self.noise_schedule = schedule_name(self.components.scheduler)
         self.stream = Live2DiffStream(
             self.components,
             t_index_list=list(t_index_list),

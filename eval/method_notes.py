@@ -1,0 +1,82 @@
+"""Notes for the report header that say how the methods of a run were set up, so a table never hides an unequal
+comparison: a method whose denoising setting differs from the shared ``diffusion:`` block, each method's noise
+schedule, and methods whose per-call time is not a streaming speed.
+
+Generic over methods: it reads the resolved method configs (keys the ``diffusion:`` block shares, the stated
+``noise_schedule``) and one class attribute (``offline_reference``), never a concrete method name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(v: Any) -> str:
+    return "[" + ", ".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
+
+
+def override_notes(methods: dict[str, dict], shared: dict[str, Any]) -> list[str]:
+    """A note per (method, key) whose resolved value differs from ``diffusion.<key>`` (only keys the method has:
+    a method without classifier-free guidance is not compared on it)."""
+    notes = []
+    for name, mcfg in methods.items():
+        diffs = [
+            f"{key} {_fmt(mcfg[key])} (shared diffusion.{key}: {_fmt(value)})"
+            for key, value in shared.items()
+            if key in mcfg and mcfg[key] != value
+        ]
+        if diffs:
+            notes.append(f"{name} overrides the shared denoising setting: " + "; ".join(diffs))
+    return notes
+
+
+def schedule_note(methods: dict[str, dict], model: dict) -> str | None:
+    """Which betas each diffusion method's sampler runs on (the same t_index_list is a different strength on
+    different betas)."""
+    sched = model.get("scheduler") or {}
+    model_sched = (
+        "the base's scheduler/ config" if sched.get("from_base") else sched.get("beta_schedule", "?")
+    )
+    parts = []
+    for name, mcfg in methods.items():
+        if "noise_schedule" not in mcfg:
+            continue
+        s = mcfg["noise_schedule"]
+        parts.append(f"{name} {model_sched if s in (None, 'model') else s}")
+    return "Noise schedule (betas) per method: " + ", ".join(parts) if parts else None
+
+
+def offline_notes(methods: dict[str, dict]) -> list[str]:
+    """Methods that declare ``offline_reference = True``: most pushes only buffer, one push runs a whole window, so
+    the per-call time (and steady-state FPS) is not their speed."""
+    from hydra.utils import get_class
+
+    notes = []
+    for name, mcfg in methods.items():
+        target = mcfg.get("_target_")
+        if not target:
+            continue
+        try:
+            cls = get_class(target)
+        except Exception:  # noqa: BLE001 - the run reports an unbuildable method itself
+            log.debug("cannot import %s for %s", target, name)
+            continue
+        if getattr(cls, "offline_reference", False):
+            notes.append(
+                f"{name} is an offline reference (it holds frames until its window is full): its per-call time is "
+                "bursty, so per-call p50 and steady-state FPS are not its speed; read throughput and end-to-end "
+                "latency"
+            )
+    return notes
+
+
+def method_notes(methods: dict[str, dict], shared: dict[str, Any], model: dict) -> list[str]:
+    """All of the above, for ``notes.json``. ``methods``/``shared``/``model``: resolved plain containers."""
+    notes = override_notes(methods, shared)
+    s = schedule_note(methods, model)
+    if s:
+        notes.append(s)
+    return notes + offline_notes(methods)

@@ -1,0 +1,118 @@
+"""Equal settings across methods (issue 11): one shared denoising setting, a note for every method that differs, each
+method's noise schedule stated and the reference's, variants that inherit their base config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from eval.method_notes import method_notes, override_notes
+from tests.conftest import CONF, compose
+
+METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+
+
+def resolved(overrides: list[str]) -> dict:
+    return OmegaConf.to_container(compose(overrides), resolve=True)
+
+
+def diffusion_methods(cfg: dict) -> dict[str, dict]:
+    return {n: m for n, m in cfg["method"].items() if "t_index_list" in m}
+
+
+def test_every_diffusion_method_takes_the_shared_setting():
+    cfg = resolved([f"method=[{','.join(METHODS)}]", "diffusion.t_index_list=[25,34,43]"])
+    methods = diffusion_methods(cfg)
+    assert len(methods) >= 10, sorted(methods)
+    assert {n: m["t_index_list"] for n, m in methods.items()} == {n: [25, 34, 43] for n in methods}
+    for name in METHODS:  # no method file hard-codes its own t_index_list
+        text = (CONF / "method" / f"{name}.yaml").read_text()
+        assert "t_index_list: [" not in text, f"{name}.yaml repeats t_index_list instead of ${{diffusion...}}"
+
+
+@pytest.mark.parametrize("name", ["paper_table1", "paper_speed"])
+def test_paper_experiments_set_one_t_index_list_for_all(name):
+    cfg = resolved([f"experiment={name}", "dataset.root=/nonexistent"])
+    lists = {n: tuple(m["t_index_list"]) for n, m in diffusion_methods(cfg).items()}
+    assert len(set(lists.values())) == 1, f"unequal denoising settings in {name}: {lists}"
+    assert set(lists.values()) == {(30, 40)}
+
+
+@pytest.mark.parametrize(
+    "variant,base,keys",
+    [
+        ("live2diff_ssf", "live2diff", {"similar_image_filter"}),
+        ("live2diff_nodepth", "live2diff", {"depth"}),
+        ("live2diff_nowarmup", "live2diff", {"warmup"}),
+        ("live2diff_window", "live2diff", {"warmup", "attention"}),
+        ("streamdiffusion_ssf", "streamdiffusion", {"similar_image_filter"}),
+        ("streamv2v_fifo", "streamv2v", {"bank_size", "update", "update_interval"}),
+    ],
+)
+def test_variants_inherit_their_base(variant, base, keys):
+    """A variant = its base + the keys it changes; a change to the base's file reaches the variant, a command-line
+    override of one method does not reach the other."""
+    text = (CONF / "method" / f"{variant}.yaml").read_text()
+    assert f"{base}@_here_" in text and "_target_" not in text, f"{variant}.yaml copies {base}.yaml"
+    cfg = resolved([f"method=[{base},{variant}]", f"method.{base}.dtype=float64"])
+    a, b = cfg["method"][base], cfg["method"][variant]
+    assert a["dtype"] == "float64" and b["dtype"] == "float32"
+    b["dtype"] = a["dtype"]
+    assert set(a) <= set(b)
+    assert {k for k in b if a.get(k) != b[k]} == keys
+
+
+def test_report_notes_name_every_override_and_schedule():
+    cfg = resolved(
+        [
+            "method=[live2diff,streamdiffusion,streamv2v,animatediff_window,identity]",
+            "method.live2diff.t_index_list=[30,40]",
+        ]
+    )
+    notes = method_notes(cfg["method"], cfg["diffusion"], cfg["model"])
+    text = "\n".join(notes)
+    assert "live2diff overrides the shared denoising setting: t_index_list [30, 40] (shared" in text
+    assert "streamdiffusion overrides the shared denoising setting: guidance_scale 1.2" in text
+    assert "streamv2v overrides" not in text and "identity" not in text
+    sched = [n for n in notes if n.startswith("Noise schedule")]
+    assert sched == [
+        "Noise schedule (betas) per method: live2diff linear, streamdiffusion scaled_linear, streamv2v scaled_linear, "
+        "animatediff_window linear"
+    ]
+    assert any(n.startswith("animatediff_window is an offline reference") for n in notes)
+    # equal settings: no override note at all
+    assert override_notes({"a": {"t_index_list": [1, 2]}, "b": {}}, {"t_index_list": [1, 2]}) == []
+
+
+def _alpha_sqrt(schedule: str, t: int) -> float:
+    """SD1.5 / Live2Diff betas written out: 1000 steps, 0.00085 .. 0.012, linear or linear in sqrt (scaled)."""
+    b0, b1 = 0.00085, 0.012
+    if schedule == "linear":
+        betas = torch.linspace(b0, b1, 1000, dtype=torch.float64)
+    else:
+        betas = torch.linspace(b0**0.5, b1**0.5, 1000, dtype=torch.float64) ** 2
+    return float(torch.cumprod(1 - betas, 0)[t].sqrt())
+
+
+@pytest.mark.parametrize(
+    "name,schedule",
+    [
+        ("streamdiffusion", "scaled_linear"),
+        ("streamv2v", "scaled_linear"),
+        ("per_frame_img2img", "scaled_linear"),
+        ("animatediff_window", "linear"),
+        ("live2diff", "linear"),
+    ],
+)
+def test_each_method_runs_on_its_references_betas(name, schedule):
+    from hydra.utils import instantiate
+
+    cfg = compose([f"method=[{name}]"])
+    m = instantiate(cfg.method[name], _convert_="all")
+    assert m.noise_schedule == schedule
+    sched = m.stream.schedule if hasattr(m, "stream") else m.schedule
+    want = [_alpha_sqrt(schedule, int(t)) for t in sched.timesteps]
+    torch.testing.assert_close(
+        sched.alpha_sqrt.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0
+    )
