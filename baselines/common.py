@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -82,7 +82,6 @@ class InFlight:
     latent: Tensor  # [1, C, h, w] at timestep t_index_list[step]
     step: int = 0
     stock: Tensor | None = None
-    riders: list[int] = field(default_factory=list)  # skipped frames that take this frame's output
 
 
 class LatentStreamMethod:
@@ -205,8 +204,6 @@ class LatentStreamMethod:
 
     def reset(self) -> None:
         self.in_flight: deque[InFlight] = deque()  # newest first = noisiest first
-        self.last_processed: InFlight | None = None
-        self.last_output: tuple[int, Tensor] | None = None
         self._prepared = False
 
     # -- hooks --------------------------------------------------------------------------------------------------
@@ -258,7 +255,6 @@ class LatentStreamMethod:
         item = InFlight(index, self.schedule.add_noise(x0, self.noise(index, 0), 0))
         if self.use_rcfg:
             item.stock = self.noise(index, 0).clone()
-        self.last_processed = item
         return item
 
     @torch.no_grad()
@@ -306,6 +302,4 @@ class LatentStreamMethod:
             images = self.decode(torch.cat([x for _, x in done]))
             for (row, _), img in zip(done, images):
                 out.append((row.index, img))
-                out += [(j, img.clone()) for j in row.riders]
-                self.last_output = (row.index, img)
         return out

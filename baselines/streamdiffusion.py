@@ -7,10 +7,13 @@
   plus the residual implied by the previous step), so guidance costs no second UNet pass. ``initialize`` adds one
   row (the newest frame with the negative prompt) whose prediction initialises that frame's stock noise; ``full``
   is classic CFG (every row twice); ``none`` turns guidance off.
-* **Stochastic similarity filter**: a frame whose cosine similarity to the last processed input frame is high is
-  skipped with probability ``max(0, 1 - (1 - cos) / (1 - threshold))`` (at most ``max_skip_frame`` in a row) and
-  takes the output of that last processed frame. The random draw is a function of (seed, frame index), so the skip
-  pattern is reproducible under the seed.
+* **Stochastic similarity filter** (``live2diff/similar_filter.py``, the same policy as ``live2diff_ssf``): a frame
+  whose cosine similarity to the last processed input frame is high is skipped with probability
+  ``max(0, 1 - (1 - cos) / (1 - threshold))`` (the reference's ``max_skip_frame`` counting) and is emitted at once
+  with the last emitted output, as the reference returns ``prev_image_result``. The random draw is a function of
+  (seed, frame index), so the skip pattern is reproducible under the seed.
+* **Noise schedule**: SD1.5's ``scaled_linear`` betas by default, as the reference builds its LCM scheduler from
+  the pipeline's scheduler config.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch import Tensor
 
 from baselines.common import LatentStreamMethod
 from eval.interface import Emission
-from live2diff.similar_filter import SimilarImageFilter
+from live2diff.similar_filter import SimilarFrameSkipper, SimilarImageFilter
 
 __all__ = ["SimilarImageFilter", "StreamDiffusion"]
 
@@ -46,7 +49,7 @@ class StreamDiffusion(LatentStreamMethod):
         noise_schedule: str | None = "scaled_linear",
     ) -> None:
         self.filter = (
-            SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
+            SimilarFrameSkipper(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
             if similar_image_filter
             else None
         )
@@ -67,10 +70,13 @@ class StreamDiffusion(LatentStreamMethod):
 
     def reset(self) -> None:
         super().reset()
-        # indices the similarity filter skipped in this stream (None without a filter: nothing to report)
-        self.skipped: list[int] | None = [] if getattr(self, "filter", None) is not None else None
         if getattr(self, "filter", None) is not None:
             self.filter.reset()
+
+    @property
+    def skipped(self) -> list[int] | None:
+        """Indices the similarity filter skipped in this stream (None without a filter: nothing to report)."""
+        return self.filter.skipped if self.filter is not None else None
 
     @property
     def n_skipped(self) -> int:
@@ -79,14 +85,14 @@ class StreamDiffusion(LatentStreamMethod):
     def admit(self, index: int, frame: Tensor, out: list[Emission]) -> bool:
         if self.filter is None:
             return True
-        if not self.filter.skip_frame(frame, self.seed, index):
+        shown = self.filter.check(index, frame, self.seed)
+        if shown is None:
             return True
-        # Skipped: the frame takes the output of the last processed frame — at once if that one is out already,
-        # otherwise together with it when it leaves the stream batch.
-        self.skipped.append(index)  # type: ignore[union-attr]
-        src = self.last_processed
-        if src is not None and any(r is src for r in self.in_flight):
-            src.riders.append(index)
-        else:
-            out.append((index, self.last_output[1].clone()))
+        out.append((index, shown))  # skipped: the last emitted output, at once
         return False
+
+    def push(self, index: int, frame: Tensor) -> list[Emission]:
+        out = super().push(index, frame)
+        if self.filter is not None:
+            self.filter.emitted(out)
+        return out

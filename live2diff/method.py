@@ -11,7 +11,7 @@ from torch import Tensor
 from live2diff.components import build_components
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 from live2diff.pipeline import Live2DiffStream, compile_unet
-from live2diff.similar_filter import SimilarImageFilter
+from live2diff.similar_filter import SimilarFrameSkipper
 
 
 class Live2DiffMethod:
@@ -22,9 +22,10 @@ class Live2DiffMethod:
     (each output re-denoises the past window), so its lookahead is 0.
 
     ``similar_image_filter`` (off by default, as in the reference's demo config) is the reference pipeline's
-    stochastic similarity filter: a frame too similar to the last processed one is not run through the model (the
-    KV-cache and the stream batch do not see it) and is emitted at once with the last emitted output, as the
-    reference returns ``prev_image_result``. Never during the warm-up, when there is no output to repeat yet.
+    stochastic similarity filter, with the policy every ``*_ssf`` method shares (``live2diff/similar_filter.py``): a
+    frame too similar to the last processed one is not run through the model (the KV-cache and the stream batch do
+    not see it) and is emitted at once with the last emitted output, as the reference returns
+    ``prev_image_result``. The filter starts after the warm-up (the reference warms up in ``prepare``).
     """
 
     def __init__(
@@ -82,17 +83,19 @@ class Live2DiffMethod:
         full_batch = s.n_steps if s.stream_batch else 1
         self.steady_state_frames = s.window if attention == "bidirectional_window" else s.warmup + full_batch
         self.filter = (
-            SimilarImageFilter(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
+            SimilarFrameSkipper(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
             if similar_image_filter
             else None
         )
         self.seed = 0
         self._reset_filter()
 
+    @property
+    def skipped(self) -> list[int] | None:
+        """Indices the similarity filter skipped in this stream (None without a filter: nothing to report)."""
+        return self.filter.skipped if self.filter is not None else None
+
     def _reset_filter(self) -> None:
-        # indices the similarity filter skipped in this stream (None without a filter: nothing to report)
-        self.skipped: list[int] | None = [] if self.filter is not None else None
-        self._last_output: Tensor | None = None
         if self.filter is not None:
             self.filter.reset()
 
@@ -103,14 +106,12 @@ class Live2DiffMethod:
 
     def push(self, index: int, frame: Tensor) -> list[tuple[int, Tensor]]:
         if self.filter is not None:
-            if self._last_output is None:
-                self.filter.observe(frame * 2 - 1)
-            elif self.filter.skip_frame(frame, self.seed, index):
-                self.skipped.append(index)  # type: ignore[union-attr]
-                return [(index, self._last_output.clone())]
+            shown = self.filter.check(index, frame, self.seed)
+            if shown is not None:
+                return [(index, shown)]  # skipped: the last emitted output, at once
         out = self.stream.push(index, frame)
-        if out and self.filter is not None:
-            self._last_output = out[-1][1]
+        if self.filter is not None:
+            self.filter.emitted(out)
         return out
 
     def flush(self) -> list[tuple[int, Tensor]]:

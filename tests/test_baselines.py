@@ -126,29 +126,67 @@ def test_per_frame_img2img_uses_no_other_frame(clip):
 
 # ------------------------------------------------------------------------------------------ similarity filter
 def test_similarity_filter_skips_an_exact_duplicate(clip):
-    frames = torch.stack([clip[0], clip[3], clip[3], clip[6]])  # frame 2 duplicates frame 1
+    """A skipped frame is emitted at once with the last emitted output — with a stream batch (lag 2) that is an
+    older frame's output, as the reference returns prev_image_result — and never reaches the model."""
+    frames = torch.stack([clip[0], clip[2], clip[3], clip[4], clip[4], clip[6]])  # frame 4 duplicates frame 3
     m = StreamDiffusion(similar_image_filter=True, similar_image_filter_threshold=0.98)
     out, when = run(m, frames)
-    assert m.n_skipped == 1
-    assert torch.equal(out[2], out[1]), "a skipped frame takes the last processed frame's output"
-    assert when[2] == when[1], "...and leaves together with it"
-    off, _ = run(StreamDiffusion(similar_image_filter=False), frames)
-    torch.testing.assert_close(out[[0, 1, 3]], off[[0, 1, 3]])
+    assert m.skipped == [4]
+    assert when[4] == 4, "a skipped frame is emitted at once"
+    assert torch.equal(out[4], out[1]), "...with the last emitted output (frame 1's, emitted at push 3)"
+    off, _ = run(StreamDiffusion(similar_image_filter=False), frames[[0, 1, 2, 3, 5]])
+    torch.testing.assert_close(out[[0, 1, 2, 3, 5]], off)  # the model never saw frame 4
+    # no output to repeat yet (pushes 0..2 of a lag-2 batch): a duplicate is processed
+    early = torch.stack([clip[0], clip[0], clip[0], clip[5]])
+    run(m, early)
+    assert m.skipped == []
 
 
 def test_similarity_filter_probability_and_max_skip():
+    """The reference's counting: skip_count is not reset by a processed dissimilar frame, and a skip is refused
+    (the frame processed, the count reset) only once skip_count > max_skip_frame: max_skip_frame + 1 in a row."""
     f = SimilarImageFilter(threshold=0.98, max_skip_frame=3)
     x = torch.rand(3, 8, 8) * 2 - 1
     assert not f.should_skip(x, 0.5)  # the first frame is always processed
-    assert [f.should_skip(x, 0.999) for _ in range(5)] == [
-        True,
-        True,
-        True,
-        False,
-        True,
-    ]  # at most 3 in a row
+    assert [f.should_skip(x, 0.999) for _ in range(6)] == [True, True, True, True, False, True]
     assert f.skip_probability(-x) == 0.0  # dissimilar: never skipped
+    assert [f.should_skip(x, 0.999) for _ in range(2)] == [True, True]  # skip_count is 3 now
+    assert not f.should_skip(-x, 0.999) and f.skip_count == 3, "a processed frame does not reset the count"
+    assert [f.should_skip(-x, 0.999) for _ in range(3)] == [True, False, True]
     assert not SimilarImageFilter(threshold=1.0).should_skip(x, 0.0)  # threshold 1 disables skipping
+
+
+def _reference_filter(threshold, max_skip_frame, frames, samples):
+    """StreamDiffusion's SimilarImageFilter.__call__ transcribed (random.uniform replaced by ``samples``)."""
+    prev, count, skipped = None, 0, []
+    cos = torch.nn.CosineSimilarity(dim=0, eps=1e-6)
+    for i, (x, sample) in enumerate(zip(frames, samples)):
+        if prev is None:
+            prev = x.clone()
+            continue
+        cos_sim = cos(prev.reshape(-1), x.reshape(-1)).item()
+        skip_prob = 0 if threshold >= 1 else max(0, 1 - (1 - cos_sim) / (1 - threshold))
+        if skip_prob < sample:
+            prev = x.clone()
+        elif count > max_skip_frame:
+            count = 0
+            prev = x.clone()
+        else:
+            count += 1
+            skipped.append(i)
+    return skipped
+
+
+def test_similarity_filter_matches_the_reference_on_random_streams():
+    g = torch.Generator().manual_seed(4)
+    for trial in range(20):
+        base = torch.rand(3, 6, 6, generator=g) * 2 - 1
+        frames = [(base + 0.1 * torch.randn(3, 6, 6, generator=g)) * (1 + (k % 5 == 0)) for k in range(40)]
+        samples = torch.rand(40, generator=g).tolist()
+        f = SimilarImageFilter(threshold=0.9, max_skip_frame=trial % 4)
+        ours = [i for i, (x, u) in enumerate(zip(frames, samples)) if f.should_skip(x, u)]
+        assert ours == _reference_filter(0.9, trial % 4, frames, samples)
+        assert ours, "the test streams must exercise skipping"
 
 
 def test_skip_pattern_reproducible_under_seed(clip):

@@ -243,11 +243,12 @@ def test_short_stream_through_the_pipeline_equals_one_masked_offline_denoising(r
 def test_similarity_filter_skips_repeats_after_warmup_and_shows_the_last_output():
     """The reference pipeline's similar_image_filter: identical frames are never skipped during the warm-up (no
     output to repeat yet); afterwards a repeated frame (cosine similarity 1, skip probability 1) is emitted at once
-    with the last emitted output, at most max_skip_frame times in a row, and never reaches the model."""
+    with the last emitted output, at most max_skip_frame + 1 times in a row (the reference's counting), and never
+    reaches the model."""
     clip = frames(14, size=32)
     clip[:8] = clip[0]  # warm-up frames all identical: still all processed
     clip[11:] = clip[10]  # three repeats of frame 10 once outputs exist
-    m = _method(similar_image_filter=True, similar_image_filter_max_skip_frame=2)
+    m = _method(similar_image_filter=True, similar_image_filter_max_skip_frame=1)
     m.prepare("a cat", height=32, width=32, seed=0)
     outs, last, pushed_to_model = {}, None, []
     real_push = m.stream.push
@@ -262,7 +263,7 @@ def test_similarity_filter_skips_repeats_after_warmup_and_shows_the_last_output(
     for j, o in m.flush():
         outs[j] = o
     assert sorted(outs) == list(range(14))
-    assert m.skipped == [11, 12], "max_skip_frame=2: the third repeat is processed"
+    assert m.skipped == [11, 12], "max_skip_frame=1: two skips, the third repeat is processed"
     assert pushed_to_model == [i for i in range(14) if i not in (11, 12)]
     off = _run(_method(), clip)
     assert not torch.equal(dict(off)[13], outs[13]), (
