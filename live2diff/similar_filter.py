@@ -93,7 +93,9 @@ class SimilarFrameSkipper:
 
     def check(self, index: int, frame: Tensor, seed: int) -> Tensor | None:
         """The output to emit now for a skipped frame, or None when the method is to process the frame."""
-        if self.last_output is None:  # nothing to repeat yet: the frame is processed and the filter not started
+        if (
+            self.last_output is None
+        ):  # nothing to repeat yet: the frame is processed and the filter not started
             return None
         if not self.filter.skip_frame(frame, seed, index):
             return None
