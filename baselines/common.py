@@ -222,7 +222,9 @@ class LatentStreamMethod:
     def predict(self, x_t: Tensor, timesteps: Tensor, rows: list[InFlight]) -> tuple[Tensor, Tensor | None]:
         """(text-conditioned prediction, negative prediction for the rows that have one: all, the first, none)."""
         mode = self.uncond_rows
-        if mode == "none":
+        # initialize: the negative row belongs to a frame entering the batch (step 0); while a stream drains there is
+        # none, and the frames in flight keep their stock noise (as they do in the reference's steady state)
+        if mode == "none" or (mode == "first" and rows[0].step != 0):
             return self.unet(x_t, timesteps, rows), None
         k = x_t.shape[0] if mode == "all" else 1
         neg = self.negative_embeds.expand(k, -1, -1)

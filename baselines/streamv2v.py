@@ -139,32 +139,18 @@ class FeatureBankAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         heads = attn.heads
-        rows = []
-        for r in range(query.shape[0]):
-            banked = self.bank.get(self.name, self.bank.steps[r])
-            k = torch.cat([key[r]] + [e.keys for e in banked])
-            v = torch.cat([value[r]] + [e.values for e in banked])
-            q = query[r].view(1, -1, heads, query.shape[-1] // heads).transpose(1, 2)
-            k = k.view(1, -1, heads, k.shape[-1] // heads).transpose(1, 2)
-            v = v.view(1, -1, heads, v.shape[-1] // heads).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v)
-            rows.append(o.transpose(1, 2).reshape(-1, heads * o.shape[-1]))
-        out = attn.to_out[1](attn.to_out[0](torch.stack(rows).to(query.dtype)))
+        bsz = key.shape[0]
+        banks = [self.bank.get(self.name, step) for step in self.bank.steps]
+        o = self._attend(query, key, value, banks, heads)
+        out = attn.to_out[1](attn.to_out[0](o))
         if input_ndim == 4:
             out = out.transpose(-1, -2).reshape(b, c, h, w)
         if attn.residual_connection:
             out = out + residual
         out = out / attn.rescale_output_factor
         flat = out.flatten(2).transpose(1, 2) if input_ndim == 4 else out  # [B, N, C]
-        fused = []
-        for r in range(flat.shape[0]):
-            banked = self.bank.get(self.name, self.bank.steps[r])
-            x = flat[r]
-            if self.fuse and banked:
-                nn = nearest_features(x, torch.cat([e.outputs for e in banked]), self.threshold)
-                x = (1 - self.strength) * x + self.strength * nn
-            fused.append(x)
-        for r in range(flat.shape[0]):  # written after every row has read: a call never sees its own frames
+        fused = self._fuse(flat, banks) if self.fuse else flat
+        for r in range(bsz):  # written after every row has read: a call never sees its own frames
             if self.bank.write[r]:
                 entry = BankEntry(
                     key[r].detach().clone(), value[r].detach().clone(), flat[r].detach().clone()
@@ -172,8 +158,74 @@ class FeatureBankAttnProcessor:
                 self.bank.add(self.name, self.bank.steps[r], entry, self.bank.indices[r])
         if not self.fuse:
             return out
-        fused_t = torch.stack(fused)
-        return fused_t.transpose(1, 2).reshape(out.shape) if input_ndim == 4 else fused_t
+        return fused.transpose(1, 2).reshape(out.shape) if input_ndim == 4 else fused
+
+    @staticmethod
+    def _attend(
+        query: Tensor, key: Tensor, value: Tensor, banks: list[deque[BankEntry]], heads: int
+    ) -> Tensor:
+        """Attention of each row over [its own tokens; its step's banked tokens] in batched calls: rows whose banks
+        hold the same number of tokens share one call — in the steady state every step's bank is full, so that is
+        ONE call for all rows; while the banks fill, one per distinct length (at most len(t_index_list)). Exact,
+        unpadded: a row never attends to padding."""
+        bsz = query.shape[0]
+        lengths = [sum(e.keys.shape[0] for e in q) for q in banks]
+        groups: dict[int, list[int]] = {}
+        for r, n in enumerate(lengths):
+            groups.setdefault(n, []).append(r)
+
+        def split(t: Tensor) -> Tensor:
+            return t.view(t.shape[0], -1, heads, t.shape[-1] // heads).transpose(1, 2)
+
+        out = None
+        for n, rows in groups.items():
+            whole = len(rows) == bsz
+            idx = None if whole else torch.tensor(rows, device=query.device)
+            q, k, v = (t if whole else t.index_select(0, idx) for t in (query, key, value))
+            if n:
+                k = torch.cat([k, torch.stack([torch.cat([e.keys for e in banks[r]]) for r in rows])], dim=1)
+                v = torch.cat(
+                    [v, torch.stack([torch.cat([e.values for e in banks[r]]) for r in rows])], dim=1
+                )
+            o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+            o = o.transpose(1, 2).reshape(len(rows), -1, query.shape[-1]).to(query.dtype)
+            if whole:
+                return o
+            if out is None:
+                out = query.new_empty(query.shape)
+            out[idx] = o
+        return out
+
+    def _fuse(self, flat: Tensor, banks: list[deque[BankEntry]]) -> Tensor:
+        """Feature fusion for every row at once: ``x * (1 - s) + s * nearest`` (the reference's ``get_nn_feats``:
+        the nearest banked output when its cosine similarity reaches the threshold, the token itself otherwise);
+        rows whose bank is empty are left as they are."""
+        bank_o, lengths = _padded([[e.outputs for e in q] for q in banks], flat)
+        if bank_o is None:
+            return flat
+        valid = (
+            torch.arange(bank_o.shape[1], device=flat.device)[None, :]
+            < torch.tensor(lengths, device=flat.device)[:, None]
+        )
+        sim = F.normalize(flat, dim=-1) @ F.normalize(bank_o, dim=-1).transpose(1, 2)  # [B, N, M]
+        sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
+        best, idx = sim.max(dim=-1)
+        nearest = torch.gather(bank_o, 1, idx[..., None].expand(-1, -1, flat.shape[-1]))
+        nearest = torch.where((best >= self.threshold)[..., None], nearest, flat)
+        blended = flat * (1 - self.strength) + self.strength * nearest
+        has_bank = torch.tensor([n > 0 for n in lengths], device=flat.device)
+        return torch.where(has_bank[:, None, None], blended, flat)
+
+
+def _padded(per_row: list[list[Tensor]], like: Tensor) -> tuple[Tensor | None, list[int]]:
+    """Each row's tensors ``[M_r, C]`` concatenated and zero-padded to ``[B, max M_r, C]`` (None when all empty),
+    with the lengths ``M_r``."""
+    rows = [torch.cat(ts) if ts else like.new_zeros(0, like.shape[-1]) for ts in per_row]
+    lengths = [r.shape[0] for r in rows]
+    m = max(lengths, default=0)
+    if m == 0:
+        return None, lengths
+    return torch.stack([F.pad(r, (0, 0, 0, m - r.shape[0])) for r in rows]), lengths
 
 
 class StreamV2V(StreamDiffusion):

@@ -84,6 +84,73 @@ def test_stream_batch_with_rcfg_equals_per_frame_schedule(clip):
     assert not torch.allclose(a, c, atol=1e-4), "RCFG (guidance 1.4) has no effect"
 
 
+def _reference_stream_diffusion(m, frames, cfg_type, guidance, delta):
+    """StreamDiffusion's stream batch transcribed from the reference (``pipeline.py``: ``prepare``,
+    ``predict_x0_batch``, ``unet_step``, ``scheduler_step_batch``; use_denoising_batch, frame_buffer_size 1,
+    do_add_noise), on our UNet, VAE, schedule constants and init_noise. The reference's buffer starts as zeros, so its
+    call k outputs frame k - (n - 1); it is fed n - 1 more frames to drain."""
+    s, c = m.schedule, m.comps
+    n = s.n_steps
+    col = lambda v: v.view(n, 1, 1, 1)  # noqa: E731
+    alpha, beta, c_skip, c_out = col(s.alpha_sqrt), col(s.beta_sqrt), col(s.c_skip), col(s.c_out)
+    init_noise = m.init_noise
+    stock_noise = torch.zeros_like(init_noise)
+    buffer = torch.zeros((n - 1,) + tuple(init_noise.shape[1:]))
+    t_list = s.timesteps
+    embeds = m.prompt_embeds.repeat(n, 1, 1)
+    if cfg_type == "initialize":
+        embeds = torch.cat([encode_prompt(c, m.negative_prompt), embeds])
+
+    def scheduler_step_batch(model_pred, x_t):
+        f_theta = (x_t - beta * model_pred) / alpha
+        return c_out * f_theta + c_skip * x_t
+
+    outs = []
+    for f in list(frames) + [frames[-1]] * (n - 1):
+        x_t = alpha[0] * vae_encode(c, f[None]) + beta[0] * init_noise[0:1]  # encode_image
+        x_t = torch.cat((x_t, buffer), dim=0)
+        stock_noise = torch.cat((init_noise[0:1], stock_noise[:-1]), dim=0)
+        if cfg_type == "initialize":
+            x_plus_uc, ts = torch.cat([x_t[0:1], x_t]), torch.cat([t_list[0:1], t_list])
+        else:
+            x_plus_uc, ts = x_t, t_list
+        model_pred = c.unet(x_plus_uc, ts, encoder_hidden_states=embeds, return_dict=False)[0]
+        if cfg_type == "initialize":
+            noise_pred_text = model_pred[1:]
+            stock_noise = torch.cat([model_pred[0:1], stock_noise[1:]], dim=0)
+        else:
+            noise_pred_text = model_pred
+        noise_pred_uncond = stock_noise * delta
+        model_pred = noise_pred_uncond + guidance * (noise_pred_text - noise_pred_uncond)
+        denoised_batch = scheduler_step_batch(model_pred, x_t)
+        delta_x = scheduler_step_batch(model_pred, beta * stock_noise)
+        alpha_next = torch.cat([alpha[1:], torch.ones_like(alpha[0:1])], dim=0)
+        beta_next = torch.cat([beta[1:], torch.ones_like(beta[0:1])], dim=0)
+        delta_x = alpha_next * delta_x / beta_next
+        stock_noise = torch.cat([init_noise[1:], init_noise[0:1]], dim=0) + delta_x
+        buffer = alpha[1:] * denoised_batch[:-1] + beta[1:] * init_noise[1:]
+        outs.append(vae_decode(c, denoised_batch[-1:])[0])
+    return torch.stack(outs[n - 1 :])
+
+
+@pytest.mark.parametrize("cfg_type", ["self", "initialize"])
+def test_residual_cfg_equals_the_reference_unet_step(clip, cfg_type):
+    """Residual CFG (self-negative and onetime-negative) against the reference's unet_step, transcribed above: the
+    stock noise carries the residual ``delta_x`` from step to step. Without that residual (stock = init_noise only)
+    the outputs differ from the reference by far more than the tolerance (checked below)."""
+    kw = dict(t_index_list=[20, 30, 40], similar_image_filter=False, negative_prompt="blurry")
+    g, delta = 1.8, 0.9
+    m = StreamDiffusion(cfg_type=cfg_type, guidance_scale=g, delta=delta, **kw)
+    ours, _ = run(m, clip)
+    m.prepare("an oil painting", height=H, width=W, seed=7)
+    with torch.no_grad():
+        want = _reference_stream_diffusion(m, clip, cfg_type, g, delta)
+    torch.testing.assert_close(ours, want, atol=2e-5, rtol=1e-4)
+    plain, _ = run(StreamDiffusion(cfg_type="none", **kw), clip)
+    gap = (plain - want).abs().max()
+    assert gap > 1e-3, f"guidance must matter in this test (max difference {gap})"
+
+
 def test_cfg_full_and_initialize_written_out(clip):
     """One LCM step: full CFG = negative + g * (text - negative), two UNet predictions written out here; with one
     step, initialize's stock noise is that same negative prediction (delta 1), so it gives the same output; with
@@ -273,14 +340,90 @@ def test_update_interval_writes_every_nth_frame(clip):
     assert m.bank.max_entries() == 0
 
 
-def test_nearest_features_and_tome_merge():
+@pytest.mark.parametrize("sizes,max_calls", [((1, 1, 1), 1), ((2, 1, 0), 3)])
+def test_feature_bank_attention_is_batched_and_equal_to_per_row(monkeypatch, sizes, max_calls):
+    """Rows at different denoising steps read their own step's bank. Steady state (every bank equally full): ONE
+    attention call for all rows; while banks fill (2 entries, 1, none): one call per distinct length. Either way the
+    result equals per-row attention and fusion written out here (the reference's get_nn_feats + blend)."""
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(1)
+    attn = Attention(query_dim=8, heads=2, dim_head=4).eval()
+    bank = FeatureBank(size=2, update="fifo")
+    entries = {
+        step: [BankEntry(*(torch.randn(5, 8) for _ in range(3))) for _ in range(k)]
+        for step, k in enumerate(sizes)
+    }
+    for step, es in entries.items():
+        for e in es:
+            bank.add("layer", step, e, index=0)
+    bank.steps, bank.indices, bank.write = [0, 1, 2], [5, 4, 3], [False] * 3
+    proc = FeatureBankAttnProcessor("layer", bank, fuse=True, strength=0.8, threshold=0.0)
+    attn.set_processor(proc)
+    x = torch.randn(3, 6, 8)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(
+        torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or sdpa(*a, **k)
+    )
+    with torch.no_grad():
+        got = attn(x)
+    monkeypatch.undo()
+    assert len(calls) == max_calls, f"{len(calls)} attention calls for 3 rows with bank entries {sizes}"
+    split = lambda t: t.view(1, -1, 2, 4).transpose(1, 2)  # noqa: E731
+    with torch.no_grad():
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        for r in range(3):
+            es = entries[r]
+            kr = torch.cat([k[r]] + [e.keys for e in es])
+            vr = torch.cat([v[r]] + [e.values for e in es])
+            o = sdpa(split(q[r]), split(kr), split(vr))
+            want = attn.to_out[0](o.transpose(1, 2).reshape(1, -1, 8))[0]
+            if es:  # the reference's get_nn_feats + blend
+                bo = torch.cat([e.outputs for e in es])
+                sim = (
+                    torch.nn.functional.normalize(want, dim=-1) @ torch.nn.functional.normalize(bo, dim=-1).T
+                )
+                best, idx = sim.max(-1)
+                nn = torch.where((best < 0.0)[:, None], want, bo[idx])
+                want = want * 0.2 + 0.8 * nn
+            torch.testing.assert_close(got[r], want, atol=1e-6, rtol=1e-5)
+
+
+def test_nearest_features():
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     bank = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
     torch.testing.assert_close(nearest_features(x, bank, 0.99), torch.tensor([[2.0, 0.0], [0.0, 1.0]]))
-    e = [BankEntry(*(torch.randn(10, 4) for _ in range(3))) for _ in range(2)]
-    merged = tome_merge(e[0], e[1], seed=3)
-    assert merged.keys.shape == (10, 4)
-    torch.testing.assert_close(merged.keys, tome_merge(e[0], e[1], seed=3).keys)
+
+
+def test_tome_merge_averages_each_source_token_into_its_nearest_destination():
+    """The reference's random_bipartite_soft_matching (ratio 0.5, metric = keys, scatter_reduce "mean" including the
+    destination itself), written out token by token: each destination token of the merged entry is the mean of
+    itself and the source tokens whose most cosine-similar destination it is — keys, values and outputs alike."""
+    g = torch.Generator().manual_seed(0)
+    old, new = (BankEntry(*(torch.randn(6, 4, generator=g) for _ in range(3))) for _ in range(2))
+    seed = 3
+    merged = tome_merge(old, new, seed=seed)
+    keys = torch.cat([old.keys, new.keys])
+    fields = {f: torch.cat([getattr(old, f), getattr(new, f)]) for f in ("keys", "values", "outputs")}
+    n = keys.shape[0]
+    perm = torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed)
+    )  # the random split tome_merge draws
+    src, dst = perm[: n // 2].tolist(), perm[n // 2 :].tolist()
+    unit = keys / keys.norm(dim=-1, keepdim=True)
+    members = {d: [d] for d in dst}
+    for s_ in src:
+        best = max(dst, key=lambda d: float(unit[s_] @ unit[d]))
+        members[best].append(s_)
+    assert sum(len(m) for m in members.values()) == n and any(len(m) > 1 for m in members.values())
+    for f, x in fields.items():
+        want = torch.stack([x[members[d]].mean(0) for d in dst])
+        torch.testing.assert_close(getattr(merged, f), want, msg=f"merged {f} are not the token means")
+    assert merged.keys.shape == (6, 4)
+    torch.testing.assert_close(
+        merged.keys, tome_merge(old, new, seed=seed).keys
+    )  # deterministic under the seed
 
 
 # ------------------------------------------------------------------------------------------ AnimateDiff window

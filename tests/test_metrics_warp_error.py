@@ -104,6 +104,100 @@ def test_streamv2v_compat_reproduces_uint8_wraparound():
     assert "compat" in compat.describe()["display_name"]
 
 
+class InjectedFlow:
+    """Returns given flows: ``fwd[i]`` for (frame i -> frame i + 1), ``bwd[i]`` for (frame i + 1 -> frame i)."""
+
+    name = "injected"
+
+    def __init__(self, frames, fwd, bwd):
+        self.frames, self.fwd, self.bwd = frames, fwd, bwd
+
+    def index(self, img):
+        d = (self.frames - img[None]).abs().flatten(1).amax(1)
+        assert d.min() == 0
+        return int(d.argmin())
+
+    def __call__(self, a, b):
+        out = []
+        for x, y in zip(a, b):
+            i, j = self.index(x), self.index(y)
+            assert abs(i - j) == 1
+            out.append(self.fwd[i] if j == i + 1 else self.bwd[j])
+        return torch.stack(out)
+
+
+def _streamv2v_script_pair(edit1, edit2, fwd, bwd):
+    """tools/warp_error.py of Jeff-LiangF/streamv2v transcribed for one pair (its coords_grid, flow_warp,
+    bilinear_sample, forward_backward_consistency_check, cv2.remap and calculate_error); ``edit*`` uint8 HWC,
+    ``fwd``/``bwd`` [2, H, W] as its predicted_flows[0] / [1]."""
+    import cv2
+    import numpy as np
+
+    def coords_grid(b, h, w):
+        y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        return torch.stack([x, y], dim=0).float()[None].repeat(b, 1, 1, 1)
+
+    def bilinear_sample(img, sample_coords):
+        _, _, h, w = sample_coords.shape
+        x_grid = 2 * sample_coords[:, 0] / (w - 1) - 1
+        y_grid = 2 * sample_coords[:, 1] / (h - 1) - 1
+        grid = torch.stack([x_grid, y_grid], dim=-1)
+        return torch.nn.functional.grid_sample(
+            img, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+
+    def flow_warp(feature, flow):
+        b, c, h, w = feature.size()
+        return bilinear_sample(feature, coords_grid(b, h, w) + flow)
+
+    fwd_flow, bwd_flow = fwd[None], bwd[None]
+    flow_mag = torch.norm(fwd_flow, dim=1) + torch.norm(bwd_flow, dim=1)
+    diff_fwd = torch.norm(fwd_flow + flow_warp(bwd_flow, fwd_flow), dim=1)
+    fwd_occ = (diff_fwd > 0.01 * flow_mag + 0.5).float()
+    h, w = bwd.shape[1:]
+    grid_x, grid_y = np.meshgrid(np.arange(w), np.arange(h))
+    grid = np.stack((grid_x, grid_y), axis=2)
+    warped_grid = (grid + bwd.permute(1, 2, 0).numpy()).astype(np.float32)
+    warped_image = cv2.remap(edit1, warped_grid, None, cv2.INTER_LINEAR)
+    occlusion = fwd_occ[0].bool()
+    warped_image[occlusion] = np.array([0, 0, 0], dtype=np.uint8)
+    mask = occlusion.numpy().astype(np.uint8)
+    return float(np.abs(warped_image - edit2)[mask == 0].mean()), float(mask.mean())
+
+
+def test_streamv2v_compat_equals_the_script_with_nonzero_flow():
+    """Sub-pixel, spatially varying flows with an inconsistent patch (so the occlusion mask has both kinds of
+    pixels) and textured uint8 frames (so the script's wrap-around happens): every pair's score equals the script's
+    arithmetic transcribed above, and differs from the correct L1 variant."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    n, h, w = 4, 24, 32
+    edits = (torch.rand(n, 3, h, w, generator=g) * 255).round() / 255
+    source = torch.rand(
+        n, 3, h, w, generator=g
+    )  # flows come from the injector; frames only identify the pair
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(n - 1, 2, 4, 4, generator=g), (h, w), mode="bilinear"
+    )
+    bwd = torch.tensor([1.3, -0.7])[None, :, None, None] + 0.8 * smooth
+    fwd = -bwd.clone()
+    fwd[:, :, 5:14, 8:20] += 3.0  # inconsistent region: occluded
+    metric = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="streamv2v_compat")
+    metric.update(edits, source)
+    got = metric.frame_scores()[1:]
+    to_u8 = lambda f: (f * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # noqa: E731
+    script = [
+        _streamv2v_script_pair(to_u8(edits[i]), to_u8(edits[i + 1]), fwd[i], bwd[i]) for i in range(n - 1)
+    ]
+    want = [e for e, _ in script]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
+    assert all(0.05 < occluded < 0.6 for _, occluded in script), script
+    l1 = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="l1")
+    l1.update(edits, source)
+    assert not np.allclose(l1.frame_scores()[1:].numpy(), want, rtol=1e-3)
+
+
 def _save_random_raft(tmp_path, kind="small"):
     from safetensors.torch import save_file
     from torchvision.models.optical_flow import raft_small
