@@ -1,32 +1,104 @@
-"""AnimateDiff over sliding windows: the UNet with its *bidirectional* motion modules denoises ``window`` frames
-together (LCM few-step img2img over ``t_index_list``); windows start every ``stride`` frames and the final latents of
-a frame are averaged over the windows that contain it. Offline by nature: a frame's output needs the frames after it
-in its windows, so ``push`` holds frames until the window is full and emits late. Declared ``lookahead =
-window - 1`` (a frame at a window start depends on the ``window - 1`` frames after it); the end-to-end latency in the
-results shows that cost. The quality reference that uni-directional (causal) temporal attention approximates.
+"""AnimateDiff over sliding context windows: the offline, *bidirectional* quality reference that Live2Diff's causal
+temporal attention approximates.
+
+* **Motion modules as AnimateDiff runs them**: the UNet's temporal attention sees every frame of its window in both
+  directions, and each motion module's GroupNorm normalises **per frame** (AnimateDiff's
+  ``TemporalTransformer3DModel`` folds frames into the batch before its norm; diffusers' motion block pools over all
+  frames, which would leak frames into each other by a path AnimateDiff does not have) — :class:`FrameGroupNorm`.
+* **Windows averaged at every step** (AnimateDiff's context scheduling for clips longer than its motion module):
+  windows of ``window`` frames start every ``stride`` frames; at each LCM step every window predicts the noise of its
+  frames, a frame's predictions are averaged over the windows that contain it, and only then is the step taken — so
+  overlapping windows agree at every step, not just in their final latents. The stream's last window ends at its last
+  frame; it adds to the frames still open when the stream ends (a frame never waits for the end of the stream).
+* **Motion weights**: ``model.weights.animatediff_motion`` (an AnimateDiff motion-module checkpoint, reference key
+  names, e.g. ``mm_sd_v15_v2.ckpt``; ``model.unet.motion_mid_block`` / ``motion_max_seq_length`` must match it).
+  Without it the UNet keeps ``model.weights.motion`` (Live2Diff's causally trained, depth-fine-tuned modules, run
+  bidirectionally here: a warning says so) or random weights. ``info["motion_weights"]`` records which.
+* **Depth**: off by default (AnimateDiff has no depth input); ``depth: true`` adds Live2Diff's depth latent after
+  ``conv_in`` (for Live2Diff's depth-fine-tuned weights). Stated in ``info["depth"]``.
+* **Noise schedule**: AnimateDiff's inference configs (``beta_schedule: linear``).
+
+Offline by nature: a frame's output waits for the windows around it at every step, so ``lookahead`` (computed from
+window, stride and the number of steps) is large, most pushes only VAE-encode and a few run whole windows — the
+per-call time is bursty (``offline_reference = True``: its steady-state FPS is not a speed; the end-to-end latency in
+the results shows the cost).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from baselines.common import latent_size, seeded_noise
 from eval.interface import Emission
-from live2diff.models import build_components, encode_prompt, make_lcm_schedule, vae_decode, vae_encode
+from live2diff.attention import FrameGroupNorm, temporal_blocks
+from live2diff.models import (
+    MissingWeightsError,
+    build_components,
+    depth_latents,
+    encode_prompt,
+    make_lcm_schedule,
+    vae_decode,
+    vae_encode,
+)
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
+
+log = logging.getLogger(__name__)
+
+MOTION_KEY = "model.weights.animatediff_motion"
+
+
+def use_frame_groupnorm(unet: nn.Module) -> int:
+    """Replace every motion module's GroupNorm with :class:`FrameGroupNorm` (same parameters); returns how many."""
+    n = 0
+    for _, tm in temporal_blocks(unet):
+        if not isinstance(tm.norm, FrameGroupNorm):
+            old = tm.norm
+            new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+            new.load_state_dict(old.state_dict())
+            tm.norm = new.to(old.weight.device, old.weight.dtype)
+        n += 1
+    if not n:
+        raise ValueError("animatediff_window: the UNet has no motion modules")
+    return n
+
+
+def window_starts(n_frames: int, window: int, stride: int, final: bool) -> list[int]:
+    """Starts of the windows over ``n_frames`` frames: every ``stride`` while a whole window fits; with ``final``
+    (the stream has ended) one more window ending at the last frame if the regular ones do not."""
+    starts = list(range(0, n_frames - window + 1, stride))
+    if final and (not starts or starts[-1] + window < n_frames):
+        starts.append(max(0, n_frames - window))
+    return starts
+
+
+def window_lookahead(window: int, stride: int, n_steps: int) -> int:
+    """Future frames an output may depend on when predictions are averaged over windows at every step.
+
+    ``D[j][g]``: the last frame that frame g's latent at step j depends on (``D[0][g] = g``); a step mixes in every
+    frame of every window containing g, so ``D[j+1][g] = max(D[j][g'] for g' in those windows)``. The output is
+    ``D[n_steps]``; the lookahead is the largest ``D[n_steps][g] - g`` (periodic in g with the stride)."""
+    span = (n_steps + 2) * window + 2 * stride
+    d = list(range(span))
+    for _ in range(n_steps):
+        nxt = list(d)
+        for s in range(0, span - window + 1, stride):
+            top = max(d[s : s + window])
+            for g in range(s, s + window):
+                nxt[g] = max(nxt[g], top)
+        d = nxt
+    return max(d[g] - g for g in range(stride + window))
 
 
 class AnimateDiffWindow:
     initial_block = 0
-    # most pushes only VAE-encode; one push in `stride` denoises a whole window: the per-call time is bursty and
-    # not a streaming speed (the report says so; read throughput and end-to-end latency)
-    offline_reference = True
+    offline_reference = True  # bursty per-call time: the report must not show its steady-state FPS as a speed
 
     def __init__(
         self,
@@ -38,15 +110,27 @@ class AnimateDiffWindow:
         stride: int = 8,
         num_inference_steps: int = 50,
         noise_schedule: str | None = "linear",
+        depth: bool | str = False,
     ) -> None:
+        if isinstance(depth, str):
+            depth = depth.lower() not in ("none", "off", "false", "no")
         comps = build_components(model, device, dtype)
+        weights = (comps.cfg or {}).get("weights") or {}
+        self.motion_weights = self._load_motion(comps, weights)
+        if depth and (comps.depth is None or comps.depth_mapper is None):
+            raise ValueError("animatediff_window depth: true needs a depth model (model.depth.kind is none)")
+        self.use_depth = bool(depth)
         self.comps = dataclasses.replace(
             comps,
-            depth=None,
-            depth_mapper=None,
+            depth=comps.depth if depth else None,
+            depth_mapper=comps.depth_mapper if depth else None,
             scheduler=scheduler_with_betas(comps.scheduler, noise_schedule),
         )
         self.noise_schedule = schedule_name(self.comps.scheduler)
+        use_frame_groupnorm(self.comps.unet)
+        self._depth_feat: Tensor | None = None
+        if self.use_depth:
+            self.comps.unet.conv_in.register_forward_hook(self._add_depth)
         max_len = int(self.comps.unet.config.get("motion_max_seq_length", 32))
         if not 1 <= int(window) <= max_len:
             raise ValueError(
@@ -55,11 +139,46 @@ class AnimateDiffWindow:
         if not 1 <= int(stride) <= int(window):
             raise ValueError(f"stride must be in [1, window={window}], got {stride}")
         self.window, self.stride = int(window), int(stride)
-        self.lookahead = self.window - 1
-        self.steady_state_frames = self.window  # a full window: the runner's warm-up covers it
         self.device = self.comps.device
         self.schedule = make_lcm_schedule(self.comps.scheduler, t_index_list, num_inference_steps)
+        self.n_steps = self.schedule.n_steps
+        self.lookahead = window_lookahead(self.window, self.stride, self.n_steps)
+        # the first output needs `lookahead` more frames; from then on every `stride` pushes emit `stride` frames:
+        # the runner's untimed warm-up covers that (eval.interface)
+        self.steady_state_frames = self.lookahead + 1
         self.reset()
+
+    @staticmethod
+    def _load_motion(comps, weights: dict) -> str:
+        path = weights.get("animatediff_motion")
+        if path:
+            from live2diff.convert import load_reference_checkpoint
+
+            if not Path(path).exists():
+                raise MissingWeightsError(path, MOTION_KEY, "AnimateDiff motion-module checkpoint")
+            load_reference_checkpoint(path, comps.unet, None, key=MOTION_KEY)
+            return f"animatediff:{Path(path).name}"
+        if weights.get("motion"):
+            log.warning(
+                "animatediff_window runs Live2Diff's motion modules (model.weights.motion: causally trained, "
+                "depth-fine-tuned) bidirectionally; set %s to an AnimateDiff motion-module checkpoint for the "
+                "reference AnimateDiff",
+                MOTION_KEY,
+            )
+            return f"live2diff:{Path(weights['motion']).name}"
+        return "random"
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """How this method ran, recorded per unit for the report."""
+        return {
+            "noise_schedule": self.noise_schedule,
+            "offline_reference": True,
+            "motion_weights": self.motion_weights,
+            "depth": self.use_depth,
+            "window": self.window,
+            "stride": self.stride,
+        }
 
     # -- StreamMethod -------------------------------------------------------------------------------------------
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
@@ -77,70 +196,113 @@ class AnimateDiffWindow:
         x = frame[None].to(self.device, torch.float32)
         if tuple(x.shape[-2:]) != self.work_size:
             x = F.interpolate(x, self.work_size, mode="bilinear", align_corners=False)
-        self.latents.append(vae_encode(self.comps, x))
+        z = vae_encode(self.comps, x)
+        if self.use_depth:
+            self.feats[index] = self.comps.depth_mapper(depth_latents(self.comps, x))
+        self.x[index] = {0: self.schedule.add_noise(z, self._noise(index, 0, z), 0)}
         self.n_pushed += 1
-        start = self.n_pushed - self.window
-        if start < 0 or start % self.stride:
-            return []
-        self._run_window(start)
-        return self._emit(upto=start + self.stride)
+        return self._advance(final=False)
 
     def flush(self) -> list[Emission]:
-        if self.n_pushed > self.emitted_upto:
-            start = max(0, self.n_pushed - self.window)
-            if start != self.last_start:
-                self._run_window(start)
-        return self._emit(upto=self.n_pushed)
+        if not self._prepared or self.n_pushed == 0:
+            return []
+        return self._advance(final=True)
 
     def reset(self) -> None:
-        self.latents: deque[Tensor] = deque(maxlen=getattr(self, "window", 16))  # last `window` clean latents
-        self.sums: dict[int, Tensor] = {}
-        self.counts: dict[int, int] = {}
-        self.pending: list[int] = []  # pushed, not yet emitted
+        self.x: dict[int, dict[int, Tensor]] = {}  # frame -> step -> noisy latent at that step
+        self.eps_sum: dict[tuple[int, int], Tensor] = {}  # (frame, step) -> sum of its windows' predictions
+        self.eps_n: dict[tuple[int, int], int] = {}
+        self.done: set[tuple[int, int]] = set()  # (window start, step) computed
+        self.closed: set[tuple[int, int]] = set()  # (frame, step) whose prediction is final (step taken)
+        self.feats: dict[int, Tensor] = {}
+        self.keep_from = 0  # frames and windows before this are finished and forgotten
         self.n_pushed = 0
-        self.emitted_upto = 0  # every frame below this index has been emitted
-        self.last_start: int | None = None
         self._prepared = False
 
     # -- machinery ----------------------------------------------------------------------------------------------
-    def _noise(self, index: int, step: int) -> Tensor:
-        shape = (1,) + tuple(self.latents[0].shape[1:])
-        return seeded_noise(shape, self.seed, 7919, index, step).to(self.device, self.comps.dtype)
+    def _noise(self, index: int, step: int, like: Tensor) -> Tensor:
+        return seeded_noise(tuple(like.shape), self.seed, 7919, index, step).to(like.device, like.dtype)
+
+    def _add_depth(self, module, inputs, output):
+        return output if self._depth_feat is None else output + self._depth_feat
 
     @torch.no_grad()
-    def _run_window(self, start: int) -> None:
-        """All LCM steps over frames ``start .. n_pushed - 1`` at once (bidirectional motion modules)."""
-        idx = list(range(start, self.n_pushed))
-        first = self.n_pushed - len(self.latents)
-        x0 = torch.cat([self.latents[i - first] for i in idx])  # [F, C, h, w]
-        s = self.schedule
-        x_t = s.add_noise(x0, torch.cat([self._noise(i, 0) for i in idx]), 0)
-        emb = self.prompt_embeds.repeat(len(idx), 1, 1)
-        for j in range(s.n_steps):
-            sample = x_t.permute(1, 0, 2, 3)[None]  # [1, C, F, h, w]
-            t = s.timesteps[j].to(self.device)
-            eps = self.comps.unet(sample, t, encoder_hidden_states=emb, return_dict=False)[0]
-            eps = eps[0].permute(1, 0, 2, 3)
-            x0_pred = s.denoise(x_t, eps, j)
-            if j < s.n_steps - 1:
-                x_t = s.add_noise(x0_pred, torch.cat([self._noise(i, j + 1) for i in idx]), j + 1)
-        for i, lat in zip(idx, x0_pred.split(1)):
-            if i in self.sums:
-                self.sums[i] = self.sums[i] + lat
-                self.counts[i] += 1
-            elif i >= self.emitted_upto:
-                self.sums[i], self.counts[i] = lat, 1
-                self.pending.append(i)
-        self.last_start = start
+    def _run(self, start: int, n: int, step: int) -> None:
+        """Step ``step``'s noise prediction for the window of frames ``start .. start + n - 1`` (bidirectional)."""
+        idx = range(start, start + n)
+        x = torch.cat([self.x[g][step] for g in idx])  # [F, C, h, w]
+        emb = self.prompt_embeds.repeat(n, 1, 1)
+        self._depth_feat = torch.cat([self.feats[g] for g in idx]) if self.use_depth else None
+        try:
+            t = self.schedule.timesteps[step].to(self.device)
+            eps = self.comps.unet(x.transpose(0, 1)[None], t, encoder_hidden_states=emb, return_dict=False)[0]
+        finally:
+            self._depth_feat = None
+        for g, e in zip(idx, eps[0].transpose(0, 1).split(1)):
+            if (
+                g,
+                step,
+            ) in self.closed:  # the stream's last window: frames already stepped keep their prediction
+                continue
+            key = (g, step)
+            self.eps_sum[key] = self.eps_sum[key] + e if key in self.eps_sum else e
+            self.eps_n[key] = self.eps_n.get(key, 0) + 1
+        self.done.add((start, step))
 
-    def _emit(self, upto: int) -> list[Emission]:
-        ready = sorted(i for i in self.pending if i < upto)
-        if not ready:
+    def _close(self, g: int, step: int, out: list[tuple[int, Tensor]]) -> None:
+        """Take frame g's step with its averaged prediction."""
+        eps = self.eps_sum.pop((g, step)) / self.eps_n.pop((g, step))
+        x0 = self.schedule.denoise(self.x[g][step], eps, step)
+        self.closed.add((g, step))
+        if step + 1 < self.n_steps:
+            self.x[g][step + 1] = self.schedule.add_noise(x0, self._noise(g, step + 1, x0), step + 1)
+        else:
+            out.append((g, x0))
+
+    def _advance(self, final: bool) -> list[Emission]:
+        """Run every window step that has its inputs and close every frame whose windows are all in, until nothing
+        moves; ``final``: the stream has ended (its last window is known)."""
+        n = self.n_pushed
+        starts = window_starts(n, self.window, self.stride, final)
+        spans = {s: min(self.window, n - s) for s in starts if s + self.window > self.keep_from}
+        out: list[tuple[int, Tensor]] = []
+        moved = True
+        while moved:
+            moved = False
+            for j in range(self.n_steps):
+                for s, w in spans.items():
+                    if (s, j) not in self.done and all(j in self.x[g] for g in range(s, s + w)):
+                        self._run(s, w, j)
+                        moved = True
+                for g in sorted(self.x):
+                    if (g, j) in self.closed or j not in self.x[g]:
+                        continue
+                    mine = [s for s in starts if s <= g < s + min(self.window, n - s)]
+                    if not final:  # windows that will contain g once enough frames are pushed
+                        mine += [
+                            s for s in range(0, g + 1, self.stride) if s + self.window > g and s not in spans
+                        ]
+                    if mine and all((s, j) in self.done for s in mine):
+                        self._close(g, j, out)
+                        moved = True
+        self._prune(n)
+        if not out:
             return []
-        lat = torch.cat([self.sums.pop(i) / self.counts.pop(i) for i in ready])
-        img = vae_decode(self.comps, lat)
+        out.sort(key=lambda t: t[0])
+        img = vae_decode(self.comps, torch.cat([x0 for _, x0 in out]))
         if tuple(img.shape[-2:]) != self.size:
             img = F.interpolate(img, self.size, mode="bilinear", align_corners=False).clamp(0, 1)
-        self.pending = [i for i in self.pending if i >= upto]
-        self.emitted_upto = max(self.emitted_upto, upto)
-        return list(zip(ready, img))
+        return [(g, im) for (g, _), im in zip(out, img)]
+
+    def _prune(self, n: int) -> None:
+        """Forget frames no window will read again: before every open window and before the stream's last possible
+        window (which starts no earlier than ``n - window``)."""
+        open_starts = [
+            s for s in range(0, n, self.stride) if any((s, j) not in self.done for j in range(self.n_steps))
+        ]
+        keep_from = min(open_starts + [max(0, n - self.window)])
+        for g in [g for g in self.x if g < keep_from and (g, self.n_steps - 1) in self.closed]:
+            del self.x[g]
+            self.feats.pop(g, None)
+            self.closed -= {(g, j) for j in range(self.n_steps)}
+        self.keep_from = max(self.keep_from, min([keep_from] + [g for g in self.x]))

@@ -164,6 +164,11 @@ class LatentStreamMethod:
             return "none"
         return {"full": "all", "initialize": "first"}.get(self.cfg_type, "none")
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """How this method runs, recorded per unit for the report."""
+        return {"noise_schedule": self.noise_schedule, "offline_reference": self.offline_reference}
+
     # -- StreamMethod -------------------------------------------------------------------------------------------
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
         self.reset()

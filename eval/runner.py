@@ -354,12 +354,10 @@ class Runner:
                 rec = run_stream(method, frames, clock=pacing.clock, pacing=pacing, memory=probe)
             else:
                 raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
-            # how the method ran, for the report (stated noise schedule; offline references' per-call time is bursty)
-            info = {
-                k: getattr(method, k) for k in ("noise_schedule", "offline_reference") if hasattr(method, k)
-            }
-            if info:
-                rec.extra["method_info"] = info
+            # how the method ran, as it states it (`info`: noise schedule, offline_reference = bursty per-call time...)
+            info = getattr(method, "info", None)
+            if isinstance(info, dict) and info:
+                rec.extra["method_info"] = dict(info)
             skipped = getattr(method, "skipped", None)  # similarity filters: indices shown as the last output
             if isinstance(skipped, list) and rec.outputs:
                 rec.extra.setdefault("video_metrics", {})["skipped_ratio"] = len(skipped) / len(rec.outputs)

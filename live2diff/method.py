@@ -99,6 +99,11 @@ class Live2DiffMethod:
         if self.filter is not None:
             self.filter.reset()
 
+    @property
+    def info(self) -> dict[str, Any]:
+        """How this method runs, recorded per unit for the report."""
+        return {"noise_schedule": self.noise_schedule, "offline_reference": False}
+
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
         self.seed = int(seed)
         self._reset_filter()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.animatediff_window import AnimateDiffWindow
+from baselines.animatediff_window import AnimateDiffWindow, window_lookahead
 from baselines.common import CFG_TYPES
 from baselines.per_frame_img2img import PerFrameImg2Img
 from baselines.streamdiffusion import SimilarImageFilter, StreamDiffusion
@@ -20,7 +20,9 @@ from baselines.streamv2v import (
     tome_merge,
 )
 from eval.datasets.synthetic import generate_clip
+from live2diff.attention import FrameGroupNorm, temporal_blocks
 from live2diff.models import encode_prompt, vae_decode, vae_encode
+from tests.conftest_live2diff import randomise_motion_out
 
 H = W = 64
 
@@ -428,37 +430,140 @@ def test_tome_merge_averages_each_source_token_into_its_nearest_destination():
 
 # ------------------------------------------------------------------------------------------ AnimateDiff window
 def test_animatediff_window_lookahead_is_exact():
-    """window 4, stride 2: output 0 depends on frame 3 (= 0 + lookahead) and on no later frame; it is emitted at
-    push 3, i.e. exactly lookahead pushes late."""
-    frames = generate_clip(10, H, W, seed=9).frames
-    m = AnimateDiffWindow(window=4, stride=2)
-    assert m.lookahead == 3
+    """window 4, stride 2, 2 steps: predictions are averaged over windows at every step, so output 0 depends on
+    frames up to 5 (step 0 of window [2, 6) feeds step 1 of window [0, 4)) = the declared lookahead, and on no
+    later frame; it is emitted at push 5."""
+    frames = generate_clip(14, H, W, seed=9).frames
+    m = AnimateDiffWindow(window=4, stride=2, t_index_list=[30, 40])
+    assert m.lookahead == 5 == window_lookahead(4, 2, 2)
+    assert (
+        window_lookahead(16, 8, 3) == 31
+        and window_lookahead(16, 8, 1) == 15
+        and window_lookahead(4, 4, 1) == 3
+    )
     base, when = run(m, frames)
-    assert when[:4] == [3, 3, 5, 5] and when[-1] == len(frames)
-    changed = frames.clone()
-    changed[3] = torch.rand_like(changed[3])
-    out, _ = run(m, changed)
-    assert not torch.equal(out[0], base[0]), "output 0 must see frame 3 (inside its window)"
-    changed = frames.clone()
-    changed[4:] = torch.rand_like(changed[4:])
-    out, _ = run(m, changed)
-    assert torch.equal(out[:1], base[:1]), "output 0 must not see frame 4"
-    # frames 2..3 sit in two windows ([0,4) and [2,6)): their latents are averaged, so they see frame 5
-    changed = frames.clone()
-    changed[5] = torch.rand_like(changed[5])
-    out, _ = run(m, changed)
-    assert torch.equal(out[:2], base[:2]) and not torch.equal(out[2], base[2])
+    assert when[0] == 5 and when[-1] == len(frames)
+    for t, changes in ((5, True), (6, False)):
+        changed = frames.clone()
+        changed[t:] = torch.rand_like(changed[t:])
+        out, _ = run(m, changed)
+        assert torch.equal(out[0], base[0]) != changes, (
+            f"output 0 {'must' if changes else 'must not'} see frame {t}"
+        )
 
 
-def test_animatediff_window_is_bidirectional():
-    """Unlike a causal method, output 0 changes when a *later* frame in its window changes (motion modules)."""
+def _animatediff_whole_clip(m, frames, starts):
+    """Context windows over the whole clip, written out: at every step each window predicts its frames' noise, a
+    frame's predictions are averaged over its windows, then the LCM step is taken for all frames."""
+    s, c = m.schedule, m.comps
+    z = torch.cat([vae_encode(c, f[None]) for f in frames])
+    x = torch.cat([s.add_noise(z[g : g + 1], m._noise(g, 0, z[:1]), 0) for g in range(len(frames))])
+    emb = m.prompt_embeds
+    for j in range(s.n_steps):
+        total, count = torch.zeros_like(x), torch.zeros(len(frames), 1, 1, 1)
+        for st in starts:
+            w = x[st : st + m.window]
+            eps = c.unet(
+                w.transpose(0, 1)[None], s.timesteps[j], encoder_hidden_states=emb.repeat(len(w), 1, 1)
+            )
+            total[st : st + m.window] += eps.sample[0].transpose(0, 1)
+            count[st : st + m.window] += 1
+        x0 = s.denoise(x, total / count, j)
+        if j + 1 < s.n_steps:
+            x = torch.cat(
+                [s.add_noise(x0[g : g + 1], m._noise(g, j + 1, x0[:1]), j + 1) for g in range(len(x0))]
+            )
+    return vae_decode(c, x0)
+
+
+def test_animatediff_window_averages_noise_predictions_at_every_step():
+    frames = generate_clip(6, H, W, seed=9).frames
+    m = AnimateDiffWindow(window=4, stride=2, t_index_list=[30, 40])
+    randomise_motion_out(m.comps.unet)
+    out, _ = run(m, frames)
+    with torch.no_grad():
+        want = _animatediff_whole_clip(m, frames, starts=[0, 2])
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-4)
+        # averaging only the final latents (the old behaviour) gives other outputs
+        finals = []
+        for st in (0, 2):
+            finals.append(_animatediff_whole_clip(m, frames[st : st + 4], starts=[0]))
+    assert not torch.allclose(out[2:4], (finals[0][2:4] + finals[1][0:2]) / 2, atol=1e-4)
+
+
+class CausalTemporalAttn:
+    """A mutant temporal attention: frame t attends to frames <= t only (is_causal over the frame axis)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
+        b, f, _ = hidden_states.shape
+        q, k, v = (
+            t.view(b, f, attn.heads, -1).transpose(1, 2)
+            for t in (attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states))
+        )
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return attn.to_out[1](attn.to_out[0](o.transpose(1, 2).reshape(b, f, -1)))
+
+
+def test_animatediff_window_is_bidirectional_through_attention_only():
+    """Output 0 changes when frame 1 of its window changes; with the temporal attention made causal (a mutant) it
+    does not — so no other path (a GroupNorm pooled over frames, as diffusers' motion block has) leaks later frames
+    into earlier ones, and the dependence seen is the attention's bidirectionality."""
     frames = generate_clip(4, H, W, seed=9).frames
-    m = AnimateDiffWindow(window=4, stride=4)
-    base, _ = run(m, frames)
     changed = frames.clone()
     changed[1] = torch.rand_like(changed[1])
-    out, _ = run(m, changed)
-    assert not torch.equal(out[0], base[0])
+    m = AnimateDiffWindow(window=4, stride=4)
+    randomise_motion_out(m.comps.unet)
+    assert all(isinstance(tm.norm, FrameGroupNorm) for _, tm in temporal_blocks(m.comps.unet))
+    base, _ = run(m, frames)
+    assert not torch.equal(run(m, changed)[0][0], base[0])
+    for _, tm in temporal_blocks(m.comps.unet):
+        for block in tm.transformer_blocks:
+            block.attn1.set_processor(CausalTemporalAttn())
+            block.attn2.set_processor(CausalTemporalAttn())
+    causal, _ = run(m, frames)
+    assert not torch.equal(causal[3], base[3]), "the causal mutant must change the outputs"
+    torch.testing.assert_close(run(m, changed)[0][0], causal[0], atol=0, rtol=0)
+
+
+def test_animatediff_window_loads_animatediff_motion_weights(tmp_path):
+    """model.weights.animatediff_motion: an AnimateDiff motion-module checkpoint in the reference's key names
+    (``...motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q.weight``)."""
+    from safetensors.torch import save_file
+
+    from live2diff.convert import to_reference_state_dict
+
+    plain = AnimateDiffWindow(window=2, stride=1)
+    g = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(v.shape, generator=g) for k, v in plain.comps.unet.state_dict().items()}
+    ref = to_reference_state_dict(sd)
+    assert any(".temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q" in k for k in ref)
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(tmp_path / "mm.safetensors"))
+    m = AnimateDiffWindow(
+        model={"size": "tiny", "weights": {"animatediff_motion": str(tmp_path / "mm.safetensors")}},
+        window=2,
+        stride=1,
+    )
+    assert (
+        m.info["motion_weights"] == "animatediff:mm.safetensors" and plain.info["motion_weights"] == "random"
+    )
+    got = m.comps.unet.state_dict()
+    for k, v in sd.items():
+        if ".motion_modules." in k and not k.endswith("pos_embed.pe"):
+            torch.testing.assert_close(got[k], v)
+    with pytest.raises(FileNotFoundError, match="model.weights.animatediff_motion"):
+        AnimateDiffWindow(
+            model={"size": "tiny", "weights": {"animatediff_motion": str(tmp_path / "no.ckpt")}}
+        )
+
+
+def test_animatediff_window_depth_is_optional_and_stated():
+    frames = generate_clip(4, H, W, seed=9).frames
+    off = AnimateDiffWindow(window=4, stride=4)
+    on = AnimateDiffWindow(window=4, stride=4, depth=True)
+    assert off.info["depth"] is False and on.info["depth"] is True and off.comps.depth is None
+    a, _ = run(off, frames)
+    b, _ = run(on, frames)
+    assert not torch.equal(a, b), "depth: true must condition the UNet (tiny model: random mapping network)"
 
 
 # ------------------------------------------------------------------------------------------ odd frame sizes
