@@ -66,7 +66,7 @@ def offline_notes(methods: dict[str, dict]) -> list[str]:
             continue
         if getattr(cls, "offline_reference", False):
             notes.append(
-                f"{name} is an offline reference (it holds frames until its window is full): its per-call time is "
+                f"{name} is an offline reference (each output waits for the windows around it): its per-call time is "
                 "bursty, so per-call p50 and steady-state FPS are not its speed; read throughput and end-to-end "
                 "latency"
             )
