@@ -203,16 +203,20 @@ class FeatureBankAttnProcessor:
         bank_o, lengths = _padded([[e.outputs for e in q] for q in banks], flat)
         if bank_o is None:
             return flat
-        valid = (
-            torch.arange(bank_o.shape[1], device=flat.device)[None, :]
-            < torch.tensor(lengths, device=flat.device)[:, None]
-        )
+        uniform = len(set(lengths)) == 1  # the steady state: every row's bank equally full, no padding
         sim = F.normalize(flat, dim=-1) @ F.normalize(bank_o, dim=-1).transpose(1, 2)  # [B, N, M]
-        sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
+        if not uniform:
+            valid = (
+                torch.arange(bank_o.shape[1], device=flat.device)[None, :]
+                < torch.tensor(lengths, device=flat.device)[:, None]
+            )
+            sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
         best, idx = sim.max(dim=-1)
         nearest = torch.gather(bank_o, 1, idx[..., None].expand(-1, -1, flat.shape[-1]))
         nearest = torch.where((best >= self.threshold)[..., None], nearest, flat)
         blended = flat * (1 - self.strength) + self.strength * nearest
+        if uniform:
+            return blended
         has_bank = torch.tensor([n > 0 for n in lengths], device=flat.device)
         return torch.where(has_bank[:, None, None], blended, flat)
 
@@ -220,11 +224,16 @@ class FeatureBankAttnProcessor:
 def _padded(per_row: list[list[Tensor]], like: Tensor) -> tuple[Tensor | None, list[int]]:
     """Each row's tensors ``[M_r, C]`` concatenated and zero-padded to ``[B, max M_r, C]`` (None when all empty),
     with the lengths ``M_r``."""
-    rows = [torch.cat(ts) if ts else like.new_zeros(0, like.shape[-1]) for ts in per_row]
+    rows = [
+        (torch.cat(ts) if len(ts) > 1 else ts[0]) if ts else like.new_zeros(0, like.shape[-1])
+        for ts in per_row
+    ]
     lengths = [r.shape[0] for r in rows]
     m = max(lengths, default=0)
     if m == 0:
         return None, lengths
+    if min(lengths) == m:
+        return torch.stack(rows), lengths
     return torch.stack([F.pad(r, (0, 0, 0, m - r.shape[0])) for r in rows]), lengths
 
 
