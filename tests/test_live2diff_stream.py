@@ -176,18 +176,16 @@ def test_bounded_memory_between_frame_50_and_500():
 
 def test_method_configs_compose_and_instantiate():
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+
+    from tests.conftest import compose
 
     names = sorted(p.stem for p in (ROOT / "conf" / "method").glob("live2diff*.yaml"))
     assert "live2diff" in names
     for name in names:
         text = (ROOT / "conf" / "method" / f"{name}.yaml").read_text()
         assert text.startswith(f"# @package method.{name}\n")
-    model = OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml")
-    hardware = OmegaConf.load(ROOT / "conf" / "hardware" / "cpu.yaml")
-    for name in names:
-        node = OmegaConf.load(ROOT / "conf" / "method" / f"{name}.yaml")
-        cfg = OmegaConf.create({"model": model, "hardware": hardware, "method": {name: node}})
+    for name in names:  # composed by Hydra: the variants inherit live2diff.yaml through `defaults`
+        cfg = compose([f"method=[{name}]", "model=tiny", "hardware=cpu"])
         m = instantiate(cfg.method[name])
         assert isinstance(m, Live2DiffMethod)
         out = _run(m, frames(3, size=32))
