@@ -150,15 +150,18 @@ class AnimateDiffWindow:
 
     @staticmethod
     def _load_motion(comps, weights: dict) -> str:
+        def given(v: Any) -> bool:
+            return v not in (None, "") and str(v).lower() not in ("none", "random", "n/a", "null")
+
         path = weights.get("animatediff_motion")
-        if path:
+        if given(path):
             from live2diff.convert import load_reference_checkpoint
 
             if not Path(path).exists():
                 raise MissingWeightsError(path, MOTION_KEY, "AnimateDiff motion-module checkpoint")
             load_reference_checkpoint(path, comps.unet, None, key=MOTION_KEY)
             return f"animatediff:{Path(path).name}"
-        if weights.get("motion"):
+        if given(weights.get("motion")):
             log.warning(
                 "animatediff_window runs Live2Diff's motion modules (model.weights.motion: causally trained, "
                 "depth-fine-tuned) bidirectionally; set %s to an AnimateDiff motion-module checkpoint for the "

@@ -37,6 +37,7 @@ DESCRIPTIONS = {
     "taesd": "TAESD (AutoencoderTiny) folder",
     "depth": "DPT depth model folder",
     "trained": "the project's trained tiny weights (python -m live2diff.train_tiny)",
+    "animatediff_motion": "AnimateDiff motion-module checkpoint (method animatediff_window)",
 }
 
 
@@ -45,7 +46,7 @@ RANDOM = "random"
 #: ``model.weights.<key>: none`` — do not apply this optional addition (a LoRA, a DreamBooth file)
 NONE = "none"
 #: additions that may be left null even when real weights are given
-OPTIONAL = ("style_lora", "dreambooth")
+OPTIONAL = ("style_lora", "dreambooth", "animatediff_motion")
 
 
 class PartialWeightsError(ValueError):
@@ -69,6 +70,7 @@ def weight_plan(cfg: dict) -> dict[str, str]:
         "taesd": vae_kind == "tiny",
         "depth": depth_kind != "none",
         "trained": True,  # one file with every component's weights (live2diff.train_tiny): covers all the others
+        "animatediff_motion": True,  # loaded by baselines/animatediff_window.py only
     }
     plan: dict[str, str] = {}
     for key in w:
