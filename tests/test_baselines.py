@@ -538,11 +538,13 @@ def test_animatediff_window_loads_animatediff_motion_weights(tmp_path):
     ref = to_reference_state_dict(sd)
     assert any(".temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q" in k for k in ref)
     save_file({k: v.contiguous() for k, v in ref.items()}, str(tmp_path / "mm.safetensors"))
-    m = AnimateDiffWindow(
-        model={"size": "tiny", "weights": {"animatediff_motion": str(tmp_path / "mm.safetensors")}},
-        window=2,
-        stride=1,
-    )
+    # real weights for one component: the others are named random/none on purpose (else the weights plan refuses)
+    rest = {"base": "random", "motion": "random", "lcm_lora": "none", "depth": "random"}
+
+    def tiny(path):
+        return {"size": "tiny", "weights": {**rest, "animatediff_motion": str(path)}}
+
+    m = AnimateDiffWindow(model=tiny(tmp_path / "mm.safetensors"), window=2, stride=1)
     assert (
         m.info["motion_weights"] == "animatediff:mm.safetensors" and plain.info["motion_weights"] == "random"
     )
@@ -551,9 +553,7 @@ def test_animatediff_window_loads_animatediff_motion_weights(tmp_path):
         if ".motion_modules." in k and not k.endswith("pos_embed.pe"):
             torch.testing.assert_close(got[k], v)
     with pytest.raises(FileNotFoundError, match="model.weights.animatediff_motion"):
-        AnimateDiffWindow(
-            model={"size": "tiny", "weights": {"animatediff_motion": str(tmp_path / "no.ckpt")}}
-        )
+        AnimateDiffWindow(model=tiny(tmp_path / "no.ckpt"))
 
 
 def test_animatediff_window_depth_is_optional_and_stated():
