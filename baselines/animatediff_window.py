@@ -13,7 +13,8 @@ temporal attention approximates.
 * **Motion weights**: ``model.weights.animatediff_motion`` (an AnimateDiff motion-module checkpoint, reference key
   names, e.g. ``mm_sd_v15_v2.ckpt``; ``model.unet.motion_mid_block`` / ``motion_max_seq_length`` must match it).
   Without it the UNet keeps ``model.weights.motion`` (Live2Diff's causally trained, depth-fine-tuned modules, run
-  bidirectionally here: a warning says so) or random weights. ``info["motion_weights"]`` records which.
+  bidirectionally here: a warning says so), the trained tiny model's (``model=tiny``) or random weights.
+  ``info["motion_weights"]`` records which.
 * **Depth**: off by default (AnimateDiff has no depth input); ``depth: true`` adds Live2Diff's depth latent after
   ``conv_in`` (for Live2Diff's depth-fine-tuned weights). Stated in ``info["depth"]``.
 * **Noise schedule**: AnimateDiff's inference configs (``beta_schedule: linear``).
@@ -169,6 +170,11 @@ class AnimateDiffWindow:
                 MOTION_KEY,
             )
             return f"live2diff:{Path(weights['motion']).name}"
+        if given(
+            weights.get("trained")
+        ):  # the project's tiny model: motion modules trained with Live2Diff's mask
+            log.info("animatediff_window runs the trained tiny model's (causally trained) motion modules")
+            return f"trained:{Path(weights['trained']).name}"
         return "random"
 
     @property

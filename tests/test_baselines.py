@@ -546,7 +546,8 @@ def test_animatediff_window_loads_animatediff_motion_weights(tmp_path):
 
     m = AnimateDiffWindow(model=tiny(tmp_path / "mm.safetensors"), window=2, stride=1)
     assert (
-        m.info["motion_weights"] == "animatediff:mm.safetensors" and plain.info["motion_weights"] == "random"
+        m.info["motion_weights"] == "animatediff:mm.safetensors"
+        and plain.info["motion_weights"] == "trained:tiny_trained.safetensors"
     )
     got = m.comps.unet.state_dict()
     for k, v in sd.items():
