@@ -26,6 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from eval.metrics.weights import local_path
+
 log = logging.getLogger(__name__)
 
 #: model.weights.<key> -> (what it is, where to get it)
@@ -146,7 +148,7 @@ def _weights(cfg: DictConfig) -> list[Finding]:
         if val in (None, "", "???"):
             out.append(Finding("weights", shown, f"not set — {what}; get: {where}"))
             return
-        p = Path(str(val)).expanduser()
+        p = local_path(str(val))
         if not p.exists():
             out.append(Finding("weights", shown, f"{p}: no such file or folder — {what}; get: {where}"))
         elif marker and not (p / marker).is_file():

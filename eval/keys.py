@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from eval.metrics.weights import local_path
+
 CHUNK = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".npz", ".pkl")
 
@@ -109,7 +111,7 @@ def weights_digests(cfg: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(v, dict | list | tuple):
             out.update(weights_digests(v, key))
         elif isinstance(v, str) and v and ("weight" in key.lower() or v.lower().endswith(WEIGHT_SUFFIXES)):
-            p = Path(v).expanduser()
+            p = local_path(v)
             if p.exists():
                 out[key] = path_digest(p)
     return out

@@ -20,6 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from eval.datasets.builtin_prompts import is_builtin, load_builtin
+from eval.metrics.weights import local_path
+
 SEED_MAX = 2**32 - 1  # numpy's and most generators' seed range
 LIVE_POLICIES = ("drop", "latest", "queue")
 RUNNER_MODES = ("offline", "live")
@@ -167,8 +170,19 @@ def check_dataset(ds: Any) -> list[Problem]:
     if fps is not None and (not _is_num(fps) or fps <= 0):
         out.append(Problem("dataset.fps", fps, "must be a frame rate > 0"))
     prompts = _get(ds, "prompts")
-    if isinstance(prompts, str) and prompts not in ("???",) and not Path(prompts).expanduser().is_file():
-        out.append(Problem("dataset.prompts", prompts, "no such file; give a YAML/JSON file of name: prompt"))
+    if is_builtin(prompts):
+        try:
+            load_builtin(prompts)
+        except ValueError as e:
+            out.append(Problem("dataset.prompts", prompts, str(e).split(": ", 1)[-1]))
+    elif isinstance(prompts, str) and prompts not in ("???",) and not Path(prompts).expanduser().is_file():
+        out.append(
+            Problem(
+                "dataset.prompts",
+                prompts,
+                "no such file; give a YAML/JSON file of name: prompt, or builtin:<name>[:<template>]",
+            )
+        )
     return out
 
 
@@ -363,7 +377,7 @@ def check_paths(key: str, node: Any) -> list[Problem]:
         elif "weight" in sub.lower() and isinstance(v, str) and v:
             if v == "???":
                 out.append(Problem(sub, v, f"required: set {sub}=/path/to/weights"))
-            elif not Path(v).expanduser().exists():
+            elif not local_path(v).exists():
                 out.append(
                     Problem(sub, v, "no such file or folder (nothing is downloaded: give a local path)")
                 )

@@ -445,11 +445,10 @@ class Trainer:
 # ------------------------------------------------------------------------------------------------ loading
 def resolve_trained_path(path: str | Path) -> Path:
     """``model.weights.trained`` as given, or relative to the repository (the shipped file) when it is not found
-    relative to the working directory."""
-    p = Path(path).expanduser()
-    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
-        return ROOT / p
-    return p
+    relative to the working directory (the one rule for weight paths: eval.metrics.weights.local_path)."""
+    from eval.metrics.weights import local_path
+
+    return local_path(path)
 
 
 def load_trained(path: str | Path, comps) -> None:

@@ -41,9 +41,9 @@ def make_run(d, values: dict, errors=(), refs=(), nonfinite=None, out_of_range=N
         for i in range(n):
             video = f"v{i}"
             if (method, video) in errors:
-                urows.append((method, video, "k", "error", "RuntimeError: boom", 0, 0.0))
+                urows.append((method, video, "k", "error", "RuntimeError: boom", 0, 0.0, ""))
                 continue
-            urows.append((method, video, "k", "ok", "", 4, 0.1))
+            urows.append((method, video, "k", "ok", "", 4, 0.1, ""))
             for metric, vals in metrics.items():
                 vrows.append((method, video, metric, float(vals[i])))
             vrows.append(

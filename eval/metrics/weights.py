@@ -32,6 +32,21 @@ CONVERT_COMMAND = "python -m eval.metrics.weights to-safetensors {path} {out}"
 _WRAPPERS = ("state_dict", "model", "module", "model_state_dict", "net")
 
 
+#: the checkout this package runs from: relative weight paths that do not exist from the working directory are read
+#: from here (the files the project ships, e.g. ``live2diff/assets/tiny_trained.safetensors``)
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def local_path(value: str | os.PathLike) -> Path:
+    """A configured weights path as a :class:`Path`: ``~`` expanded; a relative path that does not exist from the
+    working directory but does inside the project checkout is the project's file. Every reader of weight paths
+    (loaders, config validation, the pre-flight check, the cache key) resolves them here, so they agree."""
+    p = Path(value).expanduser()
+    if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
+        return PROJECT_ROOT / p
+    return p
+
+
 class MissingWeightsError(FileNotFoundError):
     """A configured weight file or folder does not exist (the message names the path and the config key)."""
 

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from PIL import Image
 
 from eval.validate import ConfigError, validate
@@ -112,3 +113,15 @@ def test_exit_status_2_for_setup_errors(tmp_path):
     assert r.returncode == 2 and f"{conf / 'blur.yaml'} (add `# @package method.blur`)" in r.stderr, r.stderr
     r = run_eval("method=[identity]", "method.identity.nokey=1", *common)  # Hydra refuses the override
     assert r.returncode == 2, r.stderr
+
+
+def test_builtin_prompt_specs_are_accepted_and_bad_ones_named():
+    from eval.validate import check_dataset
+
+    def ds(prompts):
+        return OmegaConf.create({"_target_": "eval.datasets.folder.FolderDataset", "root": ".", "prompts": prompts})
+
+    assert not check_dataset(ds("builtin:davis2017_val"))
+    assert not check_dataset(ds("builtin:davis2017_val:anime"))
+    (problem,) = check_dataset(ds("builtin:davis2017_vall"))
+    assert problem.key == "dataset.prompts" and "davis2017_val" in problem.fix
