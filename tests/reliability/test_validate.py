@@ -119,7 +119,9 @@ def test_builtin_prompt_specs_are_accepted_and_bad_ones_named():
     from eval.validate import check_dataset
 
     def ds(prompts):
-        return OmegaConf.create({"_target_": "eval.datasets.folder.FolderDataset", "root": ".", "prompts": prompts})
+        return OmegaConf.create(
+            {"_target_": "eval.datasets.folder.FolderDataset", "root": ".", "prompts": prompts}
+        )
 
     assert not check_dataset(ds("builtin:davis2017_val"))
     assert not check_dataset(ds("builtin:davis2017_val:anime"))
