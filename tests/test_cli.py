@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from tests.conftest import ROOT
 
@@ -28,6 +29,7 @@ def test_run_eval_prints_table_and_writes_results(tmp_path):
     assert len(runs) == 1 and (runs[0] / "report.html").is_file()
 
 
+@pytest.mark.slow  # two run_eval.py processes + a merge (~18 s); tests/reliability/test_scaleout.py covers it fast
 def test_shards_then_merge_report(tmp_path):
     for shard in (0, 1):
         rc, out = sh(
