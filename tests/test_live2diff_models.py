@@ -116,55 +116,12 @@ def test_missing_weight_file_names_path_and_config_key(tmp_path, key):
 
 
 def _reference_style_state_dict(unet, mapping_channels, seed=0):
-    """Synthetic checkpoint with the reference's key names and shapes (AnimateDiff layout + flow_conv_in),
-    written from the reference's module structure, not from our converter."""
-    g = torch.Generator().manual_seed(seed)
+    """Synthetic checkpoint with the reference's key names and shapes (AnimateDiff layout + flow_conv_in), written
+    from the reference's module structure by the fixture generator, not from our converter."""
+    from live2diff.testing.fixtures import motion_state_dict
+
     cfg = unet.config
-    ch, layers = list(cfg.block_out_channels), cfg.layers_per_block
-    prefixes = [(f"down_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(ch) for j in range(layers)]
-    prefixes += [
-        (f"up_blocks.{i}.motion_modules.{j}", c) for i, c in enumerate(ch[::-1]) for j in range(layers + 1)
-    ]
-    sd = {}
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g)
-
-    for p, c in prefixes:
-        t = f"{p}.temporal_transformer"
-        sd.update(
-            {
-                f"{t}.norm.weight": r(c),
-                f"{t}.norm.bias": r(c),
-                f"{t}.proj_in.weight": r(c, c),
-                f"{t}.proj_in.bias": r(c),
-                f"{t}.proj_out.weight": r(c, c),
-                f"{t}.proj_out.bias": r(c),
-            }
-        )
-        b = f"{t}.transformer_blocks.0"
-        for a in (0, 1):
-            for proj in ("to_q", "to_k", "to_v"):
-                sd[f"{b}.attention_blocks.{a}.{proj}.weight"] = r(c, c)
-            sd[f"{b}.attention_blocks.{a}.to_out.0.weight"] = r(c, c)
-            sd[f"{b}.attention_blocks.{a}.to_out.0.bias"] = r(c)
-            sd[f"{b}.attention_blocks.{a}.pos_encoder.pe"] = r(1, 24, c)
-            sd[f"{b}.norms.{a}.weight"], sd[f"{b}.norms.{a}.bias"] = r(c), r(c)
-        sd[f"{b}.ff.net.0.proj.weight"], sd[f"{b}.ff.net.0.proj.bias"] = r(8 * c, c), r(8 * c)
-        sd[f"{b}.ff.net.2.weight"], sd[f"{b}.ff.net.2.bias"] = r(c, 4 * c), r(c)
-        sd[f"{b}.ff_norm.weight"], sd[f"{b}.ff_norm.bias"] = r(c), r(c)
-    m = list(mapping_channels)
-    sd["flow_conv_in.conv_in.weight"], sd["flow_conv_in.conv_in.bias"] = r(m[0], 4, 3, 3), r(m[0])
-    k = 0
-    for a, b2 in zip(m[:-1], m[1:]):
-        sd[f"flow_conv_in.blocks.{k}.weight"], sd[f"flow_conv_in.blocks.{k}.bias"] = r(a, a, 3, 3), r(a)
-        sd[f"flow_conv_in.blocks.{k + 1}.weight"], sd[f"flow_conv_in.blocks.{k + 1}.bias"] = (
-            r(b2, a, 3, 3),
-            r(b2),
-        )
-        k += 2
-    sd["flow_conv_in.conv_out.weight"], sd["flow_conv_in.conv_out.bias"] = r(ch[0], m[-1], 3, 3), r(ch[0])
-    return sd
+    return motion_state_dict(list(cfg.block_out_channels), cfg.layers_per_block, mapping_channels, seed=seed)
 
 
 def test_converter_round_trip_on_reference_layout(tmp_path):
