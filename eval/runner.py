@@ -171,34 +171,26 @@ class Runner:
         from tqdm.auto import tqdm
 
         units: list[UnitResult] = []
-        frames_parts: list[pd.DataFrame] = []
-        videos_parts: list[pd.DataFrame] = []
         todo = [(m, v) for m in self.method_cfgs for v in self.videos]
         bar = tqdm(todo, desc="units", unit="unit", disable=not self.progress, dynamic_ncols=True)
         try:
             for k, (method_name, video) in enumerate(bar):
                 bar.set_postfix_str(f"{method_name} / {video.name}")
-                res, fr, vr = self._unit(method_name, video)
-                units.append(res)
-                if res.status != "error":
-                    frames_parts.append(fr)
-                    videos_parts.append(vr)
+                units.append(self._unit(method_name, video))
                 if k + 1 == len(todo) or todo[k + 1][0] != method_name:
                     self._release(method_name)  # one model in memory at a time
         finally:
             bar.close()
             for name in list(self._built):
                 self._release(name)
-            frames = (
-                pd.concat(frames_parts, ignore_index=True)
-                if frames_parts
-                else pd.DataFrame(columns=FRAME_COLUMNS)
-            )
-            videos = (
-                pd.concat(videos_parts, ignore_index=True)
-                if videos_parts
-                else pd.DataFrame(columns=VIDEO_COLUMNS)
-            )
+            # the run's tables come from the store (every unit that did not fail is there), not from tables kept
+            # per unit: those small buffers, alive between every unit's large transient ones, fragmented the heap
+            # and the process grew by ~50 MB per 100 units (benchmarks/scale.py, tests/test_runner_memory.py)
+            frames, videos = self.store.read_tables([u.key for u in units if u.status != "error"])
+            if frames is None:
+                frames = pd.DataFrame(columns=FRAME_COLUMNS)
+            if videos is None:
+                videos = pd.DataFrame(columns=VIDEO_COLUMNS)
             self._write_run_tables(units, frames, videos)
         return RunSummary(self.run_dir, units, frames, videos)
 
@@ -237,9 +229,7 @@ class Runner:
         if self.settings.warmup_frames > 0:
             warm_up(method, frames, self.settings.warmup_frames, prompt="warm-up", seed=self.settings.seed)
 
-    def _unit(
-        self, method_name: str, video: Video
-    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
+    def _unit(self, method_name: str, video: Video) -> UnitResult:
         key = self.unit_key(method_name, video)
         if self.settings.resume and self.store.done(key):
             return self._cached(method_name, video, key)
@@ -249,16 +239,14 @@ class Runner:
             fault_point("unit.begin")
             return self._compute(method_name, video, key)
 
-    def _cached(
-        self, method_name: str, video: Video, key: str
-    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
-        meta, fr, vr = self.store.read(key)
+    def _cached(self, method_name: str, video: Video, key: str) -> UnitResult:
+        meta = self.store.read_meta(key)
         notes = list(meta.get("notes", []))
         if self.settings.save_videos:
             notes += self._save_cached_video(method_name, video)
         unit = UnitResult(method_name, video.name, key, "cached", n_frames=meta.get("n_frames", 0))
         unit.notes = "; ".join(notes)
-        return unit, fr, vr
+        return unit
 
     def _save_cached_video(self, method_name: str, video: Video) -> list[str]:
         """runner.save_videos for a unit computed earlier: from its kept outputs, or a note saying why not."""
@@ -275,9 +263,7 @@ class Runner:
         write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
         return []
 
-    def _compute(
-        self, method_name: str, video: Video, key: str
-    ) -> tuple[UnitResult, pd.DataFrame | None, pd.DataFrame | None]:
+    def _compute(self, method_name: str, video: Video, key: str) -> UnitResult:
         t0 = time.perf_counter()
         status = "ok"
         notes: list[str] = []
@@ -315,7 +301,7 @@ class Runner:
                     self._built.pop(method_name, None)
             unit = UnitResult(method_name, video.name, key, "error", reason, seconds=time.perf_counter() - t0)
             unit.notes = "; ".join(notes)
-            return unit, None, None
+            return unit
         meta = {
             "method": method_name,
             "video": video.name,
@@ -338,7 +324,7 @@ class Runner:
             seconds=time.perf_counter() - t0,
         )
         unit.notes = "; ".join(notes)
-        return unit, fr, vr
+        return unit
 
     def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
         h, w = frames.shape[-2:]
