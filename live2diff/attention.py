@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from live2diff.kv_cache import LayerKVCache, SlotIndex
+from live2diff.kv_cache import LayerKVCache, SlotIndex, resolve_kernel
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -80,8 +80,8 @@ class TemporalAttentionState:
     _current: tuple | None = None
 
     def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        """``(slot positions [nb, L], query positions [nb], additive bias [nb, L], steps [nb], write slots [nb],
-        steps * L + write slots [nb])`` on ``device``."""
+        """``(slot positions [nb, L], query positions [nb], additive bias [nb, L], steps [nb], write slots [nb])``
+        on ``device``."""
         cur = self._current
         if cur is not None and cur[0] is self.key and cur[1] == device and cur[2] == dtype:
             return cur[3]
@@ -93,30 +93,54 @@ class TemporalAttentionState:
                 self.memo.clear()
             pos, qpos, valid, steps, slots = self.memo[(self.key, "host")] = host
             bias = torch.zeros(valid.shape, dtype=dtype).masked_fill_(~valid, float("-inf"))
-            flat = steps * pos.shape[1] + slots
-            out = self.memo[mkey] = tuple(t.to(device) for t in (pos, qpos, bias, steps, slots, flat))
+            out = self.memo[mkey] = tuple(t.to(device) for t in (pos, qpos, bias, steps, slots))
         self._current = (self.key, device, dtype, out)
         return out
 
 
 class StreamTemporalAttnProcessor:
-    """Processor for one temporal self-attention layer (``attn1`` or ``attn2`` of a motion block)."""
+    """Processor for one temporal self-attention layer (``attn1`` or ``attn2`` of a motion block).
+
+    On the CPU both modes project ``q``, ``k``, ``v`` with one matrix product by a cached ``[3C, C]`` copy of the
+    three weights, the query's rows pre-multiplied by the attention scale (refreshed when a weight changes); other
+    devices keep three projections (no extra copy of the weights in GPU memory)."""
 
     def __init__(
         self, state: TemporalAttentionState, cache: LayerKVCache, pos_module: DeferredPositionalEmbedding
     ):
         self.state, self.cache, self.pos_module = state, cache, pos_module
-        self._pe_key: tuple | None = None
+        self._key: tuple | None = None
         self._pe_proj: tuple[Tensor, Tensor, Tensor] | None = None
+        self._fused: Tensor | None = None  # CPU: [W_q * scale; W_k; W_v]
+        self._q_pe_scaled: Tensor | None = None
+        self._memo: dict = {}  # vector kernel: this layer's position operands per ring state
+
+    def _prepare(self, attn: nn.Module, like: Tensor) -> None:
+        """``W·pe`` of the three projections (``[max_len, C]`` each) and, on the CPU, the fused weights; rebuilt
+        only when a weight changes (new tensor or in-place update), the device or the dtype."""
+        ws = (attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)
+        key = (like.device, like.dtype, ws[0]._version, ws[1]._version, ws[2]._version, *map(id, ws))
+        if key == self._key:
+            return
+        pe = self.pos_module.pe[0].to(like.device, like.dtype)
+        self._pe_proj = tuple(F.linear(pe, w.to(like.dtype)) for w in ws)
+        self._memo.clear()
+        if like.device.type == "cpu" or resolve_kernel(self.cache.requested, like.device) == "vector":
+            for lin in (attn.to_q, attn.to_k, attn.to_v):
+                if type(lin) is not nn.Linear:
+                    raise TypeError(
+                        f"temporal attention projection is a {type(lin).__name__}, not a plain nn.Linear: fuse "
+                        "adapter (LoRA) weights into the base weights before streaming"
+                    )
+            self._fused = torch.cat([ws[0] * attn.scale, ws[1], ws[2]]).to(like.device, like.dtype)
+            self._q_pe_scaled = self._pe_proj[0] * attn.scale
+        else:
+            self._fused = self._q_pe_scaled = None
+        self._key = key
 
     def projected_pe(self, attn: nn.Module, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(W_q·pe, W_k·pe, W_v·pe)``, each ``[max_len, C]``; recomputed only when weights change."""
-        ws = (attn.to_q.weight, attn.to_k.weight, attn.to_v.weight)
-        key = (like.device, like.dtype, ws[0]._version, ws[1]._version, ws[2]._version, *map(id, ws))
-        if key != self._pe_key:
-            pe = self.pos_module.pe[0].to(like.device, like.dtype)
-            self._pe_proj = tuple(F.linear(pe, w.to(like.dtype)) for w in ws)
-            self._pe_key = key
+        self._prepare(attn, like)
         return self._pe_proj
 
     @torch.compiler.disable  # Python state that changes every call: a graph break, not a recompile per call
@@ -126,12 +150,13 @@ class StreamTemporalAttnProcessor:
         if encoder_hidden_states is not None:
             raise ValueError("temporal attention is self-attention; got encoder_hidden_states")
         st = self.state
-        q_pe, k_pe, v_pe = self.projected_pe(attn, hidden_states)
-        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)  # [N, F, C]
+        self._prepare(attn, hidden_states)
         if st.mode == "full":
-            out = self._full(attn, q, k, v, q_pe, k_pe, v_pe)
+            out = self._full(attn, hidden_states)
         elif st.mode == "stream":
-            out = self._stream(attn, q, k, v, q_pe, k_pe, v_pe)
+            if resolve_kernel(self.cache.requested, hidden_states.device) == "vector":
+                return self._stream_vector(attn, hidden_states)
+            out = self._stream_sdpa(attn, hidden_states)
         else:
             raise ValueError(f"unknown temporal attention mode '{st.mode}'")
         out = attn.to_out[0](out)
@@ -145,67 +170,113 @@ class StreamTemporalAttnProcessor:
         *lead, h, n, d = x.shape
         return x.transpose(-3, -2).reshape(*lead, n, h * d)
 
-    def _full(self, attn, q, k, v, q_pe, k_pe, v_pe) -> Tensor:
+    def _full(self, attn, x: Tensor) -> Tensor:
         st = self.state
-        n_rows, f, c = q.shape
+        q_pe, k_pe, v_pe = self._pe_proj
+        n_rows, f, c = x.shape
         if f > q_pe.shape[0]:
             raise ValueError(f"{f} frames exceed the motion module's {q_pe.shape[0]} positions")
         h = attn.heads
+        if self._fused is not None:  # q comes pre-scaled
+            qkv = F.linear(x, self._fused)
+            q, k, v, scale = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :], 1.0
+            q_pe = self._q_pe_scaled
+        else:
+            q, k, v, scale = attn.to_q(x), attn.to_k(x), attn.to_v(x), attn.scale
         if st.write_step is not None:
             self.cache.ensure(n_rows, h, c // h, k.device, k.dtype)
             self.cache.write(st.write_step, slice(0, f), k, v)
         q, k, v = q + q_pe[:f], k + k_pe[:f], v + v_pe[:f]
         mask = None if st.full_mask is None else st.full_mask.to(q.device, q.dtype)
         o = F.scaled_dot_product_attention(
-            self._heads(q, h), self._heads(k, h), self._heads(v, h), attn_mask=mask
+            self._heads(q, h), self._heads(k, h), self._heads(v, h), attn_mask=mask, scale=scale
         )
         return self._unheads(o)
 
-    def _stream(self, attn, q, k, v, q_pe, k_pe, v_pe) -> Tensor:
-        """Each row's query against its step's cache (itself included, written first). Keys and values are cached
-        as ``W·x``; their position terms are per slot and shared by all h*w pixels, so they enter as a ``[nb, L]``
-        term of the scores (``q·W_k pe``) and a weighted sum of ``W_v pe`` rows, never broadcast into the cache."""
-        st = self.state
-        n_rows, f, c = q.shape
-        nb = len(st.steps)
+    def _rows(self, attn, x: Tensor) -> tuple[int, int, int, int, int]:
+        n_rows, f, c = x.shape
+        nb = len(self.state.steps)
         if f != 1 or n_rows % nb:
             raise ValueError(
                 f"stream mode expects one frame per batch row; got {f} frames, {n_rows} rows, {nb} steps"
             )
-        hw, h = n_rows // nb, attn.heads
+        return n_rows, nb, n_rows // nb, attn.heads, c
+
+    def _stream_vector(self, attn, x: Tensor) -> Tensor:
+        """Each row's query against its step's cache (itself included, written first), pixels innermost.
+
+        One matrix product gives ``q``, ``k``, ``v`` already in the cache's layout (``W [3C, C] @ x^T``: channels
+        by (row, pixel)), the query's position term added by the same call (``addmm``'s bias); the call's keys and
+        values go into the cache with one slice assignment. Keys and values are cached as ``W·x``: their position
+        terms, per slot and shared by all pixels, enter as a ``[L, d]`` by ``[d, h*w]`` product added to the
+        scores and a ``[d, L]`` by ``[L, h*w]`` product added to the output, with operands built once per ring
+        state and layer (:meth:`_position_operands`)."""
+        st = self.state
+        n_rows, nb, hw, h, c = self._rows(attn, x)
         d = c // h
         cache = self.cache
+        cache.ensure(hw, h, d, x.device, x.dtype)
+        q_bias, q_add, kpe, vpe, bias = self._position_operands(attn, nb, h, d)
+        qkv = torch.addmm(q_bias, self._fused, x.view(n_rows, c).t()).view(3, h, d, nb, hw)
+        q = qkv[0].permute(2, 0, 1, 3)  # [nb, h, d, hw], pixels contiguous
+        if q_add is not None:  # rows at different positions (not in steady state)
+            q = q + q_add
+        cache.write_call(st.steps, st.write_slots, qkv[1:].permute(3, 0, 1, 2, 4))
+        keys, values = cache.steps_view(st.steps)  # [nb, h, L, d, hw]
+        L = keys.shape[2]
+        scores = (keys * q[:, :, None]).sum(3)  # [nb, h, L, hw]
+        scores.view(nb * h, L, hw).baddbmm_(kpe, q.reshape(nb * h, d, hw))  # + q · W_k pe[pos]
+        if bias is not None:  # empty slots (the ring is still filling)
+            scores += bias
+        w = scores.softmax(2)
+        out = (values * w[:, :, :, None]).sum(2)  # [nb, h, d, hw]
+        out.view(nb * h, d, hw).baddbmm_(vpe, w.view(nb * h, L, hw))  # + sum_j w_j W_v pe[pos_j]
+        out = attn.to_out[0](out.view(nb, c, hw).transpose(1, 2))  # [nb, hw, C]
+        return attn.to_out[1](out.reshape(n_rows, 1, c))
+
+    def _position_operands(self, attn, nb: int, h: int, d: int) -> tuple:
+        """``(q bias [3C, 1] or 0, per-row q term [nb, h, d, 1] or None, W_k pe[pos] [nb*h, L, d],
+        (W_v pe[pos])^T [nb*h, d, L], additive slot bias [nb, 1, L, 1] or None)`` for the current ring state: built
+        on the first call in that state, then reused (the ring cycles through ``window - warmup`` states)."""
+        st = self.state
+        got = self._memo.get(st.key)
+        if got is not None:
+            return got
+        pos, qpos, bias, _, _ = st.tensors(self._fused.device, self._fused.dtype)
+        _, k_pe, v_pe = self._pe_proj
+        L, c = pos.shape[1], h * d
+        kpe = k_pe[pos].reshape(nb, L, h, d).permute(0, 2, 1, 3).reshape(nb * h, L, d)
+        vpe = v_pe[pos].reshape(nb, L, h, d).permute(0, 2, 3, 1).reshape(nb * h, d, L)
+        q_pe = self._q_pe_scaled[qpos]  # [nb, C]
+        q_bias = torch.zeros(3 * c, 1, dtype=q_pe.dtype, device=q_pe.device)
+        q_add = None
+        if bool((qpos == qpos[0]).all()):
+            q_bias[:c, 0] = q_pe[0]
+        else:
+            q_add = q_pe.reshape(nb, h, d, 1)
+        slot_bias = None if bool((bias == 0).all()) else bias.view(nb, 1, L, 1)
+        if len(self._memo) > 64:  # bounded: a stream cycles through few ring states
+            self._memo.clear()
+        got = self._memo[st.key] = (q_bias, q_add, kpe, vpe, slot_bias)
+        return got
+
+    def _stream_sdpa(self, attn, x: Tensor) -> Tensor:
+        """``scaled_dot_product_attention`` over the cache as a view (``keys`` ``[nb, hw, h, L, d]``); the key
+        position term rides in the additive mask, the one-hot value columns return the weights for the value term."""
+        st = self.state
+        n_rows, nb, hw, h, c = self._rows(attn, x)
+        d = c // h
+        q_pe, k_pe, v_pe = self._pe_proj
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)  # [N, 1, C]
+        cache = self.cache
         cache.ensure(hw, h, d, k.device, k.dtype)
-        pos, qpos, bias, steps, slots, flat = st.tensors(q.device, q.dtype)
-        cache.write_rows(steps, slots, flat, k, v)  # in place, each row into its step's slot
+        pos, qpos, bias, steps, slots = st.tensors(q.device, q.dtype)
+        cache.write_rows(steps, slots, k, v)  # in place, each row into its step's slot
         keys, values = cache.steps_view(st.steps)
         L = pos.shape[1]
         kpe = k_pe[pos].reshape(nb, L, h, d).transpose(1, 2)  # [nb, h, L, d]
         vpe = v_pe[pos].reshape(nb, L, h, d).transpose(1, 2)  # [nb, h, L, d]
         q = (q.reshape(nb, hw, c) + q_pe[qpos][:, None, :]).reshape(nb, hw, h, d)
-        if cache.kernel == "vector":
-            return self._stream_vector(attn, q, keys, values, kpe, vpe, bias).reshape(n_rows, 1, c)
-        return self._stream_sdpa(attn, q, keys, values, kpe, vpe, bias).reshape(n_rows, 1, c)
-
-    @staticmethod
-    def _stream_vector(attn, q, keys, values, kpe, vpe, bias) -> Tensor:
-        """Pixels innermost (``keys`` ``[nb, L, h, d, hw]``): elementwise passes over contiguous memory."""
-        nb, hw, h, d = q.shape
-        L = keys.shape[1]
-        qv = q.permute(0, 2, 3, 1).contiguous()  # [nb, h, d, hw]
-        scores = (keys * qv[:, None]).sum(3)  # [nb, L, h, hw]
-        scores += torch.matmul(kpe, qv).transpose(1, 2)  # position term of the keys
-        w = scores.mul_(attn.scale).add_(bias.view(nb, L, 1, 1)).softmax(1)
-        out = (values * w[:, :, :, None]).sum(1)  # [nb, h, d, hw]
-        out += torch.matmul(vpe.transpose(2, 3), w.transpose(1, 2))  # position term of the values
-        return out.permute(0, 3, 1, 2)  # [nb, hw, h, d]
-
-    @staticmethod
-    def _stream_sdpa(attn, q, keys, values, kpe, vpe, bias) -> Tensor:
-        """``scaled_dot_product_attention`` over the cache as a view (``keys`` ``[nb, hw, h, L, d]``); the key
-        position term rides in the additive mask, the one-hot value columns return the weights for the value term."""
-        nb, hw, h, d = q.shape
-        L = keys.shape[3]
         mask = torch.matmul(q.transpose(1, 2), kpe.transpose(2, 3))  # [nb, h, hw, L]
         mask = (mask * attn.scale + bias.view(nb, 1, 1, L)).transpose(1, 2).reshape(nb * hw, h, 1, L)
         o = F.scaled_dot_product_attention(
@@ -216,7 +287,7 @@ class StreamTemporalAttnProcessor:
             scale=attn.scale,
         ).reshape(nb, hw, h, d + L)
         w = o[..., d:].transpose(1, 2)  # [nb, h, hw, L] attention weights per slot
-        return o[..., :d] + torch.matmul(w, vpe).transpose(1, 2)
+        return (o[..., :d] + torch.matmul(w, vpe).transpose(1, 2)).reshape(n_rows, 1, c)
 
 
 class StreamAttentionController:
@@ -251,11 +322,10 @@ class StreamAttentionController:
         steps = [int(s) for s in steps]
         if len(set(steps)) != len(steps):
             raise ValueError(f"stream rows must be at distinct steps, got {steps}")
-        slots, pos_rows, valid_rows, qpos = [], [], [], []
-        for s in steps:
-            slot = self.index.advance(s)
+        slots = self.index.advance_all(steps)
+        pos_rows, valid_rows, qpos = [], [], []
+        for s, slot in zip(steps, slots):
             pos, valid = self.index.positions(s)
-            slots.append(slot)
             pos_rows.append(tuple(pos))
             valid_rows.append(tuple(valid))
             qpos.append(pos[slot])

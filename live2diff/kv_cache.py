@@ -38,6 +38,7 @@ class SlotIndex:
         self.n_warm = [0] * self.n_steps
         self.ring: list[deque[int]] = [deque() for _ in range(self.n_steps)]
         self.frames_seen = [0] * self.n_steps
+        self.cursor = 0  # the ring slot a stream call offers every step (see :meth:`advance_all`)
 
     def set_warmup(self, step: int, n_frames: int) -> None:
         if n_frames > self.warmup:
@@ -46,16 +47,29 @@ class SlotIndex:
         self.ring[step].clear()
         self.frames_seen[step] = n_frames
 
-    def advance(self, step: int) -> int:
-        """Reserve the slot for a new frame at ``step`` (evicting the oldest ring frame when full)."""
+    def advance(self, step: int, preferred: int | None = None) -> int:
+        """Reserve the slot for a new frame at ``step``: the oldest ring frame's when the ring is full (FIFO
+        eviction), else a free ring slot (``preferred`` if it is free)."""
         ring = self.ring[step]
         if len(ring) < self.ring_capacity:
-            slot = self.warmup + len(ring)
+            if preferred is not None and preferred not in ring and self.warmup <= preferred < self.window:
+                slot = preferred
+            else:
+                slot = next(s for s in range(self.warmup, self.window) if s not in ring)
         else:
             slot = ring.popleft()
         ring.append(slot)
         self.frames_seen[step] += 1
         return slot
+
+    def advance_all(self, steps: list[int]) -> list[int]:
+        """One stream call: a slot for a new frame at each of ``steps``. Every step is offered the same slot (a
+        cursor that moves by one slot per call), so once each step is written at every call — the stream batch's
+        steady state — all rows of a call land in one slot: the write is a single slice per layer. (A full ring's
+        oldest frame is then always the cursor's slot, the ring period being its capacity.)"""
+        preferred = self.warmup + self.cursor
+        self.cursor = (self.cursor + 1) % self.ring_capacity
+        return [self.advance(s, preferred) for s in steps]
 
     def positions(self, step: int) -> tuple[list[int], list[bool]]:
         """``(position of each slot, whether it is filled)``, both of length ``window``."""
@@ -88,10 +102,12 @@ class LayerKVCache:
     Holds the reference's ``[n_steps, 2, h*w, window, C]`` content in the layout its attention kernel reads without
     a copy (:meth:`as_reference_layout` returns the reference order):
 
-    * ``vector`` (CPU): ``k``, ``v`` each ``[n_steps, window, heads, C/heads, h*w]``: pixels innermost, so one
-      query per pixel against its ``window`` keys is a few vectorised elementwise passes over contiguous memory
-      (batched matmuls of ``1 x d`` by ``d x window`` matrices ran ~4x slower on CPU, SDPA ~3x), and a frame's
-      entry is one contiguous block (``index_copy_`` of all rows at once).
+    * ``vector`` (CPU): one buffer ``kv`` ``[n_steps, 2 (k, v), heads, window, C/heads, h*w]`` (``k``, ``v`` are
+      its two halves, ``[n_steps, heads, window, C/heads, h*w]``): pixels innermost, so one query per pixel
+      against its ``window`` keys is a few vectorised elementwise passes over contiguous memory (batched matmuls
+      of ``1 x d`` by ``d x window`` matrices ran ~4x slower on CPU, SDPA ~3x), and the keys and values of a
+      stream call's rows — consecutive steps, one slot (:meth:`SlotIndex.advance_all`) — are written with one
+      slice assignment (:meth:`write_call`).
     * ``sdpa`` (CUDA, any other device): ``k`` ``[n_steps, h*w, heads, window, d]`` and ``v`` ``[n_steps, h*w,
       heads, window, d + window]``, so one step's keys are the ``[B, heads, window, d]`` operand of
       ``scaled_dot_product_attention`` as a view. The value rows carry a constant one-hot of their slot in the last
@@ -103,20 +119,28 @@ class LayerKVCache:
         resolve_kernel(kernel, "cpu")  # validates the name
         self.n_steps, self.window, self.requested = int(n_steps), int(window), kernel
         self.kernel = "vector"  # resolved against the device at allocation
+        self.kv: Tensor | None = None  # vector kernel: k and v in one buffer
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.heads = self.head_dim = self.hw = 0
 
     def ensure(self, hw: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
-        key = (hw, heads, head_dim, torch.device(device), dtype)
-        if self.k is not None and key == (self.hw, self.heads, self.head_dim, self.k.device, self.k.dtype):
+        if (
+            self.k is not None
+            and hw == self.hw
+            and heads == self.heads
+            and head_dim == self.head_dim
+            and dtype == self.k.dtype
+            and self.k.device == torch.device(device)
+        ):
             return
         s, w = self.n_steps, self.window
         self.kernel = resolve_kernel(self.requested, device)
         if self.kernel == "vector":
-            self.k = torch.zeros((s, w, heads, head_dim, hw), device=device, dtype=dtype)
-            self.v = torch.zeros((s, w, heads, head_dim, hw), device=device, dtype=dtype)
+            self.kv = torch.zeros((s, 2, heads, w, head_dim, hw), device=device, dtype=dtype)
+            self.k, self.v = self.kv[:, 0], self.kv[:, 1]
         else:
+            self.kv = None
             self.k = torch.zeros((s, hw, heads, w, head_dim), device=device, dtype=dtype)
             self.v = torch.zeros((s, hw, heads, w, head_dim + w), device=device, dtype=dtype)
             self.v[..., head_dim:] = torch.eye(w, device=device, dtype=dtype)
@@ -126,13 +150,13 @@ class LayerKVCache:
         """Store ``k``, ``v`` (``[h*w, F, C]``: ``F`` frames, written to ``slot`` or the slots of a slice) in place."""
         hw, f, c = k.shape
         h, d = self.heads, self.head_dim
-        if self.kernel == "vector":  # [hw, F, h, d] -> [F, h, d, hw]
-            kk = k.reshape(hw, f, h, d).permute(1, 2, 3, 0)
-            vv = v.reshape(hw, f, h, d).permute(1, 2, 3, 0)
+        if self.kernel == "vector":  # [hw, F, h, d] -> [h, F, d, hw]
+            kk = k.reshape(hw, f, h, d).permute(2, 1, 3, 0)
+            vv = v.reshape(hw, f, h, d).permute(2, 1, 3, 0)
             if isinstance(slot, int):
-                kk, vv = kk[0], vv[0]
-            self.k[step, slot] = kk
-            self.v[step, slot] = vv
+                kk, vv = kk[:, 0], vv[:, 0]
+            self.k[step, :, slot] = kk
+            self.v[step, :, slot] = vv
         else:  # [hw, F, h, d] -> [hw, h, F, d]
             kk = k.reshape(hw, f, h, d).transpose(1, 2)
             vv = v.reshape(hw, f, h, d).transpose(1, 2)
@@ -141,18 +165,24 @@ class LayerKVCache:
             self.k[step, :, :, slot] = kk
             self.v[step, :, :, slot, :d] = vv
 
-    def write_rows(self, steps: Tensor, slots: Tensor, flat: Tensor, k: Tensor, v: Tensor) -> None:
-        """Stream call: row ``i`` of ``k``, ``v`` (``[nb*h*w, 1, C]``, rows major) goes to ``(steps[i], slots[i])``;
-        ``flat = steps * window + slots``. One in-place op per tensor, whatever the number of rows."""
+    def write_call(self, steps: list[int], slots: list[int], kv: Tensor) -> None:
+        """``vector`` kernel, stream call: row ``i``'s keys and values (``kv[i]``, ``[2, h, d, h*w]``) go to step
+        ``steps[i]``, slot ``slots[i]``. Consecutive steps sharing one slot (the steady state): one slice
+        assignment for all rows, keys and values together; otherwise one per row."""
+        s0 = steps[0]
+        if slots.count(slots[0]) == len(slots) and steps == list(range(s0, s0 + len(steps))):
+            self.kv[s0 : s0 + len(steps), :, :, slots[0]] = kv
+        else:
+            for i, (step, slot) in enumerate(zip(steps, slots)):
+                self.kv[step, :, :, slot] = kv[i]
+
+    def write_rows(self, steps: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
+        """``sdpa`` kernel, stream call: row ``i`` of ``k``, ``v`` (``[nb*h*w, 1, C]``, rows major) goes to
+        ``(steps[i], slots[i])``. One in-place op per tensor, whatever the number of rows."""
         nb = steps.shape[0]
         h, d, hw = self.heads, self.head_dim, self.hw
-        if self.kernel == "vector":
-            s, w = self.n_steps, self.window
-            self.k.view(s * w, h, d, hw).index_copy_(0, flat, k.reshape(nb, hw, h, d).permute(0, 2, 3, 1))
-            self.v.view(s * w, h, d, hw).index_copy_(0, flat, v.reshape(nb, hw, h, d).permute(0, 2, 3, 1))
-        else:
-            self.k[steps, :, :, slots] = k.reshape(nb, hw, h, d)
-            self.v[steps, :, :, slots, :d] = v.reshape(nb, hw, h, d)
+        self.k[steps, :, :, slots] = k.reshape(nb, hw, h, d)
+        self.v[steps, :, :, slots, :d] = v.reshape(nb, hw, h, d)
 
     def steps_view(self, steps: list[int]) -> tuple[Tensor, Tensor]:
         """Keys and values of the given denoising steps, stacked: a view when the steps are consecutive."""
@@ -166,8 +196,8 @@ class LayerKVCache:
         """``[n_steps, 2 (k, v), h*w, window, C]`` (a copy), the reference's layout."""
         if self.k is None:
             return None
-        if self.kernel == "vector":  # [s, w, h, d, hw] -> [s, hw, w, h, d]
-            k, v = (t.permute(0, 4, 1, 2, 3) for t in (self.k, self.v))
+        if self.kernel == "vector":  # [s, h, w, d, hw] -> [s, hw, w, h, d]
+            k, v = (t.permute(0, 4, 2, 1, 3) for t in (self.k, self.v))
         else:  # [s, hw, h, w, d] -> [s, hw, w, h, d]
             k, v = self.k.transpose(2, 3), self.v[..., : self.head_dim].transpose(2, 3)
         s, hw, w = k.shape[:3]
@@ -180,9 +210,13 @@ class LayerKVCache:
         return (self.n_steps, 2, self.hw, self.window, self.heads * self.head_dim)
 
     def clear(self) -> None:
-        self.k = self.v = None
+        self.kv = self.k = self.v = None
         self.heads = self.head_dim = self.hw = 0
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.k is None else sum(t.numel() * t.element_size() for t in (self.k, self.v))
+        if self.k is None:
+            return 0
+        if self.kv is not None:
+            return self.kv.numel() * self.kv.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v))

@@ -94,6 +94,37 @@ def test_slot_index_ring_positions():
     assert pos == [0, 1, 4, 5, 2, 3]
 
 
+def test_slot_index_aligns_the_rows_of_a_stream_call_on_one_slot():
+    """A stream batch's rows (steps filled one call apart) share one slot per call once each is written every
+    call, so the call's cache write is one slice; eviction stays FIFO per step (positions by age)."""
+    idx = SlotIndex(n_steps=3, window=6, warmup=2)
+    for s in range(3):
+        idx.set_warmup(s, 2)
+    calls = [idx.advance_all([0]), idx.advance_all([0, 1])] + [idx.advance_all([0, 1, 2]) for _ in range(9)]
+    assert calls[0] == [2] and calls[1] == [3, 3]
+    assert all(len(set(c)) == 1 for c in calls[2:])  # aligned from the first call holding all three steps
+    for s in range(3):  # FIFO: newest frame at the largest position, the others one position apart by age
+        pos, valid = idx.positions(s)
+        assert all(valid) and sorted(pos) == list(range(6))
+        assert pos[idx.ring[s][-1]] == 5 and [pos[slot] for slot in idx.ring[s]] == [2, 3, 4, 5]
+    # a call that skips a step (sequential mode, flush) still writes a free slot or the step's oldest frame
+    oldest = idx.ring[2][0]
+    assert idx.advance_all([2]) == [oldest]
+
+
+def test_vector_cache_call_write_one_slice_or_per_row():
+    cache = LayerKVCache(n_steps=3, window=4, kernel="vector")
+    cache.ensure(hw=5, heads=2, head_dim=3, device=torch.device("cpu"), dtype=torch.float32)
+    kv = torch.randn(2, 2, 2, 3, 5)  # two rows: [2 (k, v), h, d, hw]
+    cache.write_call([1, 2], [3, 3], kv)  # aligned
+    cache.write_call([0, 2], [1, 2], kv)  # not consecutive, different slots: per row
+    torch.testing.assert_close(cache.k[1, :, 3], kv[0, 0])
+    torch.testing.assert_close(cache.v[2, :, 3], kv[1, 1])
+    torch.testing.assert_close(cache.k[0, :, 1], kv[0, 0])
+    torch.testing.assert_close(cache.v[2, :, 2], kv[1, 1])
+    assert cache.kv.count_nonzero() == 4 * kv[0].numel()
+
+
 def _stream_unet(comps, lat, emb, t, warmup, window, kernel="auto"):
     """Warmup call on the first `warmup` frames, then one frame per call (single denoising step)."""
     ctl = install_stream_attention(comps.unet, n_steps=1, window=window, warmup=warmup, kernel=kernel)
