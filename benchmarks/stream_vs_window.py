@@ -17,6 +17,7 @@ Writes benchmarks/results/stream_vs_window.{json,md}.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import platform
@@ -197,11 +198,17 @@ def main() -> None:
     for size in args.overhead_sizes:
         overhead.append(cache_overhead(args, size))
         print(json.dumps(overhead[-1]), flush=True)
+    measured = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for size in args.sizes:
-        rows.append(measure(args, size))
+        rows.append({**measure(args, size), "measured": measured})
         print(json.dumps(rows[-1]), flush=True)
+    previous = args.out / "stream_vs_window.json"
+    if not args.sizes and previous.is_file():  # --sizes with no value: only the cache overhead is re-measured
+        old = json.loads(previous.read_text())
+        rows = [{"measured": old.get("measured", "an earlier run"), **r} for r in old.get("rows", [])]
     result = {
+        "measured": measured,
         "benchmark": "stream_vs_window",
         "model": args.model,
         "window": args.window,
@@ -223,10 +230,18 @@ def main() -> None:
     md = [
         "# KV-cache streaming vs bidirectional sliding window (per-frame time)",
         "",
+        f"Run of {measured}.",
+        "",
         f"`{args.model}` model, window {args.window}, warmup {args.warmup}, t_index_list {args.t_index_list}, "
         f"CPU, {args.threads} thread(s), torch {torch.__version__}. Steady state (after the warmup and pipeline "
         "fill / once the window is full); both modes loaded in one process and pushed interleaved. Per-frame time "
-        "includes VAE encode/decode and depth in both modes.",
+        "includes VAE encode/decode and depth in both modes."
+        + (
+            ""
+            if args.sizes or not rows
+            else f" Rows carried over from the run of {rows[0]['measured']} (this run re-measured only the cache "
+            "overhead below)."
+        ),
         "",
         "| resolution | streaming ms/frame (wall / CPU) | window ms/frame (wall / CPU) | ratio wall | ratio CPU "
         "| ratio UNet only | ratio wall (min) | KV-cache MiB |",

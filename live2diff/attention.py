@@ -76,6 +76,9 @@ class TemporalAttentionState:
         None  # slot pos [nb, L], query pos [nb], valid [nb, L], steps, write slots
     )
     key: tuple | None = None  # memo key of `host`
+    key_id: int = -1  # a small integer naming `key` (cheap to look up once per layer)
+    key_ids: dict = field(default_factory=dict)
+    aligned: bool = False  # stream mode: consecutive steps, one write slot (one slice write per layer)
     memo: dict = field(default_factory=dict)
     _current: tuple | None = None
 
@@ -203,14 +206,15 @@ class StreamTemporalAttnProcessor:
         return n_rows, nb, n_rows // nb, attn.heads, c
 
     def _stream_vector(self, attn, x: Tensor) -> Tensor:
-        """Each row's query against its step's cache (itself included, written first), pixels innermost.
+        """Each row's query against its step's cache (itself included, written first), (row, pixel) innermost.
 
         One matrix product gives ``q``, ``k``, ``v`` already in the cache's layout (``W [3C, C] @ x^T``: channels
         by (row, pixel)), the query's position term added by the same call (``addmm``'s bias); the call's keys and
         values go into the cache with one slice assignment. Keys and values are cached as ``W·x``: their position
-        terms, per slot and shared by all pixels, enter as a ``[L, d]`` by ``[d, h*w]`` product added to the
-        scores and a ``[d, L]`` by ``[L, h*w]`` product added to the output, with operands built once per ring
-        state and layer (:meth:`_position_operands`)."""
+        terms, per slot and shared by all pixels, enter as a ``[L, d] @ [d, rows*h*w]`` product added to the
+        scores and a ``[d, L] @ [L, rows*h*w]`` product added to the output, with operands built once per ring
+        state and layer (:meth:`_position_operands`); the output projection reads the result transposed (no
+        copy)."""
         st = self.state
         n_rows, nb, hw, h, c = self._rows(attn, x)
         d = c // h
@@ -218,46 +222,57 @@ class StreamTemporalAttnProcessor:
         cache.ensure(hw, h, d, x.device, x.dtype)
         q_bias, q_add, kpe, vpe, bias = self._position_operands(attn, nb, h, d)
         qkv = torch.addmm(q_bias, self._fused, x.view(n_rows, c).t()).view(3, h, d, nb, hw)
-        q = qkv[0].permute(2, 0, 1, 3)  # [nb, h, d, hw], pixels contiguous
+        q = qkv[0]  # [h, d, nb, hw]
         if q_add is not None:  # rows at different positions (not in steady state)
             q = q + q_add
-        cache.write_call(st.steps, st.write_slots, qkv[1:].permute(3, 0, 1, 2, 4))
-        keys, values = cache.steps_view(st.steps)  # [nb, h, L, d, hw]
-        L = keys.shape[2]
-        scores = (keys * q[:, :, None]).sum(3)  # [nb, h, L, hw]
-        scores.view(nb * h, L, hw).baddbmm_(kpe, q.reshape(nb * h, d, hw))  # + q · W_k pe[pos]
-        if bias is not None:  # empty slots (the ring is still filling)
+        cache.write_call(st.steps, st.write_slots, qkv[1:], st.aligned)
+        keys, values = cache.steps_view(st.steps)  # [h, L, d, nb, hw]
+        L = keys.shape[1]
+        scores = (keys * q[:, None]).sum(2)  # [h, L, nb, hw]
+        if kpe.dim() == 3:  # one position row for all steps: + q · W_k pe[pos]
+            scores.view(h, L, nb * hw).baddbmm_(kpe, q.reshape(h, d, nb * hw))
+        else:  # [nb, h, L, d]: per step
+            scores += torch.einsum("nhld,hdnp->hlnp", kpe, q)
+        if bias is not None:  # empty slots (a ring still filling)
             scores += bias
-        w = scores.softmax(2)
-        out = (values * w[:, :, :, None]).sum(2)  # [nb, h, d, hw]
-        out.view(nb * h, d, hw).baddbmm_(vpe, w.view(nb * h, L, hw))  # + sum_j w_j W_v pe[pos_j]
-        out = attn.to_out[0](out.view(nb, c, hw).transpose(1, 2))  # [nb, hw, C]
-        return attn.to_out[1](out.reshape(n_rows, 1, c))
+        w = scores.softmax(1)
+        out = (values * w[:, :, None]).sum(1)  # [h, d, nb, hw]
+        if vpe.dim() == 3:  # + sum_j w_j W_v pe[pos_j]
+            out.view(h, d, nb * hw).baddbmm_(vpe, w.view(h, L, nb * hw))
+        else:
+            out += torch.einsum("nhdl,hlnp->hdnp", vpe, w)
+        out = attn.to_out[0](out.view(c, n_rows).t())  # [nb*hw, C]
+        return attn.to_out[1](out.view(n_rows, 1, c))
 
     def _position_operands(self, attn, nb: int, h: int, d: int) -> tuple:
-        """``(q bias [3C, 1] or 0, per-row q term [nb, h, d, 1] or None, W_k pe[pos] [nb*h, L, d],
-        (W_v pe[pos])^T [nb*h, d, L], additive slot bias [nb, 1, L, 1] or None)`` for the current ring state: built
-        on the first call in that state, then reused (the ring cycles through ``window - warmup`` states)."""
+        """``(q bias [3C, 1] or 0, per-row q term [h, d, nb, 1] or None, W_k pe[pos] [h, L, d] (or [nb, h, L, d]
+        when the steps' positions differ), (W_v pe[pos])^T [h, d, L] (or [nb, h, d, L]), additive slot bias
+        [1, L, nb, 1] or None)`` for the current ring state: built on the first call in that state, then reused
+        (the ring cycles through ``window - warmup`` states)."""
         st = self.state
-        got = self._memo.get(st.key)
+        got = self._memo.get(st.key_id)
         if got is not None:
             return got
         pos, qpos, bias, _, _ = st.tensors(self._fused.device, self._fused.dtype)
         _, k_pe, v_pe = self._pe_proj
         L, c = pos.shape[1], h * d
-        kpe = k_pe[pos].reshape(nb, L, h, d).permute(0, 2, 1, 3).reshape(nb * h, L, d)
-        vpe = v_pe[pos].reshape(nb, L, h, d).permute(0, 2, 3, 1).reshape(nb * h, d, L)
+        if bool((pos == pos[0]).all()):
+            pos = pos[:1]
+        kpe = k_pe[pos].reshape(-1, L, h, d).permute(0, 2, 1, 3).contiguous()  # [n, h, L, d]
+        vpe = v_pe[pos].reshape(-1, L, h, d).permute(0, 2, 3, 1).contiguous()  # [n, h, d, L]
+        if kpe.shape[0] == 1:
+            kpe, vpe = kpe[0], vpe[0]
         q_pe = self._q_pe_scaled[qpos]  # [nb, C]
         q_bias = torch.zeros(3 * c, 1, dtype=q_pe.dtype, device=q_pe.device)
         q_add = None
         if bool((qpos == qpos[0]).all()):
             q_bias[:c, 0] = q_pe[0]
         else:
-            q_add = q_pe.reshape(nb, h, d, 1)
-        slot_bias = None if bool((bias == 0).all()) else bias.view(nb, 1, L, 1)
+            q_add = q_pe.t().reshape(h, d, nb, 1)
+        slot_bias = None if bool((bias == 0).all()) else bias.t().reshape(1, L, nb, 1)
         if len(self._memo) > 64:  # bounded: a stream cycles through few ring states
             self._memo.clear()
-        got = self._memo[st.key] = (q_bias, q_add, kpe, vpe, slot_bias)
+        got = self._memo[st.key_id] = (q_bias, q_add, kpe, vpe, slot_bias)
         return got
 
     def _stream_sdpa(self, attn, x: Tensor) -> Tensor:
@@ -332,6 +347,14 @@ class StreamAttentionController:
         st = self.state
         st.mode, st.steps, st.write_slots = "stream", steps, slots
         st.key = (tuple(pos_rows), tuple(valid_rows), tuple(qpos), tuple(steps), tuple(slots))
+        if len(st.key_ids) > 512:
+            st.key_ids.clear()
+            for p in self.processors:
+                p._memo.clear()
+        st.key_id = st.key_ids.setdefault(st.key, len(st.key_ids))
+        st.aligned = slots.count(slots[0]) == len(slots) and steps == list(
+            range(steps[0], steps[0] + len(steps))
+        )
         st.host = (
             None
             if (st.key, "host") in st.memo

@@ -102,12 +102,13 @@ class LayerKVCache:
     Holds the reference's ``[n_steps, 2, h*w, window, C]`` content in the layout its attention kernel reads without
     a copy (:meth:`as_reference_layout` returns the reference order):
 
-    * ``vector`` (CPU): one buffer ``kv`` ``[n_steps, 2 (k, v), heads, window, C/heads, h*w]`` (``k``, ``v`` are
-      its two halves, ``[n_steps, heads, window, C/heads, h*w]``): pixels innermost, so one query per pixel
-      against its ``window`` keys is a few vectorised elementwise passes over contiguous memory (batched matmuls
-      of ``1 x d`` by ``d x window`` matrices ran ~4x slower on CPU, SDPA ~3x), and the keys and values of a
-      stream call's rows — consecutive steps, one slot (:meth:`SlotIndex.advance_all`) — are written with one
-      slice assignment (:meth:`write_call`).
+    * ``vector`` (CPU): one buffer ``kv`` ``[2 (k, v), heads, window, C/heads, n_steps, h*w]`` (``k``, ``v`` are
+      its two halves): (step, pixel) innermost, the layout in which one matrix product ``W @ x^T`` returns a
+      stream call's projections (channels by (row, pixel)). One query per pixel against its ``window`` keys is
+      then a few vectorised elementwise passes over contiguous memory (batched matmuls of ``1 x d`` by
+      ``d x window`` matrices ran ~4x slower on CPU, SDPA ~3x), and the keys and values of a stream call's rows —
+      consecutive steps, one slot (:meth:`SlotIndex.advance_all`) — are written with one slice assignment of the
+      product's rows, no permutation (:meth:`write_call`).
     * ``sdpa`` (CUDA, any other device): ``k`` ``[n_steps, h*w, heads, window, d]`` and ``v`` ``[n_steps, h*w,
       heads, window, d + window]``, so one step's keys are the ``[B, heads, window, d]`` operand of
       ``scaled_dot_product_attention`` as a view. The value rows carry a constant one-hot of their slot in the last
@@ -137,8 +138,8 @@ class LayerKVCache:
         s, w = self.n_steps, self.window
         self.kernel = resolve_kernel(self.requested, device)
         if self.kernel == "vector":
-            self.kv = torch.zeros((s, 2, heads, w, head_dim, hw), device=device, dtype=dtype)
-            self.k, self.v = self.kv[:, 0], self.kv[:, 1]
+            self.kv = torch.zeros((2, heads, w, head_dim, s, hw), device=device, dtype=dtype)
+            self.k, self.v = self.kv[0], self.kv[1]
         else:
             self.kv = None
             self.k = torch.zeros((s, hw, heads, w, head_dim), device=device, dtype=dtype)
@@ -155,8 +156,8 @@ class LayerKVCache:
             vv = v.reshape(hw, f, h, d).permute(2, 1, 3, 0)
             if isinstance(slot, int):
                 kk, vv = kk[:, 0], vv[:, 0]
-            self.k[step, :, slot] = kk
-            self.v[step, :, slot] = vv
+            self.k[:, slot, :, step] = kk
+            self.v[:, slot, :, step] = vv
         else:  # [hw, F, h, d] -> [hw, h, F, d]
             kk = k.reshape(hw, f, h, d).transpose(1, 2)
             vv = v.reshape(hw, f, h, d).transpose(1, 2)
@@ -165,16 +166,15 @@ class LayerKVCache:
             self.k[step, :, :, slot] = kk
             self.v[step, :, :, slot, :d] = vv
 
-    def write_call(self, steps: list[int], slots: list[int], kv: Tensor) -> None:
-        """``vector`` kernel, stream call: row ``i``'s keys and values (``kv[i]``, ``[2, h, d, h*w]``) go to step
-        ``steps[i]``, slot ``slots[i]``. Consecutive steps sharing one slot (the steady state): one slice
-        assignment for all rows, keys and values together; otherwise one per row."""
-        s0 = steps[0]
-        if slots.count(slots[0]) == len(slots) and steps == list(range(s0, s0 + len(steps))):
-            self.kv[s0 : s0 + len(steps), :, :, slots[0]] = kv
+    def write_call(self, steps: list[int], slots: list[int], kv: Tensor, aligned: bool) -> None:
+        """``vector`` kernel, stream call: row ``i``'s keys and values (``kv[:, :, :, i]`` of ``[2, h, d, nb,
+        h*w]``) go to step ``steps[i]``, slot ``slots[i]``. ``aligned`` (consecutive steps sharing one slot: the
+        steady state): one slice assignment for all rows, keys and values together; otherwise one per row."""
+        if aligned:
+            self.kv[:, :, slots[0], :, steps[0] : steps[0] + len(steps)] = kv
         else:
             for i, (step, slot) in enumerate(zip(steps, slots)):
-                self.kv[step, :, :, slot] = kv[i]
+                self.kv[:, :, slot, :, step] = kv[:, :, :, i]
 
     def write_rows(self, steps: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """``sdpa`` kernel, stream call: row ``i`` of ``k``, ``v`` (``[nb*h*w, 1, C]``, rows major) goes to
@@ -185,19 +185,21 @@ class LayerKVCache:
         self.v[steps, :, :, slots, :d] = v.reshape(nb, hw, h, d)
 
     def steps_view(self, steps: list[int]) -> tuple[Tensor, Tensor]:
-        """Keys and values of the given denoising steps, stacked: a view when the steps are consecutive."""
+        """Keys and values of the given denoising steps, stacked (``sdpa``: ``[nb, h*w, heads, window, d]``;
+        ``vector``: ``[heads, window, d, nb, h*w]``): a view when the steps are consecutive."""
+        dim = 3 if self.kernel == "vector" else 0
         s0 = steps[0]
         if steps == list(range(s0, s0 + len(steps))):
-            return self.k[s0 : s0 + len(steps)], self.v[s0 : s0 + len(steps)]
+            return self.k.narrow(dim, s0, len(steps)), self.v.narrow(dim, s0, len(steps))
         idx = torch.tensor(steps, device=self.k.device)
-        return self.k.index_select(0, idx), self.v.index_select(0, idx)
+        return self.k.index_select(dim, idx), self.v.index_select(dim, idx)
 
     def as_reference_layout(self) -> Tensor | None:
         """``[n_steps, 2 (k, v), h*w, window, C]`` (a copy), the reference's layout."""
         if self.k is None:
             return None
-        if self.kernel == "vector":  # [s, h, w, d, hw] -> [s, hw, w, h, d]
-            k, v = (t.permute(0, 4, 2, 1, 3) for t in (self.k, self.v))
+        if self.kernel == "vector":  # [h, w, d, s, hw] -> [s, hw, w, h, d]
+            k, v = (t.permute(3, 4, 1, 0, 2) for t in (self.k, self.v))
         else:  # [s, hw, h, w, d] -> [s, hw, w, h, d]
             k, v = self.k.transpose(2, 3), self.v[..., : self.head_dim].transpose(2, 3)
         s, hw, w = k.shape[:3]

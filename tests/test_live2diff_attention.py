@@ -115,14 +115,14 @@ def test_slot_index_aligns_the_rows_of_a_stream_call_on_one_slot():
 def test_vector_cache_call_write_one_slice_or_per_row():
     cache = LayerKVCache(n_steps=3, window=4, kernel="vector")
     cache.ensure(hw=5, heads=2, head_dim=3, device=torch.device("cpu"), dtype=torch.float32)
-    kv = torch.randn(2, 2, 2, 3, 5)  # two rows: [2 (k, v), h, d, hw]
-    cache.write_call([1, 2], [3, 3], kv)  # aligned
-    cache.write_call([0, 2], [1, 2], kv)  # not consecutive, different slots: per row
-    torch.testing.assert_close(cache.k[1, :, 3], kv[0, 0])
-    torch.testing.assert_close(cache.v[2, :, 3], kv[1, 1])
-    torch.testing.assert_close(cache.k[0, :, 1], kv[0, 0])
-    torch.testing.assert_close(cache.v[2, :, 2], kv[1, 1])
-    assert cache.kv.count_nonzero() == 4 * kv[0].numel()
+    kv = torch.randn(2, 2, 3, 2, 5)  # [2 (k, v), h, d, two rows, hw]
+    cache.write_call([1, 2], [3, 3], kv, aligned=True)
+    cache.write_call([0, 2], [1, 2], kv, aligned=False)  # not consecutive, different slots: per row
+    ref = cache.as_reference_layout()  # [n_steps, 2, hw, window, C]
+    for step, slot, row in ((1, 3, 0), (2, 3, 1), (0, 1, 0), (2, 2, 1)):
+        for j in range(2):  # k, v: [h, d, hw] -> [hw, h*d]
+            torch.testing.assert_close(ref[step, j, :, slot], kv[j, :, :, row].permute(2, 0, 1).reshape(5, 6))
+    assert cache.kv.count_nonzero() == 4 * kv[:, :, :, 0].numel()
 
 
 def _stream_unet(comps, lat, emb, t, warmup, window, kernel="auto"):
