@@ -192,6 +192,14 @@ def main() -> None:
     ap.add_argument("--overhead-reps", type=int, default=40, help="timed pairs of calls per size")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="stream_vs_window.json written by this script on an earlier commit (same machine, run right before): "
+        "its cache-overhead rows are shown beside this run's",
+    )
+    ap.add_argument("--before-label", default="before", help="how the --before rows are labelled")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overhead = []
@@ -222,6 +230,12 @@ def main() -> None:
         "rows": rows,
         "cache_overhead": overhead,
         "cache_overhead_goal": 1.05,
+        "cache_overhead_before": None
+        if args.before is None
+        else {
+            "label": args.before_label,
+            **{k: json.loads(args.before.read_text())[k] for k in ("measured", "cache_overhead")},
+        },
         "load_average_1m": os.getloadavg()[0],
         "cpu_count": os.cpu_count(),
     }
@@ -281,6 +295,25 @@ def main() -> None:
             for r in overhead
             for clock in ("thread", "wall")
         ],
+        "",
+        *(
+            []
+            if args.before is None
+            else [
+                "",
+                f"{args.before_label} (same script, run {result['cache_overhead_before']['measured']}):",
+                "",
+                "| resolution | clock | streaming call ms | plain call ms | ratio (medians) | ratio (paired median) |",
+                "|---|---|---|---|---|---|",
+                *[
+                    f"| {r['resolution'][0]}x{r['resolution'][1]} | {clock} | {r[clock]['stream_call_ms_median']:.1f} "
+                    f"| {r[clock]['plain_call_ms_median']:.1f} | {r[clock]['ratio_median']:.3f} "
+                    f"| {r[clock]['ratio_paired_median']:.3f} |"
+                    for r in result["cache_overhead_before"]["cache_overhead"]
+                    for clock in ("thread", "wall")
+                ],
+            ]
+        ),
         "",
         f"1-minute load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores.",
         "",
