@@ -214,7 +214,14 @@ def main() -> None:
     previous = args.out / "stream_vs_window.json"
     if not args.sizes and previous.is_file():  # --sizes with no value: only the cache overhead is re-measured
         old = json.loads(previous.read_text())
-        rows = [{"measured": old.get("measured", "an earlier run"), **r} for r in old.get("rows", [])]
+        rows = [
+            {
+                "measured": old.get("measured", "an earlier run"),
+                "load_average_1m": old.get("load_average_1m"),
+                **r,
+            }
+            for r in old.get("rows", [])
+        ]
     result = {
         "measured": measured,
         "benchmark": "stream_vs_window",
@@ -269,8 +276,11 @@ def main() -> None:
             for r in rows
         ],
         "",
-        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine). "
-        f"1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.",
+        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine). "(
+            f"1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."
+            if args.sizes
+            else f"1-minute load average at that run: {rows[0].get('load_average_1m')} on {os.cpu_count()} cores."
+        ),
         f"Expected about {args.window}x: the window re-denoises {args.window} frames at every step for each output, "
         "streaming denoises one (plus cached keys/values). The end-to-end ratio is diluted by the per-frame work "
         "both modes share (VAE encode/decode, depth net, mapping network) and, at small latents, by per-call "
@@ -319,7 +329,9 @@ def main() -> None:
         "",
         "Command: `python benchmarks/stream_vs_window.py "
         + f"--model {args.model} --sizes {' '.join(map(str, args.sizes))} --window {args.window} --threads {args.threads}"
-        + f" --overhead-sizes {' '.join(map(str, args.overhead_sizes))} --overhead-reps {args.overhead_reps}`",
+        + f" --overhead-sizes {' '.join(map(str, args.overhead_sizes))} --overhead-reps {args.overhead_reps}"
+        + (f" --before {args.before}" if args.before else "")
+        + "`",
         "",
     ]
     (args.out / "stream_vs_window.md").write_text("\n".join(md))
