@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval import results
 from eval.method_notes import method_notes
 from eval.results import Reference
-from eval.runner import Runner, RunnerSettings, RunSummary, build_metrics
+from eval.runner import LazyMetrics, Runner, RunnerSettings, RunSummary
 from eval.store import UnitStore, claim_run_dir, finish_run_dir
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     try:
         dataset = instantiate(cfg.dataset, _convert_="all")
         videos = dataset.videos()
-        metrics = build_metrics(cfg.metrics)
+        metrics = LazyMetrics(cfg.metrics)  # built by the first unit that is computed, not by cached ones
     except Exception as exc:  # set-up, not a unit: exit status 2
         finish_run_dir(run_dir, "failed")
         raise ConfigError(f"set-up failed: {type(exc).__name__}: {exc}") from exc

@@ -128,6 +128,7 @@ def _installed_roots() -> tuple[str, ...]:
     return tuple(str(Path(r).resolve()) for r in roots if r)
 
 
+@lru_cache(maxsize=4096)
 def _is_installed(origin: str) -> bool:
     o = str(Path(origin).resolve())
     return any(o.startswith(r + os.sep) or o == r for r in _installed_roots())
@@ -144,6 +145,7 @@ def _spec_origin(name: str) -> str | None:
     return spec.origin
 
 
+@lru_cache(maxsize=4096)
 def _local_file(top_origin: str, name: str) -> str | None:
     """The source file of ``name`` inside a local top-level package, found without importing anything."""
     top = Path(top_origin)
@@ -206,6 +208,15 @@ def _dist_version(top: str) -> str | None:
     return str(getattr(mod, "__version__", "")) or None
 
 
+@lru_cache(maxsize=4096)
+def _source_info(origin: str, module: str) -> tuple[str, tuple[str, ...]]:
+    """A local module's source digest and the modules it imports, read and parsed once per process (the import
+    closures of a run's targets overlap: without this a cached re-run spent seconds parsing the same files)."""
+    path = Path(origin)
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), tuple(sorted(_imports(path, module, path.name == "__init__.py")))
+
+
 @lru_cache(maxsize=256)
 def _module_digest(module: str) -> str:
     seen: dict[str, str] = {}
@@ -226,9 +237,8 @@ def _module_digest(module: str) -> str:
         origin = _local_file(top_origin, name)
         if origin is None:
             continue
-        path = Path(origin)
-        seen[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        todo.extend(_imports(path, name, path.name == "__init__.py"))
+        seen[name], imports = _source_info(origin, name)
+        todo.extend(imports)
     blob = json.dumps({"sources": seen, "packages": third_party}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
@@ -253,7 +263,10 @@ def clear_caches() -> None:
     """Forget remembered digests (tests that edit files in place within one process)."""
     _memo.clear()
     _module_digest.cache_clear()
+    _source_info.cache_clear()
     _spec_origin.cache_clear()
+    _is_installed.cache_clear()
+    _local_file.cache_clear()
 
 
 def config_code_digests(cfg: Any) -> dict[str, str]:

@@ -33,11 +33,14 @@ XT_MIN_HEIGHT = 96  # short clips are stretched in time (nearest) so that a slic
 GAP = 4  # pixels between columns
 
 
-def xt_slice(frames: Tensor, row: float = 0.5) -> Tensor:
-    """``[T, 3, H, W]`` in [0, 1] -> ``[3, T, W]``: row ``round(row * (H - 1))`` of every frame, time downwards."""
+def xt_slice(frames: Tensor | list[Tensor], row: float = 0.5) -> Tensor:
+    """``[T, 3, H, W]`` (or a list of ``[3, H, W]``) in [0, 1] -> ``[3, T, W]``: row ``round(row * (H - 1))`` of
+    every frame, time downwards."""
     if not 0.0 <= row <= 1.0:
         raise ValueError(f"runner.xt_row must be a fraction of the height in [0, 1], got {row}")
-    y = int(round(row * (frames.shape[-2] - 1)))
+    y = int(round(row * (frames[0].shape[-2] - 1)))
+    if isinstance(frames, list | tuple):
+        return torch.stack([f[:, y, :] for f in frames], dim=1)
     return frames[:, :, y, :].permute(1, 0, 2).contiguous()
 
 

@@ -198,13 +198,20 @@ def descriptor_from_metric(name: str, metric: Any, metric_cfg: Mapping | None = 
 
 
 def describe_metrics(
-    metrics: Mapping[str, Any], metrics_cfg: Mapping | None = None
+    metrics: Mapping[str, Any],
+    metrics_cfg: Mapping | None = None,
+    *,
+    known: Mapping[str, MetricDescriptor] | None = None,
+    system: bool = True,
 ) -> dict[str, MetricDescriptor]:
-    """Every metric a run can write: its quality metrics, then the system figures and checks."""
+    """Every metric a run can write: its quality metrics (built ``metrics``, and/or descriptors ``known``
+    already, e.g. as cached units recorded them), then (``system``) the system figures and checks."""
     metrics_cfg = metrics_cfg or {}
-    desc = {name: descriptor_from_metric(name, m, metrics_cfg.get(name)) for name, m in metrics.items()}
-    for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS, LIVE_METRICS, FRAME_LIVE_METRICS, CHECK_METRICS):
-        desc.update(table)
+    desc = dict(known or {})
+    desc.update({name: descriptor_from_metric(name, m, metrics_cfg.get(name)) for name, m in metrics.items()})
+    if system:
+        for table in (SYSTEM_METRICS, FRAME_SYSTEM_METRICS, LIVE_METRICS, FRAME_LIVE_METRICS, CHECK_METRICS):
+            desc.update(table)
     return desc
 
 

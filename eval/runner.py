@@ -12,6 +12,8 @@ import io
 import logging
 import math
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from eval import pictures, results
+from eval.clips import DecodedClips, clip_key
 from eval.datasets.base import Video, VideoReadError
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
 from eval.store import UnitStore, content_key, fault_point
 from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
+from eval.validate import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ class RunnerSettings:
     mode: str = "offline"
     # a video that decodes fewer frames is an error row (one frame has no temporal metrics)
     min_frames: int = 2
+    # decoded clips kept between the methods of a run (eval/clips.py): each video decoded once per run
+    decode_cache_mb: float = 2048.0
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
     @classmethod
@@ -100,6 +106,41 @@ def build_metrics(metrics_cfg: DictConfig | dict | None) -> dict[str, Any]:
     return out
 
 
+class MetricSetupError(ConfigError):
+    """A metric could not be built (a set-up error: exit status 2, not a failed unit)."""
+
+
+class LazyMetrics(Mapping):
+    """The metric registry, built on first use: a run whose units are all cached never builds a metric (no CLIP,
+    no depth network). Its names are known from the config without building anything."""
+
+    def __init__(self, metrics_cfg: DictConfig | dict | None) -> None:
+        self.cfg = metrics_cfg or {}
+        self.names = [str(k) for k, v in self.cfg.items() if v is not None]
+        self._built: dict[str, Any] | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._built is not None
+
+    def build(self) -> dict[str, Any]:
+        if self._built is None:
+            try:
+                self._built = build_metrics(self.cfg)
+            except Exception as exc:  # noqa: BLE001 - any failure to build is a set-up error
+                raise MetricSetupError(f"set-up failed: {type(exc).__name__}: {exc}") from exc
+        return self._built
+
+    def __getitem__(self, name: str) -> Any:
+        return self.build()[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 class Runner:
     def __init__(
         self,
@@ -128,6 +169,9 @@ class Runner:
         self.progress = progress
         self._built: dict[str, StreamMethod] = {}
         self._identity: dict[str, dict] = {}
+        self.clips: DecodedClips | None = None  # made by run(): it knows every unit of the run
+        self._descriptors: dict[str, dict] | None = None  # the quality metrics' descriptors, once built
+        self._stored_descriptors: dict[str, dict] = {}  # ... as cached units recorded them
 
     # -- keys ---------------------------------------------------------------------------------------------------
     def stream_key(self, method_name: str, video: Video) -> str:
@@ -172,17 +216,20 @@ class Runner:
 
         units: list[UnitResult] = []
         todo = [(m, v) for m in self.method_cfgs for v in self.videos]
+        self.clips = DecodedClips(self.settings.decode_cache_mb, Counter(clip_key(v) for _, v in todo))
         bar = tqdm(todo, desc="units", unit="unit", disable=not self.progress, dynamic_ncols=True)
         try:
             for k, (method_name, video) in enumerate(bar):
                 bar.set_postfix_str(f"{method_name} / {video.name}")
                 units.append(self._unit(method_name, video))
+                self.clips.release(video)
                 if k + 1 == len(todo) or todo[k + 1][0] != method_name:
                     self._release(method_name)  # one model in memory at a time
         finally:
             bar.close()
             for name in list(self._built):
                 self._release(name)
+            self.clips.clear()
             # the run's tables come from the store (every unit that did not fail is there), not from tables kept
             # per unit: those small buffers, alive between every unit's large transient ones, fragmented the heap
             # and the process grew by ~50 MB per 100 units (benchmarks/scale.py, tests/test_runner_memory.py)
@@ -241,6 +288,7 @@ class Runner:
 
     def _cached(self, method_name: str, video: Video, key: str) -> UnitResult:
         meta = self.store.read_meta(key)
+        self._stored_descriptors.update(meta.get("metric_descriptors") or {})
         notes = list(meta.get("notes", []))
         if self.settings.save_videos:
             notes += self._save_cached_video(method_name, video)
@@ -268,7 +316,8 @@ class Runner:
         status = "ok"
         notes: list[str] = []
         try:
-            frames = video.load()
+            self._quality_metrics()  # built now, before the first computed unit (a cached unit needs none)
+            frames = self.clips.get(video) if self.clips is not None else video.load()
             source = dict(video.meta.get("source") or {})
             notes = list(source.get("notes", []))
             if frames.shape[0] < self.settings.min_frames:
@@ -289,7 +338,7 @@ class Runner:
                     # score exactly what is kept, so a later re-scoring gives the same numbers
                     rec.outputs = [o.to(torch.float16).to(torch.float32) for o in rec.outputs]
             fr, vr, files = self._score(method_name, video, frames, rec)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, MetricSetupError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad unit must not stop the run
             reason = f"{type(exc).__name__}: {exc}"
@@ -313,6 +362,8 @@ class Runner:
             "extra": rec.extra,
             "source": source,  # declared vs decoded frames, conversions (eval/datasets/files.py)
             "notes": notes,
+            # what the numbers are: a fully cached re-run describes its metrics from here, building none
+            "metric_descriptors": self._descriptors or {},
         }
         self.store.write(key, meta, fr, vr, files)
         unit = UnitResult(
@@ -325,6 +376,23 @@ class Runner:
         )
         unit.notes = "; ".join(notes)
         return unit
+
+    def _quality_metrics(self) -> Mapping[str, Any]:
+        """The metrics, built (once), and their descriptors (weights hashed once per run, not per unit)."""
+        metrics = self.metrics.build() if isinstance(self.metrics, LazyMetrics) else self.metrics
+        if self._descriptors is None:
+            desc = results.describe_metrics(metrics, self.metrics_cfg, system=False)
+            self._descriptors = {name: d.to_json() for name, d in desc.items()}
+        return metrics
+
+    def _metric_descriptors(self) -> dict:
+        """Descriptors of every metric of the run: from the built metrics, or, when every unit was cached and no
+        metric was built, as the cached units recorded them (units cached before they did: built after all)."""
+        if self._descriptors is None and not set(self.metrics) <= set(self._stored_descriptors):
+            self._quality_metrics()
+        known = self._descriptors if self._descriptors is not None else self._stored_descriptors
+        quality = {name: results.MetricDescriptor.from_json(name, known[name]) for name in self.metrics}
+        return results.describe_metrics({}, known=quality)
 
     def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
         h, w = frames.shape[-2:]
@@ -354,8 +422,10 @@ class Runner:
     def _score(
         self, method_name: str, video: Video, frames: Tensor, rec: StreamRecord
     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bytes]]:
-        outputs = torch.stack(rec.outputs)
-        finite = torch.isfinite(outputs).flatten(1).all(dim=1)
+        outs = list(rec.outputs)
+        # per frame, one pass for both checks (NaN propagates through min/max, inf shows as a bound)
+        lo, hi = (torch.stack(v) for v in zip(*(torch.aminmax(o) for o in outs)))
+        finite = torch.isfinite(lo) & torch.isfinite(hi)
         n_bad = int((~finite).sum())
         if n_bad:
             log.warning(
@@ -364,9 +434,8 @@ class Runner:
                 video.name,
                 n_bad,
             )
-            outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0)
         # counted and reported (a flag in every table), then clamped so the metrics see valid images
-        out_of_range = ((outputs < 0) | (outputs > 1)).flatten(1).any(dim=1) & finite
+        out_of_range = ((lo < 0) | (hi > 1)) & finite
         n_range = int(out_of_range.sum())
         if n_range:
             log.warning(
@@ -375,8 +444,16 @@ class Runner:
                 video.name,
                 n_range,
             )
-        outputs = outputs.clamp(0, 1)
-        n = outputs.shape[0]
+        fix = (~finite) | out_of_range
+        outs = [
+            torch.nan_to_num(o, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1) if fix[i] else o
+            for i, o in enumerate(outs)
+        ]
+        # one [T, 3, H, W] tensor only where something takes one: a fresh copy of every frame costs ~1 ms each
+        s = self.settings
+        stacked = len(self.metrics) > 0 or s.save_videos or s.side_by_side
+        outputs = torch.stack(outs) if stacked else outs
+        n = len(outs)
         per_frame, per_video = summarise(rec)
         per_video["nonfinite_frames"] = float(n_bad)
         per_video["out_of_range_frames"] = float(n_range)
@@ -434,7 +511,7 @@ class Runner:
             units=ut,
             frames=frames,
             videos=videos,
-            metrics=results.describe_metrics(self.metrics, self.metrics_cfg),
+            metrics=self._metric_descriptors(),
             strips=strips,
         )
         if self.settings.xt_slices or self.settings.side_by_side:
@@ -447,20 +524,30 @@ class Runner:
             )
 
 
-def frame_strip_png(inputs: Tensor, outputs: Tensor, k: int = 6, max_height: int = 96) -> bytes:
-    """Input frames on top, outputs below, ``k`` evenly spaced frames, as PNG bytes."""
+def frame_strip_png(
+    inputs: Tensor, outputs: Tensor | list[Tensor], k: int = 6, max_height: int = 96
+) -> bytes:
+    """Input frames on top, outputs below, ``k`` evenly spaced frames, as PNG bytes. Each frame is scaled down to
+    ``max_height`` first (antialiased bilinear), so the strip costs the same at 64 px and at 512 px."""
     from PIL import Image
 
     n = inputs.shape[0]
     idx = sorted({round(x) for x in np.linspace(0, n - 1, min(k, n))})
-    top = torch.cat([inputs[i] for i in idx], dim=-1)
-    bottom = torch.cat([outputs[i] for i in idx], dim=-1)
-    grid = torch.cat([top, bottom], dim=-2)
-    img = Image.fromarray((grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    h = inputs.shape[-2]
-    if h > max_height:
-        scale = max_height / h
-        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))), Image.BILINEAR)
+    h, w = inputs.shape[-2:]
+    size = (max_height, max(1, int(w * max_height / h))) if h > max_height else (h, w)
+
+    def small(frame: Tensor) -> Tensor:
+        frame = frame.clamp(0, 1)
+        if size == (h, w):
+            return frame
+        return torch.nn.functional.interpolate(
+            frame[None], size=size, mode="bilinear", antialias=True, align_corners=False
+        )[0]
+
+    top = torch.cat([small(inputs[i]) for i in idx], dim=-1)
+    bottom = torch.cat([small(outputs[i]) for i in idx], dim=-1)
+    grid = torch.cat([top, bottom], dim=-2).clamp_(0, 1)
+    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()

@@ -103,6 +103,13 @@ def check_runner(runner: Any) -> list[Problem]:
         out.append(
             Problem("runner.min_frames", v, "must be an integer >= 1 (fewest decoded frames a unit accepts)")
         )
+    v = _get(runner, "decode_cache_mb", 0)
+    if not _is_num(v) or v < 0:
+        out.append(
+            Problem(
+                "runner.decode_cache_mb", v, "must be a number of MB >= 0 (0 decodes each video per unit)"
+            )
+        )
     live = _get(runner, "live") or {}
     fps = _get(live, "fps")
     if fps is not None and (not _is_num(fps) or fps <= 0):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,34 @@ class FrameTransform:
         rh, rw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
         return _centre_crop(_resize(frames, rh, rw), th, tw)
 
+    def fit_uint8(self, arr: np.ndarray) -> Tensor:
+        """One 8-bit ``[H, W, 3]`` frame -> ``[3, H', W']`` uint8 at the output size: :meth:`spatial` on the 8-bit
+        pixels (torch's vectorised uint8 antialiased bilinear kernel on the channels-last view, no float copy of
+        the full-size frame). Values differ from :meth:`spatial` on float frames by the rounding to 8 bits (at most
+        1/255)."""
+        if arr.flags.writeable:
+            x = torch.from_numpy(arr)
+        else:  # Pillow's arrays are read-only: only read here, so torch's warning about writing does not apply
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                x = torch.from_numpy(arr)
+        return self.spatial(x.permute(2, 0, 1).unsqueeze(0))[0]
+
+    def draft_size(self, h: int, w: int) -> tuple[int, int] | None:
+        """``(width, height)`` a JPEG may be decoded at (libjpeg's DCT scaling, ``Image.draft``, which picks the
+        smallest of 1/2, 1/4, 1/8 that is at least this large) when :meth:`spatial` shrinks the frame 4x or more:
+        twice the size of its resize, so the last 2x is the same antialiased bilinear resample. None otherwise."""
+        if self.size is None or self.mode == "crop":
+            return None
+        th, tw = self.size
+        if self.mode == "resize":
+            fy, fx = h / th, w / tw
+        else:
+            fy = fx = 1 / max(th / h, tw / w)
+        if min(fx, fy) < 4:
+            return None
+        return math.ceil(2 * w / fx), math.ceil(2 * h / fy)
+
     def describe(self) -> dict:
         return {
             "size": list(self.size) if self.size else None,
@@ -124,15 +153,23 @@ class FrameTransform:
 def _resize(frames: Tensor, h: int, w: int) -> Tensor:
     if frames.shape[-2:] == (h, w):
         return frames
-    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(
-        0, 1
-    )
+    out = F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp_(0, 1) if out.is_floating_point() else out
 
 
 def _centre_crop(frames: Tensor, h: int, w: int) -> Tensor:
     fh, fw = frames.shape[-2:]
     top, left = (fh - h) // 2, (fw - w) // 2
     return frames[..., top : top + h, left : left + w].contiguous()
+
+
+def uint8_frames_to_float(frames: list[Tensor]) -> Tensor:
+    """``[3, H, W]`` uint8 frames -> float32 ``[T, 3, H, W]`` in ``[0, 1]`` (``x / 255``, as
+    :func:`uint8_to_frames`), converted frame by frame into the one output tensor."""
+    out = torch.empty((len(frames), *frames[0].shape), dtype=torch.float32)
+    for i, f in enumerate(frames):
+        torch.div(f, 255.0, out=out[i])
+    return out
 
 
 def uint8_to_frames(arr: np.ndarray) -> Tensor:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.datasets.base import FrameTransform, VideoReadError, uint8_to_frames
+from eval.datasets.base import FrameTransform, VideoReadError, uint8_frames_to_float, uint8_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,22 @@ def _video_pixel_format(frame) -> tuple[int, bool]:
 def read_video_file(path: Path, transform: FrameTransform, info: dict | None = None) -> Tensor:
     """Decode the frames ``transform`` keeps; stops early once ``max_frames`` are in hand.
 
-    Sources deeper than 8 bits are decoded at 16 bits (no precision lost before the float conversion); an alpha
-    channel is dropped. Both, and a file that decodes fewer frames than its index declares, are noted in ``info``
-    (the unit's row carries them) and logged.
+    8-bit frames are fitted to the output size as they are decoded (:meth:`FrameTransform.fit_uint8`: resized in
+    8 bits, no full-size float copy). Sources deeper than 8 bits are decoded at 16 bits (no precision lost before
+    the float conversion); an alpha channel is dropped. Both, and a file that decodes fewer frames than its index
+    declares, are noted in ``info`` (the unit's row carries them) and logged.
     """
-    import av
-
     if not path.is_file():
         raise VideoReadError(f"{path}: no such file")
-    kept: list[np.ndarray] = []
+    frames = _read_video_file(path, transform, info, fit=True)
+    return frames if frames is not None else _read_video_file(path, transform, info, fit=False)
+
+
+def _read_video_file(path: Path, transform: FrameTransform, info: dict | None, fit: bool) -> Tensor | None:
+    """``fit``: 8-bit frames fitted as decoded; None when a deeper frame turns up (then read again unfitted)."""
+    import av
+
+    kept: list = []  # fitted: [3, H, W] uint8 tensors; else [H, W, 3] arrays
     notes: list[str] = []
     declared = 0
     decoded = 0
@@ -113,8 +120,12 @@ def read_video_file(path: Path, transform: FrameTransform, info: dict | None = N
                     if alpha:
                         notes.append(f"alpha channel dropped ({frame.format.name})")
                     if bits > 8:
+                        if fit:
+                            return None
                         notes.append(f"{bits}-bit source ({frame.format.name}) decoded at 16 bits")
                         kept.append(frame.to_ndarray(format="rgb48le"))
+                    elif fit:
+                        kept.append(transform.fit_uint8(frame.to_ndarray(format="rgb24")))
                     else:
                         kept.append(frame.to_ndarray(format="rgb24"))
     except VideoReadError:
@@ -126,7 +137,7 @@ def read_video_file(path: Path, transform: FrameTransform, info: dict | None = N
     _note_source(info, path, declared, len(kept), transform, notes)
     if not kept:
         raise VideoReadError(f"{path}: no decodable frames")
-    return transform.spatial(to_frames(kept))
+    return uint8_frames_to_float(kept) if fit else transform.spatial(to_frames(kept))
 
 
 def to_frames(arrays: list[np.ndarray]) -> Tensor:
@@ -141,22 +152,34 @@ def list_frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _read_image(f: Path, notes: list[str]) -> np.ndarray:
-    """One frame as ``[H, W, 3]`` uint8 or (16-bit sources) uint16; alpha dropped and noted."""
+def _read_image(
+    f: Path, notes: list[str], transform: FrameTransform | None = None
+) -> tuple[np.ndarray | Tensor | None, tuple[int, int]]:
+    """One frame as ``[H, W, 3]`` uint8 or (16-bit sources) uint16, and its size in the file ``(height, width)``;
+    alpha dropped and noted.
+
+    With ``transform``, an 8-bit frame comes back already fitted to the output size as a ``[3, H', W']`` uint8
+    tensor (:meth:`FrameTransform.fit_uint8`; a JPEG much larger than the output is decoded at a reduced scale
+    first, ``Image.draft``), and a deeper one as None (the caller reads the folder again without fitting)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(f) as img:
+            size = (img.height, img.width)
             raw = img.tile[0][3] if img.tile and len(img.tile[0]) > 3 else ""
             raw = raw if isinstance(raw, str) else (raw[0] if raw else "")
             deep = img.mode in ("I;16", "I;16B", "I;16L", "I") or "16" in str(raw)
             if "A" in img.mode or (img.mode == "P" and "transparency" in img.info):
                 notes.append(f"alpha channel dropped ({img.mode} frames)")
             if deep:
-                return _read_deep(f, img, notes)
+                return (None if transform is not None else _read_deep(f, img, notes)), size
             if img.mode not in ("RGB", "L", "RGBA", "P", "LA", "PA", "CMYK", "YCbCr", "1"):
                 raise VideoReadError(f"{f}: unsupported image mode {img.mode}")
-            return np.asarray(img.convert("RGB")).copy()
+            if transform is None:
+                return np.asarray(img.convert("RGB")).copy(), size
+            if img.format == "JPEG" and (size := transform.draft_size(img.height, img.width)):
+                img.draft("RGB", size)
+            return transform.fit_uint8(np.asarray(img if img.mode == "RGB" else img.convert("RGB"))), size
     except (UnidentifiedImageError, OSError) as exc:
         raise VideoReadError(f"{f}: cannot read image ({exc})") from exc
 
@@ -182,10 +205,20 @@ def _read_deep(f: Path, img, notes: list[str]) -> np.ndarray:
 
 
 def read_frame_folder(folder: Path, transform: FrameTransform, info: dict | None = None) -> Tensor:
+    """The kept frames of a folder. 8-bit frames are fitted to the output size one by one as they are decoded
+    (uint8 until the conversion to float at the output size); a folder
+    with a frame deeper than 8 bits is read again at full size and precision, then fitted in float."""
     files = list_frame_files(folder) if folder.is_dir() else []
     if not files:
         raise VideoReadError(f"{folder}: no frames ({'/'.join(IMAGE_EXTENSIONS)}) in folder")
-    frames: list[np.ndarray] = []
+    fitted = _read_frames(folder, files, transform, info, fit=True)
+    return fitted if fitted is not None else _read_frames(folder, files, transform, info, fit=False)
+
+
+def _read_frames(
+    folder: Path, files: list[Path], transform: FrameTransform, info: dict | None, fit: bool
+) -> Tensor | None:
+    frames: list = []  # fitted: [3, H, W] uint8 tensors; else [H, W, 3] arrays
     notes: list[str] = []
     size = None
     for i, f in enumerate(files):
@@ -193,14 +226,16 @@ def read_frame_folder(folder: Path, transform: FrameTransform, info: dict | None
             break
         if not transform.keeps(i, len(frames)):
             continue
-        arr = _read_image(f, notes)
-        if size is not None and arr.shape[:2] != size:
-            raise VideoReadError(f"{f}: frame size {arr.shape[:2]} differs from the first frame's {size}")
-        size = arr.shape[:2]
+        arr, shape = _read_image(f, notes, transform if fit else None)
+        if arr is None:  # deeper than 8 bits: read everything unfitted
+            return None
+        if size is not None and shape != size:
+            raise VideoReadError(f"{f}: frame size {shape} differs from the first frame's {size}")
+        size = shape
         frames.append(arr)
     if not frames:
         raise VideoReadError(f"{folder}: no frames kept (check dataset.start / stride)")
-    if len({a.dtype for a in frames}) > 1:
+    if not fit and len({a.dtype for a in frames}) > 1:
         frames = [a.astype(np.uint16) * (257 if a.dtype == np.uint8 else 1) for a in frames]
     _note_source(info, folder, len(files), len(frames), transform, notes)
-    return transform.spatial(to_frames(frames))
+    return uint8_frames_to_float(frames) if fit else transform.spatial(to_frames(frames))
