@@ -26,7 +26,7 @@ from torch import Tensor
 
 from eval import pictures, results
 from eval.clips import DecodedClips, clip_key
-from eval.datasets.base import Video, VideoReadError
+from eval.datasets.base import Video, VideoReadError, empty_frames
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
@@ -452,7 +452,7 @@ class Runner:
         # one [T, 3, H, W] tensor only where something takes one: a fresh copy of every frame costs ~1 ms each
         s = self.settings
         stacked = len(self.metrics) > 0 or s.save_videos or s.side_by_side
-        outputs = torch.stack(outs) if stacked else outs
+        outputs = torch.stack(outs, out=empty_frames((len(outs), *outs[0].shape))) if stacked else outs
         n = len(outs)
         per_frame, per_video = summarise(rec)
         per_video["nonfinite_frames"] = float(n_bad)
