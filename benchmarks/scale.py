@@ -118,6 +118,9 @@ def many_videos(n: int, tmp: Path, slope_from: int = 50) -> dict:
             "metrics=none",
             "report.enabled=false",
             "runner.save_strips=false",
+            # decoded clips are kept between methods by design, up to this cap (eval/clips.py): off here, so
+            # that what is measured is what the run leaves behind per unit
+            "runner.decode_cache_mb=0",
         ]
     )
     t0 = time.perf_counter()
@@ -217,7 +220,7 @@ def main() -> None:
         f"`{out['command']}` — {out['date']}, {out['machine']['cpus']} CPUs, 1-min load average "
         f"{out['machine']['load_avg_1min']} at the end (a shared machine: wall-clock figures move with the load).",
         "",
-        f"## {v['videos']} synthetic videos x 2 methods, metrics=none, one process",
+        f"## {v['videos']} synthetic videos x 2 methods, metrics=none, runner.decode_cache_mb=0, one process",
         "",
         "| units | failed | seconds | RSS after unit 1 | at 10 % | at 50 % | at the end |",
         "|---|---|---|---|---|---|---|",
@@ -239,7 +242,8 @@ def main() -> None:
         "changed nothing: one thread, one arena; malloc_trim(0) after each unit or MALLOC_MMAP_THRESHOLD_=65536 "
         "flattened RSS to 3-6 MB / 100 units, hiding the cause). The runner now keeps no per-unit table and "
         "assembles the run's tables from the unit store at the end (eval/runner.py, eval/store.py `read_tables`; "
-        "test: tests/test_runner_memory.py).",
+        "test: tests/test_runner_memory.py). The decoded-clip cache (runner.decode_cache_mb, eval/clips.py) is off "
+        "here: by design it holds each video's frames from its first method to its last, up to that cap.",
         "",
         f"## Merging {f['folders']} run folders (1 video, 2 methods each)",
         "",
