@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +41,58 @@ def model_cfg(size: str = "tiny", *overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(compose([f"model={size}", *overrides]).model, resolve=True)
+
+
+@dataclass
+class Completed:
+    """What ``subprocess.run`` returns for ``python ...``: the exit status and both streams."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_py(capsys, monkeypatch):
+    """``python SCRIPT ARGS`` or ``python -m MODULE ARGS`` (``cwd``: the working directory) in this process, as
+    ``subprocess.run`` would run them: the entry point's own code (``run_eval.py``'s command-line check, Hydra's app
+    with ``-m`` sweeps and callbacks, the exit status) without a fresh interpreter's ~4 s of imports. Returns a
+    :class:`Completed`. What needs a real process (SIGKILL, concurrent runs) still starts one; tests/test_cli.py
+    keeps one real ``run_eval.py`` process as the smoke test of the entry point."""
+    import logging
+    import runpy
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+
+    def run(*argv: str, cwd: Path | None = None) -> Completed:
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        capsys.readouterr()  # drop what the test printed before
+        with monkeypatch.context() as m:
+            if cwd is not None:
+                m.chdir(cwd)
+            try:
+                if argv[0] == "-m":
+                    m.setattr(sys, "argv", [argv[1], *argv[2:]])
+                    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+                else:
+                    m.setattr(sys, "argv", list(argv))
+                    runpy.run_path(str(ROOT / argv[0]), run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            finally:
+                for h in root.handlers:  # Hydra's job logging (console + <run dir>/run_eval.log)
+                    if h not in handlers:
+                        h.close()
+                root.handlers[:], root.level = handlers, level
+                # a later run_from_config(run_dir=None) in this process must not write into this run's folder
+                HydraConfig.instance().cfg = None
+        out = capsys.readouterr()
+        return Completed(code, out.out, out.err)
+
+    return run
 
 
 @pytest.fixture

@@ -3,13 +3,12 @@ and mismatched resolution, exits 2 without building a model; with nothing missin
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
 from eval import check
-from tests.conftest import ROOT, compose
+from tests.conftest import compose
 from tests.test_paper_experiments import write_davis
 
 
@@ -64,16 +63,10 @@ def test_lists_everything_missing_and_builds_nothing(incomplete, monkeypatch):
     assert kinds.count("weights") == len(EXPECTED_KEYS) and {"video", "prompt", "resolution"} <= set(kinds)
 
 
-def test_cli_exits_2_and_writes_no_results(incomplete, tmp_path):
-    p = subprocess.run(
-        [sys.executable, "run_eval.py", *incomplete, "+check=true", f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 2, p.stdout + p.stderr
-    assert "MISSING" in p.stdout and "metrics.lpips.weights" in p.stdout and "camel: no frames" in p.stdout
+def test_cli_exits_2_and_writes_no_results(incomplete, tmp_path, run_py):
+    r = run_py("run_eval.py", *incomplete, "+check=true", f"hydra.run.dir={tmp_path / 'hydra'}")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "MISSING" in r.stdout and "metrics.lpips.weights" in r.stdout and "camel: no frames" in r.stdout
     assert not (tmp_path / "results").exists()  # nothing computed, no unit cached
 
 

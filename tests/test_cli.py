@@ -1,4 +1,5 @@
-"""The entry points as a user runs them: run_eval.py (single run, multirun, shards) and python -m eval.report."""
+"""The entry points as a user runs them: run_eval.py (single run, multirun, shards) and python -m eval.report
+(one real process; the rest in this process through the ``run_py`` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ def sh(*args, cwd=ROOT):
 
 
 def test_run_eval_prints_table_and_writes_results(tmp_path):
+    """The one real ``run_eval.py`` process of the fast suite (the others run it in this process: ``run_py``)."""
     rc, out = sh(
         "run_eval.py",
         f"results_root={tmp_path}",
@@ -64,8 +66,8 @@ def test_shards_then_merge_report(tmp_path):
     assert (merged / "report.html").is_file() and "3 videos" in (merged / "summary.md").read_text()
 
 
-def test_multirun_sweep(tmp_path):
-    rc, out = sh(
+def test_multirun_sweep(tmp_path, run_py):
+    r = run_py(
         "run_eval.py",
         "-m",
         f"results_root={tmp_path}",
@@ -76,7 +78,7 @@ def test_multirun_sweep(tmp_path):
         f"hydra.sweep.dir={tmp_path}/sweep",
         "report.print=false",
     )
-    assert rc == 0, out
+    assert r.returncode == 0, r.stderr
     jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name != "report")
     assert jobs == ["0", "1"]  # (report/: the merged report, eval/sweep.py)
     for job in ("0", "1"):
@@ -84,12 +86,12 @@ def test_multirun_sweep(tmp_path):
     # the README's merge command, as a shell expands ``multirun_*/*`` (multirun.yaml included)
     jobs = sorted(str(p) for p in (tmp_path / "sweep").glob("*"))
     assert any(j.endswith("multirun.yaml") for j in jobs)
-    rc, out = sh("-m", "eval.report", *jobs, "--out", str(tmp_path / "merged"))
-    assert rc == 0, out
+    r = run_py("-m", "eval.report", *jobs, "--out", str(tmp_path / "merged"))
+    assert r.returncode == 0, r.stdout + r.stderr
     summary = (tmp_path / "merged" / "summary.md").read_text()
     assert "| identity[seed=1] |" in summary and "| identity[seed=2] |" in summary  # settings kept apart
 
 
-def test_report_on_a_non_result_dir_is_a_clear_error(tmp_path):
-    rc, out = sh("-m", "eval.report", str(tmp_path))
-    assert rc == 2 and "not a result folder" in out
+def test_report_on_a_non_result_dir_is_a_clear_error(tmp_path, run_py):
+    r = run_py("-m", "eval.report", str(tmp_path))
+    assert r.returncode == 2 and "not a result folder" in r.stdout + r.stderr

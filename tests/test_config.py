@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from eval.cli import check_overrides
-from tests.conftest import CONF, ROOT, compose
+from tests.conftest import CONF, compose
 
 
 def options(group: str) -> list[str]:
@@ -76,12 +73,6 @@ def test_did_you_mean():
     assert check_overrides(["method=[identity]", "dataset.root=x"]) is None
 
 
-def test_cli_typo_exits_2_with_suggestion():
-    p = subprocess.run(
-        [sys.executable, "run_eval.py", "method=identty"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert p.returncode == 2 and "Did you mean 'identity'" in p.stderr
+def test_cli_typo_exits_2_with_suggestion(run_py):
+    r = run_py("run_eval.py", "method=identty")
+    assert r.returncode == 2 and "Did you mean 'identity'" in r.stderr

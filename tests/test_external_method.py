@@ -3,8 +3,6 @@ this repo is edited. Two ways: a YAML on an extra config search path, or a ``+me
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -49,17 +47,24 @@ def _user_dir(tmp_path: Path) -> Path:
     return user
 
 
-def _run(args: list[str], user: Path, results: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user), str(ROOT)]), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        str(ROOT / "run_eval.py"),
+def _run(run_py, monkeypatch, args: list[str], user: Path, results: Path) -> Path:
+    """``python <repo>/run_eval.py ARGS`` from the user's folder with their package on the path (in this process)."""
+    monkeypatch.syspath_prepend(str(user))
+    monkeypatch.delitem(sys.modules, "my_methods", raising=False)  # each test's own copy of the package
+    only_frame_diff = [
+        "metrics=none",
+        "+metrics.frame_diff._target_=eval.metrics.frame_diff.MeanAbsFrameDiff",
+    ]
+    p = run_py(
+        "run_eval.py",
         *args,
         f"results_root={results}",
         "dataset.num_videos=1",
         "dataset.num_frames=4",
-    ]
-    p = subprocess.run(cmd, cwd=user, env=env, capture_output=True, text=True, timeout=300)
+        *only_frame_diff,
+        "report.enabled=false",
+        cwd=user,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir = Path(p.stdout.strip().splitlines()[-1].removeprefix("results: "))
     assert run_dir.is_dir(), p.stdout[-2000:]
@@ -73,9 +78,11 @@ def _frame_diff(run_dir: Path) -> dict[str, float]:
     return v[v.metric == "frame_diff"].set_index("method").value.to_dict()
 
 
-def test_external_method_via_config_search_path(tmp_path):
+def test_external_method_via_config_search_path(tmp_path, run_py, monkeypatch):
     user = _user_dir(tmp_path)
     run_dir = _run(
+        run_py,
+        monkeypatch,
         [f"hydra.searchpath=[file://{user / 'conf'}]", "method=[identity,inverter]"],
         user,
         tmp_path / "results",
@@ -86,9 +93,11 @@ def test_external_method_via_config_search_path(tmp_path):
     assert abs(diff["inverter"] - diff["identity"] / 2) < 1e-4 * diff["identity"]
 
 
-def test_external_method_via_override_only(tmp_path):
+def test_external_method_via_override_only(tmp_path, run_py, monkeypatch):
     user = _user_dir(tmp_path)
     run_dir = _run(
+        run_py,
+        monkeypatch,
         ["method=[identity]", "+method.mine._target_=my_methods.Inverter", "+method.mine.strength=0.5"],
         user,
         tmp_path / "results",

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT
+from eval.cli import run_from_config
+from eval.keys import clear_caches
+from tests.conftest import ROOT, compose
 
 TIMING = {"latency_ms", "call_ms", "fps", "steady_fps", "first_frame_latency_ms", "peak_mem_mb"}
 RUN = [
@@ -35,9 +37,9 @@ RUN = [
 ]
 
 
-def run_eval(tmp_path, name, *extra, fault=None, env=None):
-    e = {**os.environ, **(env or {})}
-    e.pop("LIVE2DIFF_BENCH_FAULT", None)
+def run_process(tmp_path, name, *extra, fault=None):
+    """``python run_eval.py`` as a real process (the one that is killed), ``fault`` its kill point."""
+    e = {k: v for k, v in os.environ.items() if k != "LIVE2DIFF_BENCH_FAULT"}
     if fault:
         e["LIVE2DIFF_BENCH_FAULT"] = fault
     cmd = [
@@ -47,6 +49,17 @@ def run_eval(tmp_path, name, *extra, fault=None, env=None):
         f"hydra.run.dir={tmp_path / name}",
     ]
     return subprocess.run([*cmd, *RUN, *extra], cwd=ROOT, env=e, capture_output=True, text=True, timeout=600)
+
+
+def run_here(tmp_path, name):
+    """The same run in this process, without a kill point: an uninterrupted run, or the resume after a kill (as a
+    fresh process would see the files: no digest cached from before)."""
+    assert "LIVE2DIFF_BENCH_FAULT" not in os.environ
+    clear_caches()
+    cfg = compose([f"results_root={tmp_path / 'results'}", *RUN])
+    summary = run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+    assert not summary.failed, [(u.method, u.video, u.error) for u in summary.failed]
+    return summary
 
 
 def quality(run_dir):
@@ -62,8 +75,7 @@ def quality(run_dir):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("reference")
-    r = run_eval(d, "run")
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_here(d, "run")
     return quality(d / "run")
 
 
@@ -72,12 +84,11 @@ def finished_keys(tmp_path):
 
 
 def kill_then_resume(tmp_path, reference, fault):
-    crashed = run_eval(tmp_path, "crashed", fault=fault)
+    crashed = run_process(tmp_path, "crashed", fault=fault)
     assert crashed.returncode == -signal.SIGKILL, f"{fault} was never reached: {crashed.stderr[-2000:]}"
     assert (tmp_path / "crashed" / "INCOMPLETE").exists()  # the killed run's folder says so
     done = finished_keys(tmp_path)
-    resumed = run_eval(tmp_path, "resumed")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    run_here(tmp_path, "resumed")
     units = pd.read_parquet(tmp_path / "resumed" / "units.parquet")
     assert len(units) == 6 and set(units.status) <= {"ok", "cached", "rescored"}
     for _, u in units.iterrows():  # nothing finished before the kill is computed again

@@ -3,16 +3,13 @@ fix (before: computed every unit and crashed in the report, was silently ignored
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
 from eval.validate import ConfigError, validate
-from tests.conftest import ROOT, compose
+from tests.conftest import compose
 
 
 def problems(*overrides):
@@ -94,25 +91,25 @@ def test_default_config_is_valid():
     validate(compose([]))
 
 
-def run_eval(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "run_eval.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-def test_exit_status_2_for_setup_errors(tmp_path):
-    """Configuration problems, Hydra's own refusals and missing method headers all exit 2; nothing is computed."""
+def test_exit_status_2_for_setup_errors(tmp_path, run_py):
+    """Configuration problems, Hydra's own refusals and missing method headers all exit 2; nothing is computed.
+    (``run_eval.py`` in this process; tests/test_cli.py runs it as a real process.)"""
     conf = tmp_path / "conf" / "method"
     conf.mkdir(parents=True)
     (conf / "blur.yaml").write_text("_target_: baselines.identity.IdentityMethod\n")
     common = [f"results_root={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}", "dataset.num_videos=1"]
-    r = run_eval("seed=-1", "method=[identity]", *common)
+    r = run_py("run_eval.py", "seed=-1", "method=[identity]", *common)
     assert r.returncode == 2 and "seed=-1" in r.stderr, r.stderr
     assert not (tmp_path / "r" / "units").exists()
-    r = run_eval(f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "method=[identity,blur]", *common)
+    r = run_py(
+        "run_eval.py", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "method=[identity,blur]", *common
+    )
     assert r.returncode == 2 and f"{conf / 'blur.yaml'} (add `# @package method.blur`)" in r.stderr, r.stderr
-    r = run_eval("method=[identity]", "method.identity.nokey=1", *common)  # Hydra refuses the override
+    r = run_py(
+        "run_eval.py", "method=[identity]", "method.identity.nokey=1", *common
+    )  # Hydra refuses the override
     assert r.returncode == 2, r.stderr
+    assert not (tmp_path / "r" / "units").exists()
 
 
 def test_builtin_prompt_specs_are_accepted_and_bad_ones_named():
