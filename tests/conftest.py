@@ -43,6 +43,15 @@ def model_cfg(size: str = "tiny", *overrides: str) -> dict:
     return OmegaConf.to_container(compose([f"model={size}", *overrides]).model, resolve=True)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Every test runs on one thread (tiny tensors, many small ops: on a shared 2-core machine two intra-op threads
+    were ~20x slower than one) and leaves it so (a run with ``hardware.threads`` changes it)."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @dataclass
 class Completed:
     """What ``subprocess.run`` returns for ``python ...``: the exit status and both streams."""

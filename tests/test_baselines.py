@@ -40,15 +40,6 @@ def run(method, frames, seed=7, prompt="an oil painting"):
     return torch.stack([outs[i] for i in range(len(frames))]), [when[i] for i in range(len(frames))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Many small ops: on a shared 2-core machine, 2 intra-op threads were ~20x slower than 1 (barrier waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return generate_clip(8, H, W, seed=11).frames

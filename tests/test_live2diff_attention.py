@@ -20,14 +20,6 @@ from live2diff.kv_cache import LayerKVCache, SlotIndex
 from tests.conftest_live2diff import prompt_embeds, randomise_motion_out, tiny_components, trained_components
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threads only add contention on a shared CPU
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture()
 def patched():
     """Fresh tiny components with non-zero motion output projections."""

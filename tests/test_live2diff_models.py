@@ -26,14 +26,6 @@ from tests.conftest import model_cfg
 from tests.conftest_live2diff import tiny_cfg, tiny_components
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tiny_components_shapes_and_helpers():
     c = tiny_components()
     # conf/model/tiny.yaml (what `make eval` builds): the weight-free pixel VAE

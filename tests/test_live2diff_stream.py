@@ -15,14 +15,6 @@ from tests.conftest_live2diff import frames, tiny_cfg
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _method(**kw) -> Live2DiffMethod:
     m = Live2DiffMethod(model=tiny_cfg(), **kw)
     # Random tiny weights: give the motion modules' outputs weight so frames influence each other.
@@ -44,7 +36,6 @@ def _run(m, clip, seed=0, prompt="a cat"):
 
 @pytest.fixture(scope="module")
 def live2diff():
-    torch.set_num_threads(1)
     return _method()
 
 
@@ -197,7 +188,6 @@ def live2diff_trained():
     """Live2Diff on the project's trained tiny model (model=tiny: conf/model/tiny.yaml + shipped weights)."""
     from tests.conftest import compose
 
-    torch.set_num_threads(1)
     return Live2DiffMethod(model=compose(["model=tiny"]).model)
 
 

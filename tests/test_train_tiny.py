@@ -11,14 +11,6 @@ from live2diff.components import build_components
 from tests.conftest import compose
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _tiny_args(**kw):
     args = train_tiny.parse_args(
         ["--synthetic-clips", "3", "--video-clips-per-file", "0", "--clip-frames", "10", "--image-batch", "8"]

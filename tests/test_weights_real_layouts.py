@@ -20,14 +20,6 @@ from tests.conftest_live2diff import tiny_cfg
 A_PHOTO_OF_A_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _random_rest(cfg: dict, **paths: str) -> dict:
     """``cfg`` with ``paths`` set and every other used weight named ``random`` (``none`` for the LCM-LoRA)."""
     w = {k: "random" for k in ("base", "motion", "depth")}
