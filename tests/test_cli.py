@@ -18,10 +18,13 @@ def sh(*args, cwd=ROOT):
 
 
 def test_run_eval_prints_table_and_writes_results(tmp_path):
-    """The one real ``run_eval.py`` process of the fast suite (the others run it in this process: ``run_py``)."""
+    """The one real ``run_eval.py`` process of the fast suite (the others run it in this process: ``run_py``), on
+    the fast path (identity; the default metrics and report). The default methods run end to end in this process in
+    tests/test_paper_experiments.py::test_paper_table1_runs_on_the_tiny_model (paper_table1 = the default methods)."""
     rc, out = sh(
         "run_eval.py",
         f"results_root={tmp_path}",
+        "method=[identity]",
         "dataset.num_videos=2",
         "dataset.num_frames=5",
     )
@@ -29,6 +32,7 @@ def test_run_eval_prints_table_and_writes_results(tmp_path):
     assert "| method |" in out and "identity" in out
     runs = list((tmp_path / "default").iterdir())
     assert len(runs) == 1 and (runs[0] / "report.html").is_file()
+    assert f"results: {runs[0]}" in out
 
 
 @pytest.mark.slow  # two run_eval.py processes + a merge (~18 s); tests/reliability/test_scaleout.py covers it fast

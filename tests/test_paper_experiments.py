@@ -53,6 +53,8 @@ def write_davis(root, names=("blackswan", "dog"), n_frames=12, size=48):
 
 def test_every_expected_experiment_exists():
     assert set(EXPECTED) == set(EXPERIMENTS)
+    # test_paper_table1_runs_on_the_tiny_model is also the in-process end-to-end run of `make eval`'s methods
+    assert EXPECTED["paper_table1"] == set(compose([]).method)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
