@@ -74,15 +74,17 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     from eval.provenance import provenance
     from eval.validate import ConfigError, validate
 
-    validate(cfg)  # every setting, before anything is built: ConfigError (exit status 2) lists all problems
+    # every setting, before anything is built: ConfigError (exit status 2) lists all problems; the dataset's
+    # videos as validation listed them (listed once per run: its warnings are said once)
+    listed: list = []
+    validate(cfg, listed=listed)
     # a folder of its own (never shared with another run), marked INCOMPLETE until the run finishes
     run_dir = claim_run_dir(run_dir if run_dir is not None else _hydra_output_dir())
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
     methods = cfg.get("method") or {}
     try:
-        dataset = instantiate(cfg.dataset, _convert_="all")
-        videos = dataset.videos()
+        videos = listed or instantiate(cfg.dataset, _convert_="all").videos()
         metrics = LazyMetrics(cfg.metrics)  # built by the first unit that is computed, not by cached ones
     except Exception as exc:  # set-up, not a unit: exit status 2
         finish_run_dir(run_dir, "failed")

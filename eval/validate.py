@@ -193,14 +193,17 @@ def check_dataset(ds: Any) -> list[Problem]:
     return out
 
 
-def check_videos(cfg: Any, min_size: int = 8) -> list[Problem]:
+def check_videos(cfg: Any, min_size: int = 8, listed: list | None = None) -> list[Problem]:
     """Build the dataset and list its videos (prompts, duplicate names, unknown names); with ``dataset.size=null``
-    probe each video's size, which must be at least one VAE stride (8 px) in both directions."""
+    probe each video's size, which must be at least one VAE stride (8 px) in both directions. The listed videos are
+    appended to ``listed`` (the run uses them: a dataset is listed, and its warnings said, once per run)."""
     from hydra.utils import instantiate
 
     try:
         dataset = instantiate(cfg.dataset, _convert_="all")
         videos = dataset.videos()
+        if listed is not None:
+            listed.extend(videos)
     except Exception as exc:  # noqa: BLE001 - every dataset error is a set-up problem to report
         return [Problem("dataset", _get(cfg.dataset, "root", _get(cfg.dataset, "_target_")), _reason(exc))]
     if not videos:
@@ -402,8 +405,9 @@ def check_hardware(cfg: Any) -> list[Problem]:
     return []
 
 
-def validate(cfg: DictConfig, *, videos: bool = True) -> None:
-    """Raise :class:`ConfigError` listing every problem of ``cfg``; return None when it is fine to run."""
+def validate(cfg: DictConfig, *, videos: bool = True, listed: list | None = None) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``cfg``; return None when it is fine to run. With
+    ``videos``, the dataset is listed and its videos appended to ``listed`` (when given)."""
     problems = [*check_seed(cfg), *check_runner(_get(cfg, "runner")), *check_dataset(_get(cfg, "dataset"))]
     problems += check_methods(cfg)
     problems += check_metrics(cfg)
@@ -412,6 +416,6 @@ def validate(cfg: DictConfig, *, videos: bool = True) -> None:
         problems += check_paths("model", model)
     problems += check_hardware(cfg)
     if videos and not any(p.key.startswith("dataset") for p in problems):
-        problems += check_videos(cfg)
+        problems += check_videos(cfg, listed=listed)
     if problems:
         raise ConfigError(problems)

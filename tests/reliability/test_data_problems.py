@@ -124,6 +124,22 @@ def test_skipped_entries_and_unused_prompt_keys_are_warned(tmp_path, caplog):
     )
 
 
+def test_a_run_says_each_dataset_warning_once(tmp_path, caplog):
+    """Validation lists the dataset and the run uses that listing (it listed it twice, warning twice)."""
+    data = tmp_path / "v"
+    (data / "surf").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(data / "surf" / "0.png")
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(data / "surf" / "1.png")
+    (data / "notes.txt").write_text("x")
+    (data / "prompts.yaml").write_text("surf: a painting\nsurfer: a typo\n")
+    with caplog.at_level(logging.WARNING):
+        s = run(tmp_path, *FOLDER, f"dataset.root={data}")
+    assert [u.status for u in s.units] == ["ok"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("skipped" in m and "notes.txt" in m for m in warned) == 1, warned
+    assert sum("match no video: surfer" in m for m in warned) == 1, warned
+
+
 def test_save_videos_for_cached_units(tmp_path):
     base = ["dataset.num_videos=1", "dataset.num_frames=4", "metrics=none", "report.enabled=false"]
     base += ["method=[identity]"]
