@@ -61,15 +61,17 @@ class TinyDepthNet(nn.Module):
         return F.interpolate(d, size=images01.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
-class _DPT(nn.Module):
+class DPTDepth(nn.Module):
+    """transformers' DPT (MiDaS DPT-Hybrid / DPT-Large) behind one call: ``[B,3,H,W]`` in [0,1] -> ``[B,H,W]``.
+    Also Live2Diff's depth branch (live2diff/components/depth.py imports it; eval never imports live2diff)."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, images01: Tensor) -> Tensor:
-        return self.model(
-            pixel_values=(images01 - 0.5) / 0.5
-        ).predicted_depth  # DPT normalises with mean=std=0.5
+        x = (images01 - 0.5) / 0.5  # DPT's image processor normalises with mean=std=0.5
+        return self.model(pixel_values=x).predicted_depth
 
 
 _CACHE: dict[tuple, nn.Module] = {}
@@ -93,7 +95,7 @@ def load_depth_net(weights: str | None, device: str = "cpu", config_key: str = C
             if weights:
                 from transformers import DPTForDepthEstimation
 
-                net = _DPT(DPTForDepthEstimation.from_pretrained(str(weights), local_files_only=True))
+                net = DPTDepth(DPTForDepthEstimation.from_pretrained(str(weights), local_files_only=True))
             else:
                 log.warning("depth_error: no weights given (%s); using a tiny random depth net", config_key)
                 with torch.random.fork_rng(devices=[]):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eval.metrics.depth_error import DPTDepth  # the one DPT wrapper (the depth_error metric's)
 from live2diff.components.config import get
 from live2diff.components.vae import vae_encode
 
@@ -32,18 +33,6 @@ class TinyDepthNet(nn.Module):
     def forward(self, images01: Tensor) -> Tensor:
         d = self.net(images01 * 2 - 1)
         return F.interpolate(d, size=images01.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
-
-class DPTDepth(nn.Module):
-    """transformers' DPT (MiDaS DPT-Hybrid / DPT-Large) behind the same call: ``[B,3,H,W]`` [0,1] -> ``[B,H,W]``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images01: Tensor) -> Tensor:
-        x = (images01 - 0.5) / 0.5  # DPT's image processor normalises with mean=std=0.5
-        return self.model(pixel_values=x).predicted_depth
 
 
 class DepthEstimator(nn.Module):
