@@ -39,6 +39,8 @@ def _run(tmp_path, *overrides, name="run"):
             "method=[identity,per_frame_img2img]",
             "dataset.num_videos=1",
             "dataset.num_frames=6",
+            "metrics=none",  # the pictures are under test, not the metrics or the report
+            "report.enabled=false",
             *overrides,
         ]
     )
