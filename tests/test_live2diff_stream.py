@@ -165,8 +165,10 @@ def test_bounded_memory_between_frame_50_and_500():
     assert rss500 - rss50 < 16 * 2**20
 
 
-def test_method_configs_compose_and_instantiate():
-    from hydra.utils import instantiate
+def test_method_configs_compose_to_the_live2diff_method():
+    """Each live2diff*.yaml has its package header and composes (the variants inherit live2diff.yaml through
+    `defaults`) to Live2DiffMethod; each is built and streamed by tests/test_method_contract.py."""
+    from hydra.utils import get_class
 
     from tests.conftest import compose
 
@@ -175,12 +177,9 @@ def test_method_configs_compose_and_instantiate():
     for name in names:
         text = (ROOT / "conf" / "method" / f"{name}.yaml").read_text()
         assert text.startswith(f"# @package method.{name}\n")
-    for name in names:  # composed by Hydra: the variants inherit live2diff.yaml through `defaults`
+    for name in names:
         cfg = compose([f"method=[{name}]", "model=tiny", "hardware=cpu"])
-        m = instantiate(cfg.method[name])
-        assert isinstance(m, Live2DiffMethod)
-        out = _run(m, frames(3, size=32))
-        assert sorted(i for i, _ in out) == [0, 1, 2]
+        assert get_class(cfg.method[name]._target_) is Live2DiffMethod
 
 
 @pytest.fixture(scope="module")
