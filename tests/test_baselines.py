@@ -273,8 +273,8 @@ def test_skip_pattern_reproducible_under_seed(clip):
 
 # ------------------------------------------------------------------------------------------ StreamV2V
 @pytest.mark.parametrize("update,size", [("fifo", 3), ("tome", 1)])
-def test_feature_bank_stays_bounded_over_200_frames(update, size):
-    frames = generate_clip(200, H, W, seed=5).frames
+def test_feature_bank_stays_bounded_over_80_frames(update, size):
+    frames = generate_clip(80, H, W, seed=5).frames  # full after `size` frames; 30 more after frame 50
     m = StreamV2V(update=update, bank_size=size, update_interval=1, t_index_list=[32, 45])
     m.prepare("a sketch", height=H, width=W, seed=1)
     sizes = []
