@@ -52,6 +52,24 @@ def _one_thread():
     torch.set_num_threads(1)
 
 
+def run_config(
+    tmp_path: Path, *overrides: str, name: str = "run", identity: bool = False, fresh: bool = False
+):
+    """``run_from_config`` on ``conf/config.yaml`` with ``overrides`` (as ``run_eval.py`` would run them): the unit
+    store in ``tmp_path/results``, the run folder ``tmp_path/name``, no progress bar. ``identity``: ``method=[identity]``
+    unless the overrides choose methods (the harness under test, not the models); ``fresh``: forget the digests this
+    process remembers first, as a new process would (tests that edit files between runs)."""
+    from eval.cli import run_from_config
+    from eval.keys import clear_caches
+
+    if identity and not any(o.startswith("method=") for o in overrides):
+        overrides = ("method=[identity]", *overrides)
+    cfg = compose([f"results_root={tmp_path / 'results'}", *overrides])
+    if fresh:
+        clear_caches()
+    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+
+
 @dataclass
 class Completed:
     """What ``subprocess.run`` returns for ``python ...``: the exit status and both streams."""

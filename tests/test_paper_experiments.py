@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from eval.cli import run_from_config
 from eval.datasets.synthetic import generate_clip
-from tests.conftest import CONF, compose
+from tests.conftest import CONF, compose, run_config
 
 EXPERIMENTS = sorted(
     p.stem
@@ -84,16 +83,7 @@ def test_experiment_has_the_paper_setup(name):
 
 def _run(name, tmp_path):
     root = write_davis(tmp_path / "DAVIS", names=("blackswan",), n_frames=10)
-    cfg = compose(
-        [
-            f"experiment={name}",
-            *TINY,
-            f"dataset.root={root}",
-            "dataset.size=[48,48]",
-            f"results_root={tmp_path / 'results'}",
-        ]
-    )
-    return run_from_config(cfg, run_dir=tmp_path / "run", progress=False)
+    return run_config(tmp_path, f"experiment={name}", *TINY, f"dataset.root={root}", "dataset.size=[48,48]")
 
 
 def _check_run(name, summary):

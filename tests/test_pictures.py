@@ -7,9 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.cli import run_from_config
 from eval.pictures import GAP, XT_MIN_HEIGHT, xt_slice
-from tests.conftest import compose
+from tests.conftest import run_config
 
 
 def test_xt_slice_is_one_row_over_time():
@@ -33,18 +32,16 @@ def test_flicker_shows_as_bands_a_static_video_does_not():
 
 
 def _run(tmp_path, *overrides, name="run"):
-    cfg = compose(
-        [
-            f"results_root={tmp_path / 'results'}",
-            "method=[identity,per_frame_img2img]",
-            "dataset.num_videos=1",
-            "dataset.num_frames=6",
-            "metrics=none",  # the pictures are under test, not the metrics or the report
-            "report.enabled=false",
-            *overrides,
-        ]
+    return run_config(
+        tmp_path,
+        "method=[identity,per_frame_img2img]",
+        "dataset.num_videos=1",
+        "dataset.num_frames=6",
+        "metrics=none",  # the pictures are under test, not the metrics or the report
+        "report.enabled=false",
+        *overrides,
+        name=name,
     )
-    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
 
 
 def test_run_writes_xt_png_and_side_by_side_mp4(tmp_path):

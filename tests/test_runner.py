@@ -6,17 +6,14 @@ import pandas as pd
 import pytest
 import torch
 
-from eval.cli import run_from_config
 from eval.timing import MethodContractError, run_stream, summarise
-from tests.conftest import compose
+from tests.conftest import run_config
 from tests.fake_methods import DelayMethod, FakeClock
 
 
 def run(tmp_path, *overrides, name="run"):
-    """run_from_config with identity only (the harness is under test here, not the models)."""
-    default_method = [] if any(o.startswith("method=") for o in overrides) else ["method=[identity]"]
-    cfg = compose([f"results_root={tmp_path / 'results'}", *default_method, *overrides])
-    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+    """identity unless the overrides choose methods (the harness is under test here, not the models)."""
+    return run_config(tmp_path, *overrides, name=name, identity=True)
 
 
 #: the harness's own bookkeeping is under test, not the metrics or the report: frame_diff alone, no report

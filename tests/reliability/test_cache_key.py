@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.cli import run_from_config
-from eval.keys import clear_caches
-from tests.conftest import compose
+from tests.conftest import run_config
 
 FOLDER = ["dataset=folder", "dataset.size=[16,16]", "metrics=none", "report.enabled=false"]
 
 
 def run(tmp_path, *overrides, name="run"):
-    default_method = [] if any(o.startswith("method=") for o in overrides) else ["method=[identity]"]
-    cfg = compose([f"results_root={tmp_path / 'results'}", *default_method, *overrides])
-    clear_caches()  # each run as a fresh process would see the files
-    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+    return run_config(
+        tmp_path, *overrides, name=name, identity=True, fresh=True
+    )  # as a new process sees the files
 
 
 def write_frames(folder, n=3, seed=0, size=(16, 16)):

@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eval.cli import run_from_config
-from eval.keys import clear_caches
-from tests.conftest import ROOT, compose
+from tests.conftest import ROOT, run_config
 
 TIMING = {"latency_ms", "call_ms", "fps", "steady_fps", "first_frame_latency_ms", "peak_mem_mb"}
 RUN = [
@@ -55,9 +53,7 @@ def run_here(tmp_path, name):
     """The same run in this process, without a kill point: an uninterrupted run, or the resume after a kill (as a
     fresh process would see the files: no digest cached from before)."""
     assert "LIVE2DIFF_BENCH_FAULT" not in os.environ
-    clear_caches()
-    cfg = compose([f"results_root={tmp_path / 'results'}", *RUN])
-    summary = run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+    summary = run_config(tmp_path, *RUN, name=name, fresh=True)
     assert not summary.failed, [(u.method, u.video, u.error) for u in summary.failed]
     return summary
 

@@ -11,10 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from eval.cli import run_from_config
 from eval.datasets.folder import FolderDataset
-from eval.keys import clear_caches
-from tests.conftest import compose
+from tests.conftest import run_config
 
 FOLDER = [
     "dataset=folder",
@@ -26,9 +24,7 @@ FOLDER = [
 
 
 def run(tmp_path, *overrides, name="run"):
-    cfg = compose([f"results_root={tmp_path / 'results'}", *overrides])
-    clear_caches()
-    return run_from_config(cfg, run_dir=tmp_path / name, progress=False)
+    return run_config(tmp_path, *overrides, name=name, fresh=True)
 
 
 def noise_mp4(path, n=40, faststart=True):
