@@ -165,10 +165,11 @@ def test_cfg_full_and_initialize_written_out(clip):
     torch.testing.assert_close(init, full, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(full, run(StreamDiffusion(cfg_type="none", **kw), clip[:3])[0], atol=1e-4)
     kw3 = {**kw, "t_index_list": [20, 30, 40]}
-    outs = {t: run(StreamDiffusion(cfg_type=t, **kw3), clip)[0] for t in ("full", "self", "initialize")}
+    four = clip[:4]  # past the 3-step stream batch's fill
+    outs = {t: run(StreamDiffusion(cfg_type=t, **kw3), four)[0] for t in ("full", "self", "initialize")}
     assert not torch.allclose(outs["initialize"], outs["full"], atol=1e-4)
     assert not torch.allclose(outs["initialize"], outs["self"], atol=1e-4)
-    off = {t: run(StreamDiffusion(cfg_type=t, **{**kw3, "guidance_scale": 1.0}), clip)[0] for t in CFG_TYPES}
+    off = {t: run(StreamDiffusion(cfg_type=t, **{**kw3, "guidance_scale": 1.0}), four)[0] for t in CFG_TYPES}
     for t in CFG_TYPES:
         torch.testing.assert_close(off[t], off["none"])
     with pytest.raises(ValueError, match="cfg_type"):
