@@ -45,6 +45,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,44 @@ def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
 
 
+def _fit(
+    stage: str,
+    params: list[nn.Parameter],
+    steps: int,
+    lr: float,
+    loss_at: Callable[[int], Tensor],
+    log_every: int,
+    ema: float | None = None,
+    warmup: int = 100,
+) -> list[dict]:
+    """The optimiser loop of every stage: AdamW (no weight decay) on ``params`` with :func:`_lr`'s ``warmup`` and
+    cosine schedule, gradients clipped to norm 1, ``loss_at(step)`` the step's loss; with ``ema``, the parameters end
+    as their exponential moving average. Returns the loss history (mean loss per ``log_every`` steps)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    avg = _EMA(params, ema) if ema is not None else None
+    hist, acc, t0 = [], [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, steps, lr, warmup)
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if avg is not None:
+            avg.update()
+        acc.append(loss.item())
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            hist.append(
+                {"stage": stage, "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
+            )
+            log.info("%s %5d/%d  loss %.4f  %.0fs", stage, step + 1, steps, np.mean(acc), time.time() - t0)
+            acc = []
+    if avg is not None:
+        avg.copy_to()
+    return hist
+
+
 class Trainer:
     """Holds the data pool (latents, depth latents) and the components; runs the two stages."""
 
@@ -312,30 +351,12 @@ class Trainer:
         a = self.args
         u2 = build_unet2d(self.comps).train().requires_grad_(True)
         params = [p for p in u2.parameters()]
-        opt = torch.optim.AdamW(params, lr=a.lr_image, weight_decay=0.0)
-        ema = _EMA(params, a.ema)
-        hist, acc, t0 = [], [], time.time()
-        for step in range(a.image_steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, a.image_steps, a.lr_image)
+
+        def loss_at(step: int) -> Tensor:
             x, tt, eps, emb = self.image_batch(a.image_batch)
-            pred = u2(x, tt, encoder_hidden_states=emb).sample
-            loss = F.mse_loss(pred, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            ema.update()
-            acc.append(loss.item())
-            if (step + 1) % log_every == 0 or step + 1 == a.image_steps:
-                hist.append(
-                    {"stage": "image", "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
-                )
-                log.info(
-                    "image %5d/%d  loss %.4f  %.0fs", step + 1, a.image_steps, np.mean(acc), time.time() - t0
-                )
-                acc = []
-        ema.copy_to()
+            return F.mse_loss(u2(x, tt, encoder_hidden_states=emb).sample, eps)
+
+        hist = _fit("image", params, a.image_steps, a.lr_image, loss_at, log_every, ema=a.ema)
         spatial = {k: v for k, v in u2.state_dict().items()}
         missing, unexpected = self.comps.unet.load_state_dict(spatial, strict=False)
         if unexpected or any("motion_modules" not in k for k in missing):
@@ -394,52 +415,25 @@ class Trainer:
             p.requires_grad_(True)
         mapper.train().requires_grad_(True)
         params = motion + list(mapper.parameters())
-        opt = torch.optim.AdamW(params, lr=a.lr_video, weight_decay=0.0)
-        ema = _EMA(params, a.ema)
         feat: dict[str, Tensor | None] = {"f": None}
         handle = unet.conv_in.register_forward_hook(lambda m, i, o: o if feat["f"] is None else o + feat["f"])
-        hist, acc, t0 = [], [], time.time()
+
+        def loss_at(step: int) -> Tensor:
+            x, tt, eps, emb, depth, mask = self.video_batch(a.video_batch)
+            for p in ctl.processors:  # weights changed: recompute the projected positions in this graph
+                p._pe_key = None
+            feat["f"] = mapper(depth) if depth is not None else None
+            with ctl.full(mask=mask):
+                pred = unet(x, tt, emb).sample
+            return F.mse_loss(pred, eps)
+
         try:
-            for step in range(a.video_steps):
-                for g in opt.param_groups:
-                    g["lr"] = _lr(step, a.video_steps, a.lr_video)
-                x, tt, eps, emb, depth, mask = self.video_batch(a.video_batch)
-                for p in ctl.processors:  # weights changed: recompute the projected positions in this graph
-                    p._pe_key = None
-                feat["f"] = mapper(depth) if depth is not None else None
-                with ctl.full(mask=mask):
-                    pred = unet(x, tt, emb).sample
-                loss = F.mse_loss(pred, eps)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                ema.update()
-                acc.append(loss.item())
-                if (step + 1) % log_every == 0 or step + 1 == a.video_steps:
-                    hist.append(
-                        {
-                            "stage": "video",
-                            "step": step + 1,
-                            "loss": float(np.mean(acc)),
-                            "s": time.time() - t0,
-                        }
-                    )
-                    log.info(
-                        "video %5d/%d  loss %.4f  %.0fs",
-                        step + 1,
-                        a.video_steps,
-                        np.mean(acc),
-                        time.time() - t0,
-                    )
-                    acc = []
+            return _fit("video", params, a.video_steps, a.lr_video, loss_at, log_every, ema=a.ema)
         finally:
             handle.remove()
             feat["f"] = None
             for p in ctl.processors:
                 p._pe_key = None
-        ema.copy_to()
-        return hist
 
 
 # ------------------------------------------------------------------------------------------------ loading
