@@ -1,16 +1,26 @@
-"""Does the latency gate catch a real 20 % slowdown, and stay quiet on unchanged code?
+"""Does the latency gate catch a real 20 % slowdown of every gated method, and stay quiet on unchanged code?
 
-    python benchmarks/gate_power.py [--trials 20] [--slowdown 1.2] [--background-load N] [-- overrides, e.g. gate.repeats=9]
+    python benchmarks/gate_power.py [--trials 10] [--slowdown 1.2] [--background-load N] [--reference-load N]
+        [--methods identity,busy,live2diff] [-- overrides, e.g. gate.repeats=9]
 
-Records a fresh reference with ``experiment=ci_latency`` (``method.busy.slowdown=1.0``), then runs the gate as CI
-would — a separate ``python run_eval.py experiment=ci_latency`` process per trial — ``--trials`` times with the
-busy method slowed down by config (``method.busy.slowdown=1.2``: exactly 20 % more matrix products per frame) and
-``--trials`` times unchanged, alternating the two so that drifting machine load hits both equally. A caught trial
-is one where the gate exits 1 naming ``busy``; a false alarm is an unchanged trial where it exits non-zero.
-``--background-load N`` runs N neighbour processes for the whole benchmark (reference included), each alternating
-at random between bursts of matrix products and of memory streaming (64 MiB copies, which evict the caches) and
-short idle gaps: a reproducible noisy neighbour on top of whatever else the machine runs.
-Writes ``benchmarks/results/gate_power.json`` and ``.md`` (rates, per-trial changes, machine, commands).
+One invocation is one *batch* of the validation campaign: it records a fresh reference with ``experiment=ci_latency``
+(``--reference-load`` neighbours running, default: as many as the trials get), then runs the gate as CI would — a
+separate ``python run_eval.py experiment=ci_latency`` process per trial — ``--trials`` times unchanged and
+``--trials`` times with every injectable method slowed down, alternating the two so that drifting machine load hits
+both equally:
+
+* ``busy``: ``method.busy.slowdown=1.2`` (exactly 20 % more matrix products per frame);
+* ``live2diff``: ``benchmarks.gate_inject.SlowedLive2Diff`` with ``unet_slowdown=1.2`` (every UNet forward re-runs
+  one of the UNet's own ResNet blocks a fixed number of times, sized at warm-up to add 20 % to the frame time: real
+  UNet work inside the UNet call). Every run of the batch (reference, unchanged) uses the same class with 1.0.
+* ``identity``: nothing to inject (a 20 % slower 0.02 ms method is below ``gate.min_change_ms`` by design): its
+  false alarms are counted.
+
+A method is caught in a slowed trial when the gate exits 1 naming it; a false alarm is a method flagged in an
+unchanged trial. ``--background-load N`` runs N neighbour processes during the trials, each alternating at random
+between bursts of matrix products, of memory streaming (64 MiB copies, which evict the caches) and short idle gaps.
+Each batch is appended, with its time and the load averages, to ``benchmarks/results/gate_power_campaign.json``;
+``benchmarks/results/gate_power.md`` summarises every batch of the campaign (totals per condition and method).
 """
 
 from __future__ import annotations
@@ -57,6 +67,24 @@ def start_neighbours(n: int) -> list[subprocess.Popen]:
     ]
 
 
+SLOWED_TARGET = "benchmarks.gate_inject.SlowedLive2Diff"
+INJECTION = "two-phase"  # benchmarks.gate_inject.VERSION (not imported here: that would import live2diff)
+
+
+def knobs(methods: list[str], slowdown: float) -> list[str]:
+    """The overrides that slow every injectable selected method by ``slowdown`` (1.0: unchanged, same classes)."""
+    out = []
+    if "busy" in methods:
+        out.append(f"method.busy.slowdown={slowdown}")
+    if "live2diff" in methods:
+        out += [f"method.live2diff._target_={SLOWED_TARGET}", f"+method.live2diff.unet_slowdown={slowdown}"]
+    return out
+
+
+def injectable(methods: list[str]) -> list[str]:
+    return [m for m in methods if m in ("busy", "live2diff")]
+
+
 def gate_run(results_root: Path, reference: Path, overrides: list[str], update: bool = False) -> dict:
     cmd = [
         sys.executable,
@@ -69,7 +97,9 @@ def gate_run(results_root: Path, reference: Path, overrides: list[str], update: 
     ]
     if update:
         cmd.append("--update-reference")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -80,132 +110,242 @@ def gate_run(results_root: Path, reference: Path, overrides: list[str], update: 
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"gate run failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     verdicts = {v["method"]: v for v in gate.get("verdicts", [])}
+    timings = gate.get("timings", {})
     return {
+        "at": when,
+        "load_1m": round(load, 2),
         "exit": proc.returncode,
         "seconds": round(seconds, 2),
         "flagged": sorted(m for m, v in verdicts.items() if v["status"] == "regression"),
         "change": {m: v["change"] for m, v in verdicts.items()},
         "spread": {m: v["spread"] for m, v in verdicts.items()},
+        "frame_ms": {m: float(_median(t["frame_ms"])) for m, t in timings.items()},
+        "retried": sorted(gate.get("retried", {})),
         "cmd": " ".join(shlex.quote(c) for c in cmd[1:]),
     }
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return (xs[n // 2] + xs[(n - 1) // 2]) / 2 if n else float("nan")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument(
+        "--trials", type=int, default=10, help="pairs of gate runs (unchanged, slowed) in this batch"
+    )
     p.add_argument("--slowdown", type=float, default=1.2)
-    p.add_argument("--method", default="busy", help="the method whose config knob injects the slowdown")
     p.add_argument(
         "--methods",
-        default="identity,busy",
-        help="methods each gate run measures (the experiment's others only add run time)",
+        default="identity,busy,live2diff",
+        help="methods each gate run measures (default: the ones conf/experiment/ci_latency.yaml gates)",
     )
     p.add_argument(
-        "--background-load", type=int, default=0, help="noisy neighbour processes running throughout"
+        "--background-load", type=int, default=0, help="noisy neighbour processes during the trials"
+    )
+    p.add_argument(
+        "--reference-load",
+        type=int,
+        default=None,
+        help="neighbours while the reference is recorded (default: same)",
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="reuse this reference across batches (recorded here first if missing): trials at later times are then "
+        "compared with one reference, as CI compares with the committed one; default: a fresh one per batch",
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gate_power")
     p.add_argument(
         "overrides", nargs="*", help="extra Hydra overrides for every gate run (e.g. gate.repeats=9)"
     )
     args = p.parse_args()
+    if args.reference_load is None:
+        args.reference_load = args.background_load
+    methods = [m for m in args.methods.split(",") if m]
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
-    overrides = [f"method=[{args.methods}]", *args.overrides]
-    neighbours = start_neighbours(args.background_load)
-    try:
-        base, trials = measure_power(args, overrides)
-    finally:
-        for proc in neighbours:
-            proc.kill()
-            proc.wait()
+    base, trials = measure_power(args, methods)
     slowed = [r for r in trials if r["kind"] == "slowed"]
     unchanged = [r for r in trials if r["kind"] == "unchanged"]
-    caught = sum(r["exit"] == 1 and args.method in r["flagged"] for r in slowed)
-    alarms = sum(r["exit"] != 0 for r in unchanged)
-    result = {
+    per_method = {}
+    for m in methods:
+        caught = (
+            sum(r["exit"] == 1 and m in r["flagged"] for r in slowed) if m in injectable(methods) else None
+        )
+        fs = [r["frame_ms"].get(m) for r in slowed if r["frame_ms"].get(m)]
+        fu = [r["frame_ms"].get(m) for r in unchanged if r["frame_ms"].get(m)]
+        per_method[m] = {
+            "caught": caught,
+            "false_alarms": sum(m in r["flagged"] for r in unchanged),
+            "slowed_changes": [r["change"].get(m) for r in slowed],
+            "unchanged_changes": [r["change"].get(m) for r in unchanged],
+            "frame_ms_slowed_over_unchanged": _median(fs) / _median(fu) if fs and fu else None,
+        }
+    batch = {
         "started": started,
+        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": device_info(),
         "platform": platform.platform(),
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
+        "condition": "loaded" if args.background_load else "quiet",
+        "injection": INJECTION,
         "background_load": args.background_load,
+        "reference_load": args.reference_load,
         "slowdown": args.slowdown,
-        "method": args.method,
-        "overrides": overrides,
+        "methods": methods,
+        "overrides": args.overrides,
         "trials": args.trials,
-        "catch_rate": caught / len(slowed),
-        "caught": caught,
-        "false_alarm_rate": alarms / len(unchanged),
-        "false_alarms": alarms,
-        "pass": caught / len(slowed) >= 0.95 and alarms / len(unchanged) <= 0.05,
-        "reference_run": base["cmd"],
+        "per_method": per_method,
+        "reference_run": base,
         "runs": trials,
+        "command": command_line(args),
     }
+    campaign_path = args.out.with_name(args.out.name + "_campaign.json")
+    campaign = json.loads(campaign_path.read_text()) if campaign_path.is_file() else {"batches": []}
+    campaign["batches"].append(batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    md = markdown(args, result, slowed, unchanged, base)
+    campaign_path.write_text(json.dumps(campaign, indent=2) + "\n")
+    md = markdown(campaign["batches"])
     args.out.with_suffix(".md").write_text(md)
     print(md)
-    return 0 if result["pass"] else 1
+    return 0
 
 
-def measure_power(args: argparse.Namespace, overrides: list[str]) -> tuple[dict, list[dict]]:
+def command_line(args: argparse.Namespace) -> str:
+    cmd = f"python benchmarks/gate_power.py --trials {args.trials} --slowdown {args.slowdown} --methods {args.methods}"
+    if args.background_load:
+        cmd += f" --background-load {args.background_load}"
+    if args.reference_load != args.background_load:
+        cmd += f" --reference-load {args.reference_load}"
+    if args.reference:
+        cmd += f" --reference {args.reference}"
+    if args.overrides:
+        cmd += " " + " ".join(args.overrides)
+    return cmd
+
+
+def measure_power(args: argparse.Namespace, methods: list[str]) -> tuple[dict, list[dict]]:
     """The reference, then ``trials`` pairs of gate runs (unchanged, slowed), alternating."""
+    selected = [f"method=[{','.join(methods)}]", *args.overrides]
     with tempfile.TemporaryDirectory(prefix="gate_power_") as tmp:
         tmp = Path(tmp)
-        ref = tmp / "reference.json"
-        knob = f"method.{args.method}.slowdown"
-        base = gate_run(tmp, ref, [*overrides, f"{knob}=1.0"], update=True)
+        ref = args.reference.resolve() if args.reference else tmp / "reference.json"
+        if ref.is_file():
+            created = json.loads(ref.read_text()).get("created")
+            base = {"reused": str(ref), "created": created}
+        else:
+            neighbours = start_neighbours(args.reference_load)
+            try:
+                base = gate_run(tmp, ref, [*selected, *knobs(methods, 1.0)], update=True)
+            finally:
+                stop(neighbours)
+        neighbours = start_neighbours(args.background_load)
         trials = []
-        for t in range(args.trials):
-            for kind, s in (("unchanged", 1.0), ("slowed", args.slowdown)):
-                r = gate_run(tmp, ref, [*overrides, f"{knob}={s}"])
-                r.update(kind=kind, trial=t)
-                trials.append(r)
-                print(
-                    f"{kind:9s} trial {t:2d}: exit {r['exit']} change {args.method} "
-                    f"{r['change'].get(args.method, float('nan')):+.1%} flagged {r['flagged']}",
-                    flush=True,
-                )
+        try:
+            for t in range(args.trials):
+                for kind, s in (("unchanged", 1.0), ("slowed", args.slowdown)):
+                    r = gate_run(tmp, ref, [*selected, *knobs(methods, s)])
+                    r.update(kind=kind, trial=t)
+                    trials.append(r)
+                    changes = " ".join(f"{m} {r['change'].get(m, float('nan')):+.1%}" for m in methods)
+                    print(
+                        f"{kind:9s} trial {t:2d}: exit {r['exit']} {changes} flagged {r['flagged']}",
+                        flush=True,
+                    )
+        finally:
+            stop(neighbours)
     return base, trials
 
 
-def markdown(args: argparse.Namespace, result: dict, slowed: list, unchanged: list, base: dict) -> str:
-    def changes(rs: list[dict]) -> str:
-        return ", ".join(f"{r['change'].get(args.method, float('nan')):+.1%}" for r in rs)
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
-    caught, alarms = result["caught"], result["false_alarms"]
-    load = f"; {args.background_load} noisy neighbour process(es) running" if args.background_load else ""
-    cmd = f"python benchmarks/gate_power.py --trials {args.trials} --slowdown {args.slowdown}"
-    if args.background_load:
-        cmd += f" --background-load {args.background_load}"
-    if args.overrides:
-        cmd += " " + " ".join(args.overrides)
-    return "\n".join(
-        [
-            "# Latency gate power",
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{x:+.1%}"
+
+
+def markdown(batches: list[dict]) -> str:
+    lines = [
+        "# Latency gate power on the gated methods",
+        "",
+        "Each batch: a fresh reference, then pairs of gate runs (unchanged / every injectable method slowed by 20 %), "
+        "alternating, each a separate `python run_eval.py experiment=ci_latency` process as CI runs it "
+        "(`benchmarks/gate_power.py`; slowdowns: `busy.slowdown=1.2`, and for `live2diff` "
+        "`benchmarks/gate_inject.py`: the UNet re-runs one of its own ResNet blocks inside its forward, sized to add "
+        "20 % of the frame time). Caught = the gate exits 1 naming the method; false alarm = a method flagged on "
+        "unchanged code. Load averages (1 min) are the machine's, shared with other jobs; `loaded` batches add "
+        "noisy neighbour processes (compute / 64 MiB memory streaming / idle bursts).",
+        "",
+        "## Totals per condition",
+        "",
+        "| condition | method | batches | slowed trials | caught | catch rate | unchanged trials | false alarms "
+        "| false-alarm rate |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def key(b: dict) -> tuple:
+        return (b.get("injection", "one-phase"), b["condition"], b["reference_load"], b["background_load"])
+
+    for inj, cond, rl, bl in sorted({key(b) for b in batches}):
+        bs = [b for b in batches if key(b) == (inj, cond, rl, bl)]
+        label = cond if rl == bl else f"{cond} (reference recorded with {rl} neighbour(s))"
+        if inj != INJECTION:
+            label += f" [injection: {inj}]"
+        if bl:
+            label += f", {bl} neighbours"
+        for m in bs[0]["methods"]:
+            slowed = sum(b["trials"] for b in bs if b["per_method"][m]["caught"] is not None)
+            caught = sum(b["per_method"][m]["caught"] or 0 for b in bs)
+            n_un = sum(b["trials"] for b in bs)
+            fa = sum(b["per_method"][m]["false_alarms"] for b in bs)
+            rate = f"**{caught / slowed:.0%}**" if slowed else "– (not injectable)"
+            lines.append(
+                f"| {label} | {m} | {len(bs)} | {slowed or '–'} | {caught if slowed else '–'} | {rate} | {n_un} | {fa} "
+                f"| **{fa / n_un:.0%}** |"
+            )
+    lines += ["", "Requirement: catch rate ≥ 95 %, false-alarm rate ≤ 5 %.", "", "## Batches", ""]
+    for b in batches:
+        lb, la = b["load_average_before"], b["load_average_after"]
+        lines += [
+            f"### {b['started']} – {b['finished']}: {b['condition']} (injection: {b.get('injection', 'one-phase')})",
             "",
-            f"Measured {result['started']} on {result['machine']['cpu']} ({result['machine']['cpu_count']} CPUs, "
-            f"shared; load average {result['load_average_before'][0]:.2f} before, "
-            f"{result['load_average_after'][0]:.2f} after{load}).",
+            f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/"
+            f"{la[2]:.2f}; {b['machine']['cpu']}, {b['machine']['cpu_count']} CPUs. Command: `{b['command']}`",
             "",
-            f"Command: `{cmd}`",
-            "",
-            "| injected slowdown | trials | gate failed | rate | requirement |",
-            "|---|---|---|---|---|",
-            f"| {args.slowdown - 1:+.0%} (`{args.method}.slowdown={args.slowdown}`) | {len(slowed)} | {caught} | "
-            f"catch rate **{caught / len(slowed):.0%}** | ≥ 95 % |",
-            f"| none | {len(unchanged)} | {alarms} | false-alarm rate **{alarms / len(unchanged):.0%}** | ≤ 5 % |",
-            "",
-            f"Measured change of `{args.method}`'s ratio vs the reference, slowed trials: {changes(slowed)}",
-            "",
-            f"Unchanged trials: {changes(unchanged)}",
-            "",
-            f"Reference: `python {base['cmd']}`; each trial is one `python run_eval.py experiment=ci_latency ...` "
-            "process (see the .json beside this file for every command, exit code and change).",
-            "",
+            "| method | caught | false alarms | changes, slowed trials | changes, unchanged trials "
+            "| frame time slowed / unchanged |",
+            "|---|---|---|---|---|---|",
         ]
-    )
+        for m, r in b["per_method"].items():
+            ratio = r["frame_ms_slowed_over_unchanged"]
+            caught = "–" if r["caught"] is None else f"{r['caught']}/{b['trials']}"
+            lines.append(
+                f"| {m} | {caught} | {r['false_alarms']}/{b['trials']} "
+                f"| {', '.join(_pct(x) for x in r['slowed_changes'])} "
+                f"| {', '.join(_pct(x) for x in r['unchanged_changes'])} | {'–' if ratio is None else f'{ratio:.3f}'} |"
+            )
+        loads = [r["load_1m"] for r in b["runs"]]
+        ref = b["reference_run"]
+        ref_words = (
+            f"reference reused from {Path(ref['reused']).name} (recorded {ref['created']})"
+            if "reused" in ref
+            else f"reference recorded at {ref['at']} (1-min load {ref['load_1m']:.2f})"
+        )
+        lines += ["", f"Per-trial 1-min load: {min(loads):.2f} – {max(loads):.2f}; {ref_words}.", ""]
+    lines += [
+        "Every command, exit code, change and frame time: `gate_power_campaign.json` beside this file. Earlier "
+        "results (the `busy`-only validation, the matmul yardstick for every method): `gate_power_history/`.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

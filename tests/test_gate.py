@@ -542,3 +542,97 @@ def test_one_machine_description_for_provenance_and_the_gate():
     assert set(gate.MACHINE_KEYS) - {"gpu"} <= set(info)
     assert info["torch_threads"] == torch.get_num_threads() and info["device"] == "cpu"
     assert not hasattr(gate, "machine_info")
+
+
+def test_each_method_is_divided_by_its_own_yardstick():
+    """A per-method mapping of calibrations: each method's ratio is to its own block (its own calls per block)."""
+    clock = LoadedClock()
+    out = measure(
+        {"a": Costly(clock, 0.010), "b": Costly(clock, 0.010)},
+        streams(),
+        repeats=1,
+        warmup_frames=0,
+        calibrate={"a": lambda: clock.work(0.001), "b": lambda: clock.work(0.005)},
+        calibration_calls={"a": 10, "b": 2},
+        clock=clock,
+    )
+    assert out["a"].ratio == pytest.approx(10.0) and out["b"].ratio == pytest.approx(2.0)
+    assert out["a"].calib_ms == [pytest.approx(1.0)] and out["b"].calib_ms == [pytest.approx(5.0)]
+
+
+def test_yardstick_settings_resolve_per_method_and_name_bad_keys():
+    from omegaconf import OmegaConf
+
+    g = OmegaConf.create(
+        {
+            "calibration": "matmul",
+            "calibrations": {"live2diff": "unet"},
+            "calibration_calls": {"matmul": 10, "unet": 2},
+        }
+    )
+    assert (
+        gate_run.calibration_of(g, "live2diff") == "unet" and gate_run.calibration_of(g, "busy") == "matmul"
+    )
+    assert gate_run.calibration_calls_of(g, "unet") == 2
+    assert gate_run.calibration_calls_of(OmegaConf.create({"calibration_calls": 7}), "unet") == 7
+    with pytest.raises(ValueError, match=r"gate\.calibrations\.live2diff='conv'.*one of"):
+        gate_run.calibration_of(OmegaConf.create({"calibrations": {"live2diff": "conv"}}), "live2diff")
+    with pytest.raises(ValueError, match=r"gate\.calibration='x'"):
+        gate_run.calibration_of(OmegaConf.create({"calibration": "x"}), "busy")
+    with pytest.raises(ValueError, match=r"gate\.calibration_calls\.unet=N"):
+        gate_run.calibration_calls_of(OmegaConf.create({"calibration_calls": {"matmul": 10}}), "unet")
+
+
+def test_unet_like_yardstick_is_frozen_and_self_contained():
+    """The same workload in every process (fixed seeds, no training, no state kept between calls), built from torch
+    alone: the eval package never imports a method's package."""
+    import ast
+    from pathlib import Path
+
+    from eval.gate.calibration import UNetCalibration, UNetLike
+
+    a, b = UNetLike(), UNetLike()
+    with torch.inference_mode():
+        ya, yb, ya2 = a(), b(), a()
+    assert ya.shape == (1, 3, 64, 64) and torch.isfinite(ya).all()
+    torch.testing.assert_close(ya, yb)
+    torch.testing.assert_close(ya, ya2)
+    assert math.isfinite(UNetCalibration()())
+    root = Path(gate.__file__).resolve().parents[1]  # eval/
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "live2diff" or n.startswith("live2diff.") for n in names), path
+
+
+@pytest.mark.slow  # ~5 s on an idle core (builds two tiny models, 14 pushes each)
+def test_injected_unet_slowdown_is_real_unet_work_that_changes_nothing_else():
+    """benchmarks/gate_inject.py (the gate's power check on live2diff): the repetitions are fixed during the warm-up
+    pushes, run inside the UNet call, and leave the outputs exactly as plain Live2Diff's."""
+    from benchmarks.gate_inject import CALIBRATION_PUSHES, SlowedLive2Diff
+    from live2diff.method import Live2DiffMethod
+
+    kw = dict(model={"size": "tiny_random"}, t_index_list=[30, 40], window=4, warmup=2)
+    frames = torch.rand(
+        2 + 2 + 2 * CALIBRATION_PUSHES + 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)
+    )
+    outs = {}
+    for name, method in (
+        ("plain", Live2DiffMethod(**kw)),
+        ("slowed", SlowedLive2Diff(unet_slowdown=1.5, **kw)),
+    ):
+        method.prepare("a", height=32, width=32, seed=0)
+        calls = []
+        method.components.unet.down_blocks[0].resnets[0].register_forward_hook(
+            lambda *_, c=calls: c.append(1)
+        )
+        outs[name] = [f for i, fr in enumerate(frames) for f in method.push(i, fr)] + method.flush()
+        outs[name + "_calls"] = len(calls)
+    assert method.steady_state_frames == Live2DiffMethod(**kw).steady_state_frames + 2 * CALIBRATION_PUSHES
+    assert method.repeats >= 1
+    assert outs["slowed_calls"] > outs["plain_calls"]  # the block really ran again, inside the UNet call
+    assert [i for i, _ in outs["slowed"]] == [i for i, _ in outs["plain"]]
+    for (_, a), (_, b) in zip(outs["slowed"], outs["plain"]):
+        torch.testing.assert_close(a, b)
+    assert SlowedLive2Diff(unet_slowdown=1.0, **kw).repeats == 0

@@ -8,36 +8,21 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from eval.gate.calibration import MatmulCalibration
 from eval.interface import StreamMethod
 from eval.timing import run_stream
 
 ESTIMATORS = ("paired", "separate")
 
 
-class Calibration:
-    """A fixed tensor workload (a 3x3 convolution and matrix products, under 1 ms on one CPU core): the yardstick
-    the methods' times are divided by. Runs on the methods' device so it sees the same contention."""
-
-    def __init__(self, device: str | torch.device = "cpu") -> None:
-        self.device = torch.device(device)
-        g = torch.Generator().manual_seed(1234)
-        self.x = torch.rand(1, 16, 64, 64, generator=g).to(self.device)
-        self.w = (torch.randn(16, 16, 3, 3, generator=g) / 12).to(self.device)
-        self.a = (torch.randn(192, 192, generator=g) / 14).to(self.device)
-
-    def __call__(self) -> float:
-        y = torch.nn.functional.conv2d(self.x, self.w, padding=1)
-        m = self.a
-        for _ in range(6):
-            m = m @ self.a
-        return float(y.mean() + m[0, 0])  # reading a value synchronises the device
+Calibration = MatmulCalibration  # the default yardstick (``gate.calibration: matmul``)
 
 
 def resolve_clock(name: str, device: str, threads: int) -> str:
@@ -76,6 +61,7 @@ class MethodTiming:
     pass_ratios: list[float] = field(
         default_factory=list
     )  # a reference's: the ratio of each pass (median kept)
+    calibration: str = ""  # the yardstick's name (eval.gate.calibration.CALIBRATIONS), when the gate knows it
 
     @property
     def ratio(self) -> float:
@@ -102,15 +88,18 @@ def measure(
     *,
     repeats: int = 5,
     warmup_frames: int = 4,
-    calibration_calls: int = 1,
+    calibration_calls: int | Mapping[str, int] = 1,
     statistic: str = "call",
     quantile: float = 0.5,
     estimator: str = "paired",
-    calibrate: Callable[[], Any] | None = None,
+    calibrate: Callable[[], Any] | Mapping[str, Callable[[], Any]] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     seed: int = 42,
 ) -> dict[str, MethodTiming]:
     """Time every method over every ``(prompt, frames)`` stream, ``repeats`` times, interleaved with calibration.
+
+    ``calibrate`` and ``calibration_calls`` are one value for every method or a mapping by method name (each
+    method's own yardstick and block size: :mod:`eval.gate.calibration`).
 
     Interleaving is per frame: before each ``push`` a block of ``calibration_calls`` calibration calls runs, timed
     on its own (and divided by the count), so a burst of load from a neighbour hits the method and its yardstick
@@ -124,7 +113,12 @@ def measure(
     moments); the method order rotates between repetitions. ``statistic`` is ``call`` (each push's duration:
     the per-frame compute cost) or ``latency`` (push start → emission, which adds a stream batch's pipeline delay).
     """
-    if repeats < 1 or calibration_calls < 0:
+    names = list(methods)
+    per_calls = {
+        n: int(calibration_calls[n] if isinstance(calibration_calls, Mapping) else calibration_calls)
+        for n in names
+    }
+    if repeats < 1 or min(per_calls.values(), default=0) < 0:
         raise ValueError(
             "gate.repeats must be >= 1 and gate.calibration_calls >= 0 (0: matched to the method)"
         )
@@ -134,13 +128,18 @@ def measure(
         raise ValueError(f"gate.statistic must be 'call' or 'latency', got {statistic!r}")
     if estimator not in ESTIMATORS:
         raise ValueError(f"gate.estimator must be {' or '.join(ESTIMATORS)}, got {estimator!r}")
-    calibrate = calibrate or Calibration()
-    names = list(methods)
+    if isinstance(calibrate, Mapping):
+        yardstick = {n: calibrate[n] for n in names}
+    else:
+        one = calibrate or Calibration()
+        yardstick = {n: one for n in names}
     out = {name: MethodTiming([], [], []) for name in names}
-    calls = {name: calibration_calls for name in names}
-    for name in names if calibration_calls == 0 else []:
+    calls = dict(per_calls)
+    for name in [n for n in names if per_calls[n] == 0]:
         prompt, frames = streams[0]
-        times, calib = _stream_interleaved(methods[name], prompt, frames, calibrate, 1, "call", clock, seed)
+        times, calib = _stream_interleaved(
+            methods[name], prompt, frames, yardstick[name], 1, "call", clock, seed
+        )
         kept_t, kept_c = times[warmup_frames:] or times, calib[warmup_frames:] or calib
         calls[name] = max(1, min(1000, round(float(np.median(kept_t)) / max(float(np.median(kept_c)), 1e-9))))
     for name in names:
@@ -153,7 +152,7 @@ def measure(
             kept_calib: list[float] = []
             for prompt, frames in streams:
                 times, calib = _stream_interleaved(
-                    method, prompt, frames, calibrate, calls[name], statistic, clock, seed
+                    method, prompt, frames, yardstick[name], calls[name], statistic, clock, seed
                 )
                 kept_method += times[warmup_frames:]
                 kept_calib += calib[warmup_frames:]

@@ -12,10 +12,23 @@ from eval.gate.measure import MethodTiming
 from eval.store import content_key
 
 REFERENCE_SCHEMA = 1
-CALIBRATION_VERSION = 2  # bump when the calibration workload changes: old references become incompatible
+CALIBRATION_VERSION = 2  # bump when a calibration workload changes: old references become incompatible
 
 # Settings that change what a ratio means; the rest of ``gate`` (tolerances, repetitions, paths, flags) does not.
-SETUP_GATE_KEYS = ("warmup_frames", "calibration_calls", "clock", "statistic", "quantile", "estimator")
+SETUP_GATE_KEYS = (
+    "warmup_frames",
+    "calibration",
+    "calibrations",
+    "calibration_calls",
+    "clock",
+    "statistic",
+    "quantile",
+    "estimator",
+)
+
+# Yardstick settings at these values are left out of the set-up: every method divided by the matmul workload, the
+# measurement as it was before per-method yardsticks existed (a reference recorded then stays comparable).
+_DEFAULT_YARDSTICK = {"calibration": "matmul", "calibrations": {}}
 
 MACHINE_KEYS = ("cpu", "cpu_count", "arch", "torch", "torch_threads", "device", "gpu")
 
@@ -34,7 +47,11 @@ def setup_of(cfg: DictConfig | dict) -> dict:
         "dataset": c.get("dataset"),
         "model": c.get("model"),
         "hardware": c.get("hardware"),
-        "gate": {k: gate.get(k) for k in SETUP_GATE_KEYS},
+        "gate": {
+            k: gate.get(k)
+            for k in SETUP_GATE_KEYS
+            if k not in _DEFAULT_YARDSTICK or (gate.get(k) or _DEFAULT_YARDSTICK[k]) != _DEFAULT_YARDSTICK[k]
+        },
         "calibration_version": CALIBRATION_VERSION,
     }
 
@@ -55,6 +72,7 @@ def make_reference(
                 "frame_ms": t.frame_ms_median,
                 "calib_ms": t.calib_ms_median,
                 "ratios": t.ratios,
+                "calibration": t.calibration,
                 "calibration_calls": t.calls,
                 "pass_ratios": t.pass_ratios or [t.ratio],
                 "config_hash": content_key(method_cfgs.get(name)),

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from eval.gate.measure import CLOCKS, Calibration, MethodTiming, measure, resolve_clock
+from eval.gate.calibration import CALIBRATIONS
+from eval.gate.measure import CLOCKS, MethodTiming, measure, resolve_clock
 from eval.gate.reference import (
     load_reference,
     machine_differences,
@@ -56,22 +57,29 @@ class _Gate:
     seed: int
     lines: list[str] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
+    yardsticks: dict[str, Any] = field(default_factory=dict)  # calibration name -> workload (built once)
 
     def measure(self, subset: dict[str, StreamMethod]) -> dict[str, MethodTiming]:
         g = self.g
-        return measure(
+        names = {m: calibration_of(g, m) for m in subset}
+        for cname in set(names.values()) - set(self.yardsticks):
+            self.yardsticks[cname] = CALIBRATIONS[cname](self.device)
+        timings = measure(
             subset,
             self.streams,
             repeats=self.repeats,
             warmup_frames=int(g.warmup_frames),
-            calibration_calls=int(g.calibration_calls),
+            calibration_calls={m: calibration_calls_of(g, c) for m, c in names.items()},
             statistic=str(g.get("statistic", "call")),
             quantile=float(g.get("quantile", 0.5)),
             estimator=str(g.get("estimator", "paired")),
-            calibrate=Calibration(self.device),
+            calibrate={m: self.yardsticks[c] for m, c in names.items()},
             clock=CLOCKS[self.clock_name],
             seed=self.seed,
         )
+        for m, t in timings.items():
+            t.calibration = names[m]
+        return timings
 
     def tolerance_of(self, name: str) -> float:
         return float((self.g.get("tolerances") or {}).get(name, self.g.tolerance))
@@ -94,10 +102,37 @@ class _Gate:
         return outcome
 
 
-def _ratio_words(g: DictConfig) -> str:
+def calibration_of(g: DictConfig, method: str) -> str:
+    """The yardstick a method is divided by: ``gate.calibrations[method]``, else ``gate.calibration``."""
+    per = g.get("calibrations") or {}
+    name = str(per.get(method, g.get("calibration", "matmul")))
+    if name not in CALIBRATIONS:
+        key = f"gate.calibrations.{method}" if method in per else "gate.calibration"
+        raise ValueError(f"{key}={name!r}: unknown calibration; use one of {sorted(CALIBRATIONS)}")
+    return name
+
+
+def calibration_calls_of(g: DictConfig, calibration: str) -> int:
+    """Calls per calibration block: ``gate.calibration_calls`` (one number, or one per calibration name)."""
+    calls = g.calibration_calls
+    if isinstance(calls, (int, str)):
+        return int(calls)
+    if calibration not in calls:
+        raise ValueError(
+            f"gate.calibration_calls has no entry for the '{calibration}' calibration: add "
+            f"gate.calibration_calls.{calibration}=N (calls per block; 0 = matched to the method)"
+        )
+    return int(calls[calibration])
+
+
+def _ratio_words(g: DictConfig, methods: list[str]) -> str:
     q = f"q{float(g.get('quantile', 0.5)):g}"
-    calls = int(g.calibration_calls)
-    block = f"a block of {calls} calibration calls" if calls else "a matched calibration block"
+    blocks = []
+    for m in methods:
+        cname = calibration_of(g, m)
+        calls = calibration_calls_of(g, cname)
+        blocks.append(f"{m}: {calls or 'matched'} x {cname}")
+    block = "a calibration block (" + ", ".join(blocks) + ")"
     if str(g.get("estimator", "paired")) == "paired":
         return f"{q} of per-frame (method time / per-call time of {block} just before it)"
     return f"{q} of method per-frame times / {q} of per-call calibration times ({block})"
@@ -117,6 +152,8 @@ def _build(cfg: DictConfig) -> _Gate:
     }
     if not method_cfgs:
         raise ValueError("the gate has no method to measure: pass e.g. method=[identity,busy]")
+    for name in method_cfgs:  # a bad yardstick setting fails before anything is built
+        calibration_calls_of(g, calibration_of(g, name))
     videos = instantiate(cfg.dataset, _convert_="all").videos()
     if not videos:
         raise ValueError("the gate's dataset has no videos")
@@ -199,7 +236,11 @@ def _retry_unsure(
             retried.setdefault(name, [timings[name].ratio]).append(t.ratio)
             old = timings[name]
             timings[name] = MethodTiming(
-                old.ratios + t.ratios, old.frame_ms + t.frame_ms, old.calib_ms + t.calib_ms, old.calls
+                old.ratios + t.ratios,
+                old.frame_ms + t.frame_ms,
+                old.calib_ms + t.calib_ms,
+                old.calls,
+                calibration=old.calibration,
             )
     return retried
 
@@ -241,7 +282,7 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         f"Latency gate — reference {ref_path}",
         f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
         f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {gate.device}); "
-        f"clock={gate.clock_name}, median of {gate.repeats} repetitions, ratio = {_ratio_words(g)}",
+        f"clock={gate.clock_name}, median of {gate.repeats} repetitions, ratio = {_ratio_words(g, list(gate.methods))}",
     ]
     gate.result = {"setup_hash": content_key(setup), "machine": machine}
     if update:
