@@ -549,7 +549,7 @@ def frame_strip_png(
     grid = torch.cat([top, bottom], dim=-2).clamp_(0, 1)
     img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=pictures.PNG_LEVEL)
     return buf.getvalue()
 
 
