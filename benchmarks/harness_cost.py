@@ -198,6 +198,9 @@ def rerun() -> dict:
                 "seconds": round(seconds, 1),
                 "exit": p.returncode,
                 "methods_built": log.count("building method"),
+                # open_clip logs each model it creates; the depth_error metric warns when it builds its random net
+                "clip_models_built": log.count("Instantiating model architecture"),
+                "depth_nets_built": log.count("using a tiny random depth net"),
                 "load_avg_1min": round(os.getloadavg()[0], 1),
             }
             if p.returncode != 0:
@@ -210,6 +213,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SHARED_DATA / "davis")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--rerun", action="store_true", help="also time a fully cached re-run of run_eval.py")
+    ap.add_argument(
+        "--before",
+        type=Path,
+        help="harness_cost.json written by this script on an earlier commit (run just before): shown beside",
+    )
+    ap.add_argument("--before-label", default="before", help="what --before was (e.g. its commit)")
     args = ap.parse_args()
     import torch
 
@@ -237,47 +246,89 @@ def main() -> None:
         "decode_once": once,
         "cached_rerun": cached,
     }
+    if args.before:
+        out["before"] = {"label": args.before_label, **json.loads(args.before.read_text())}
     res = ROOT / "benchmarks" / "results"
     (res / "harness_cost.json").write_text(json.dumps(out, indent=2) + "\n")
-    b = parts["per_frame_ms"]
-    staged = sum(b.values())
+    before = out.get("before")
+    cols = ["before", "after"] if before else ["this run"]
+    runs = [before, out] if before else [out]
+
+    def row(label: str, get, unit: str = "", bold: bool = False) -> str:
+        cells = []
+        for r in runs:
+            try:
+                v = get(r)
+            except (KeyError, TypeError):
+                v = None
+            text = "-" if v is None else f"{v}{unit}"
+            cells.append(f"**{text}**" if bold and r is out else text)
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    def rest(r: dict) -> float:
+        return round(r["end_to_end"]["per_frame_ms"] - sum(r["breakdown"]["per_frame_ms"].values()), 2)
+
+    head = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     md = [
         "# Harness cost per frame (DAVIS JPEG folders, 512x512, method=[identity] metrics=none)",
         "",
         f"`{out['command']}` — {out['date']}, {out['machine']['cpus']} CPUs, 1 thread, 1-min load average "
         f"{out['machine']['load_avg_1min_start']} at the start, {out['machine']['load_avg_1min_end']} at the end "
         "(a shared machine: figures move with its load).",
+    ]
+    if before:
+        md.append(
+            f"Before: {before['label']}, the same script run just before ({before['date']}, load "
+            f"{before['machine']['load_avg_1min_start']} -> {before['machine']['load_avg_1min_end']})."
+        )
+    md += [
         "",
         f"## End to end: {e2e['videos']} videos, 8 vs 40 frames each, {args.reps} runs each (median)",
         "",
-        "| 8 frames | 40 frames | per frame (slope) |",
-        "|---|---|---|",
-        f"| {e2e['median_s']['8']} s | {e2e['median_s']['40']} s | **{e2e['per_frame_ms']} ms** |",
+        *head,
+        row("wall, 8 frames a video", lambda r: r["end_to_end"]["median_s"]["8"], " s"),
+        row("wall, 40 frames a video", lambda r: r["end_to_end"]["median_s"]["40"], " s"),
+        row("**per frame** (slope)", lambda r: r["end_to_end"]["per_frame_ms"], " ms", bold=True),
         "",
-        f"## Breakdown per frame ({parts['video']}, {parts['frames']} frames; {parts['path']})",
+        f"## Breakdown per frame ({parts['video']}, {parts['frames']} frames)",
         "",
-        "| decode (JPEG) | resize + crop | to tensor | driver (identity) | scoring, store, report (rest) |",
-        "|---|---|---|---|---|",
-        f"| {b['decode']} ms | {b['resize']} ms | {b['to_tensor']} ms | {b['driver']} ms | "
-        f"{round(e2e['per_frame_ms'] - staged, 2)} ms |",
+        *head,
+        row("path", lambda r: r["breakdown"]["path"]),
+        row("decode (JPEG)", lambda r: r["breakdown"]["per_frame_ms"]["decode"], " ms"),
+        row("resize + crop", lambda r: r["breakdown"]["per_frame_ms"]["resize"], " ms"),
+        row("to float tensor", lambda r: r["breakdown"]["per_frame_ms"]["to_tensor"], " ms"),
+        row("driver (identity)", lambda r: r["breakdown"]["per_frame_ms"]["driver"], " ms"),
+        row("scoring, store, report (the rest of the slope)", rest, " ms"),
         "",
-        "## Each video decoded once per run",
+        f"## Each video decoded once per run: `method=[identity, inv]`, {once['videos']} videos x 40 frames",
         "",
-        f"`method=[identity, inv]`, {once['videos']} videos x 40 frames: {once['units']} units, "
-        f"**{once['decodes']} decodes**, {once['seconds']} s (decoded clips are kept between methods up to "
-        "runner.decode_cache_mb).",
+        *head,
+        row("units", lambda r: r["decode_once"]["units"]),
+        row("decodes (`Video.load` calls)", lambda r: r["decode_once"]["decodes"], bold=True),
+        row("wall", lambda r: r["decode_once"]["seconds"], " s"),
         "",
     ]
     if cached:
-        f, s = cached["first"], cached["second"]
         md += [
-            "## Fully cached re-run of the default evaluation (`python run_eval.py` twice)",
+            "## Fully cached re-run of the default evaluation (`python run_eval.py` twice, fresh results root)",
             "",
-            "| run | wall | exit | methods built | load |",
-            "|---|---|---|---|---|",
-            f"| first | {f['seconds']} s | {f['exit']} | {f['methods_built']} | {f['load_avg_1min']} |",
-            f"| second (all cached) | **{s['seconds']} s** | {s['exit']} | {s['methods_built']} | "
-            f"{s['load_avg_1min']} |",
+            *head,
+            row("first run", lambda r: r["cached_rerun"]["first"]["seconds"], " s"),
+            row(
+                "second run (all units cached)",
+                lambda r: r["cached_rerun"]["second"]["seconds"],
+                " s",
+                bold=True,
+            ),
+            row("second run: methods built", lambda r: r["cached_rerun"]["second"]["methods_built"]),
+            row(
+                "second run: CLIP models built",
+                lambda r: r["cached_rerun"]["second"].get("clip_models_built"),
+            ),
+            row(
+                "second run: depth nets built", lambda r: r["cached_rerun"]["second"].get("depth_nets_built")
+            ),
+            row("load at the second run", lambda r: r["cached_rerun"]["second"]["load_avg_1min"]),
             "",
         ]
     (res / "harness_cost.md").write_text("\n".join(md))
