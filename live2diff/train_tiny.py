@@ -183,12 +183,16 @@ def load_model_cfg(path: str | Path = DEFAULT_MODEL_CFG) -> dict[str, Any]:
     return cfg
 
 
+def has_weights(module: nn.Module) -> bool:
+    """False for the weight-free ``pixel`` autoencoder (nothing to train, save or load)."""
+    return bool(module.state_dict())
+
+
 def trainable_state(comps) -> dict[str, Tensor]:
-    """Every weight of the model except the (weight-free) VAE, keyed ``<component>.<parameter>``."""
+    """Every weight of the model (the VAE's too unless it is the weight-free ``pixel`` stand-in), keyed
+    ``<component>.<parameter>``."""
     out: dict[str, Tensor] = {}
     for name, module in comps.modules().items():
-        if name == "vae":
-            continue
         for k, v in module.state_dict().items():
             out[f"{name}.{k}"] = v.detach().clone()
     return out
@@ -292,6 +296,7 @@ class Trainer:
         frames = torch.cat(clips)  # [N, T, 3, S, S]
         n, t = frames.shape[:2]
         flat = frames.flatten(0, 1)
+        self.frames = frames
         with torch.no_grad():
             z = torch.cat([vae_encode(self.comps, c) for c in flat.split(256)])
             self.z = z.reshape(n, t, *z.shape[1:])
@@ -316,6 +321,72 @@ class Trainer:
             time.time() - t0,
         )
         log.info("latent std %.3f (scaled by vae.scaling_factor)", float(self.z.std()))
+
+    # -- the decoder of the autoencoder ------------------------------------------------------------------------
+    def train_decoder(self, log_every: int = 50) -> list[dict]:
+        """Train the learned decoder of ``vae.kind: pixel_taesd`` (the encoder is the weight-free 8×8 block mean, so
+        the UNet's latents are unchanged) to render the 64×64 frame from its latents: L1 + ``--ae-lpips-weight`` ×
+        LPIPS (AlexNet, ``--lpips`` weights). A share ``--ae-denoised`` of the latents are the spatial UNet's clean
+        estimates (LCM's x0 from an epsilon prediction, as the pipelines compute it) of noised latents at the
+        training timesteps instead of the clean latents, so the decoder also renders what the denoiser hands it.
+        Runs after the image stage (it needs the spatial UNet); a weight-free VAE (``pixel``) skips it."""
+        from live2diff.components import build_unet2d
+
+        a = self.args
+        vae = self.comps.vae
+        if not has_weights(vae) or a.ae_steps <= 0:
+            return []
+        if not hasattr(vae, "decoder"):
+            raise ValueError(f"train_tiny trains the decoder of vae.kind pixel_taesd, not {type(vae).__name__}")
+        lp = None
+        if a.ae_lpips_weight > 0:
+            from eval.metrics.lpips_metric import load_lpips
+
+            if not a.lpips or not Path(a.lpips).is_file():
+                raise FileNotFoundError(
+                    f"--lpips {a.lpips}: no such file; the decoder's LPIPS loss needs AlexNet-LPIPS weights: "
+                    "build them with `python -m eval.metrics.convert_lpips_weights --out weights/lpips_alex.safetensors`"
+                    " (or train without LPIPS: --ae-lpips-weight 0)"
+                )
+            lp = load_lpips(a.lpips, config_key="--lpips").requires_grad_(False)
+        u2 = build_unet2d(self.comps).eval().requires_grad_(False)
+        frames = self.frames.flatten(0, 1)
+        scale = float(vae.config.scaling_factor)
+        dec = vae.decoder.train().requires_grad_(True)
+        params = list(dec.parameters())
+        opt = torch.optim.AdamW(params, lr=a.lr_ae, weight_decay=0.0)
+        hist, acc, t0 = [], [], time.time()
+        for step in range(a.ae_steps):
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, a.ae_steps, a.lr_ae, warmup=50)
+            b = a.ae_batch
+            x = self._augment(frames[torch.randint(0, len(frames), (b,), generator=self.gen)], (-1,)) * 2 - 1
+            with torch.no_grad():
+                z = vae.encode(x).latents * scale
+                tt = self.sample_t(b)
+                xt, _ = self.noised(z, tt)
+                shape = (-1, 1, 1, 1)
+                eps = u2(xt, tt, encoder_hidden_states=self.embeds(b)).sample
+                x0 = (xt - self.beta_sqrt[tt].reshape(shape) * eps) / self.alpha_sqrt[tt].reshape(shape)
+                use = (torch.rand(b, generator=self.gen) < a.ae_denoised).reshape(shape)
+                z = torch.where(use, x0, z) / scale
+            rec = vae.decode(z).sample
+            loss = (rec - x).abs().mean()
+            if lp is not None:
+                loss = loss + a.ae_lpips_weight * lp(rec, x).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            acc.append(loss.item())
+            if (step + 1) % log_every == 0 or step + 1 == a.ae_steps:
+                hist.append(
+                    {"stage": "decoder", "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
+                )
+                log.info("decoder %5d/%d  loss %.4f  %.0fs", step + 1, a.ae_steps, np.mean(acc), time.time() - t0)
+                acc = []
+        dec.eval().requires_grad_(False)
+        return hist
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def sample_t(self, b: int) -> Tensor:
@@ -446,7 +517,7 @@ def resolve_trained_path(path: str | Path) -> Path:
 
 
 def load_trained(path: str | Path, comps) -> None:
-    """Load a file written by this script into ``comps`` (every component but the weight-free VAE).
+    """Load a file written by this script into ``comps`` (every component; a weight-free ``pixel`` VAE has none).
 
     Components the configuration switched off (``depth.kind: none``) are skipped; any other mismatch — a missing or
     unexpected key, a wrong shape — is an error naming the file, since the architecture in ``conf/model/*.yaml``
@@ -454,7 +525,7 @@ def load_trained(path: str | Path, comps) -> None:
     from safetensors.torch import load_file
 
     state = load_file(str(path))
-    modules = {k: m for k, m in comps.modules().items() if k != "vae"}
+    modules = {k: m for k, m in comps.modules().items() if k != "vae" or has_weights(m)}
     by_module: dict[str, dict[str, Tensor]] = {}
     for key, value in state.items():
         name, _, rest = key.partition(".")
@@ -497,11 +568,13 @@ def plot_curve(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, stage in zip(axes, ("image", "video")):
+    titles = {"image": "image stage: epsilon MSE", "decoder": "decoder: L1 + LPIPS", "video": "video stage: epsilon MSE"}
+    stages = [s for s in titles if any(h["stage"] == s for h in history)]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
         rows = [h for h in history if h["stage"] == stage]
         ax.plot([h["step"] for h in rows], [h["loss"] for h in rows])
-        ax.set_title(f"{stage} stage: epsilon MSE")
+        ax.set_title(titles[stage])
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -562,6 +635,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--video-clips-per-file", type=int, default=40)
     p.add_argument("--davis", default=None, help="optional DAVIS-2017 root (extra data; never shipped)")
     p.add_argument("--davis-clips-per-video", type=int, default=4)
+    p.add_argument(
+        "--ae-steps", type=int, default=1000, help="decoder steps (vae.kind pixel_taesd; a pixel VAE has none)"
+    )
+    p.add_argument("--ae-batch", type=int, default=16)
+    p.add_argument("--lr-ae", type=float, default=2e-3)
+    p.add_argument("--ae-lpips-weight", type=float, default=1.0, help="weight of LPIPS in the decoder's loss")
+    p.add_argument(
+        "--ae-denoised", type=float, default=0.5, help="share of the decoder's latents that are UNet x0 estimates"
+    )
+    p.add_argument(
+        "--lpips",
+        default="weights/lpips_alex.safetensors",
+        help="AlexNet-LPIPS weights for the decoder's loss (python -m eval.metrics.convert_lpips_weights)",
+    )
     p.add_argument("--image-steps", type=int, default=1200)
     p.add_argument("--image-batch", type=int, default=64)
     p.add_argument("--lr-image", type=float, default=2e-3)
@@ -585,9 +672,15 @@ def train(args: argparse.Namespace) -> tuple[Any, list[dict], dict]:
     """Run both stages; returns ``(components with trained weights, loss history, data description)``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    trainer = Trainer(args)
-    hist = trainer.train_image(args.log_every)
-    hist += trainer.train_video(args.log_every)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # an op without a deterministic kernel is an error, not a drift
+    try:
+        trainer = Trainer(args)
+        hist = trainer.train_image(args.log_every)
+        hist += trainer.train_decoder(args.log_every)
+        hist += trainer.train_video(args.log_every)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
     comps = trainer.comps
     for m in comps.modules().values():
         m.eval().requires_grad_(False)
@@ -620,11 +713,14 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "loss": {
             stage: {"first": rows[0]["loss"], "last": rows[-1]["loss"]}
-            for stage in ("image", "video")
+            for stage in ("image", "decoder", "video")
             if (rows := [h for h in hist if h["stage"] == stage])
         },
     }
-    save_weights(comps, out, {k: meta[k] for k in ("command", "args", "data")})
+    if any(h["stage"] == "decoder" for h in hist) and args.ae_lpips_weight > 0:
+        meta["lpips_weights_sha256"] = hashlib.sha256(Path(args.lpips).read_bytes()).hexdigest()
+    # the file's own metadata leaves out the command (it names --out): the same run gives the same bytes anywhere
+    save_weights(comps, out, {k: meta[k] for k in ("args", "data")})
     meta["sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     meta["history"] = hist
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")

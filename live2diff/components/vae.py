@@ -1,5 +1,6 @@
-"""The VAE: TAESD (diffusers ``AutoencoderTiny``), SD's ``AutoencoderKL``, or the weight-free ``pixel`` stand-in;
-and encode/decode between frames in [0, 1] and scaled latents."""
+"""The VAE: TAESD (diffusers ``AutoencoderTiny``), SD's ``AutoencoderKL``, the weight-free ``pixel`` stand-in or
+``pixel_taesd`` (pixel encoder + trained TAESD-architecture decoder, the trained ``tiny`` model's); and encode/decode
+between frames in [0, 1] and scaled latents."""
 
 from __future__ import annotations
 
@@ -55,6 +56,33 @@ class PixelAutoencoder(nn.Module):
         )
 
 
+class PixelEncoderTinyDecoder(PixelAutoencoder):
+    """``model.vae.kind: pixel_taesd`` (the trained ``tiny`` model): the weight-free pixel encoder above (8×8 block
+    mean + luma, so the latents keep the frame's structure and motion by construction) and a learned decoder of
+    TAESD's architecture (diffusers ``DecoderTiny``: ``block_out_channels`` channels, ``num_blocks`` blocks per
+    level), trained by ``python -m live2diff.train_tiny`` to render the 64×64 frame from the 8×8 latents with an
+    L1 + LPIPS loss. Its weights are part of the trained weights file (``vae.decoder.*``)."""
+
+    def __init__(self, block_out_channels, num_blocks, factor: int = 8, scaling_factor: float = 1.0) -> None:
+        from diffusers.models.autoencoders.vae import DecoderTiny
+
+        super().__init__(factor=factor, scaling_factor=scaling_factor)
+        ch, nb = [int(c) for c in block_out_channels], [int(n) for n in num_blocks]
+        if len(ch) != len(nb) or 2 ** (len(ch) - 1) != factor:
+            raise ValueError(
+                f"model.vae.block_out_channels {ch} / num_blocks {nb}: need {int(math.log2(factor)) + 1} levels "
+                f"of equal length for the {factor}x pixel latents"
+            )
+        self.decoder = DecoderTiny(4, 3, tuple(nb[::-1]), tuple(ch), 2, "relu", "nearest")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.layers[0].weight.dtype
+
+    def decode(self, z: Tensor):
+        return SimpleNamespace(sample=self.decoder(z))
+
+
 def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
@@ -63,6 +91,10 @@ def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
     if v.get("kind", "tiny") == "pixel":
         return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
+    if v.get("kind", "tiny") == "pixel_taesd":
+        return PixelEncoderTinyDecoder(
+            v["block_out_channels"], v["num_blocks"], scaling_factor=float(v.get("scaling_factor", 1.0))
+        )
     if v.get("kind", "tiny") == "kl":
         if base is not None and base.is_dir():
             return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
