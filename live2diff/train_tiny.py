@@ -7,7 +7,12 @@ that actually reconstruct their input. The scheme follows Live2Diff's (which fol
 
 1. **Image stage.** The spatial UNet (the same weights the per-frame baselines run as a plain 2D UNet) learns
    epsilon-prediction on single frames.
-2. **Video stage.** The spatial weights are frozen; the motion modules (their output projections start at zero,
+2. **Decoder stage.** The autoencoder is ``vae.kind: pixel_taesd``: a weight-free encoder (8x8 block mean + luma,
+   so the latents keep the frame's structure and motion by construction) and a decoder of TAESD's architecture that
+   learns to render the 64x64 frame from them (L1 + LPIPS; half of its inputs are the spatial UNet's clean
+   estimates of noised latents, so it also renders what the denoiser hands it). Needs AlexNet-LPIPS weights
+   (``--lpips``, default ``weights/lpips_alex.safetensors``: ``python -m eval.metrics.convert_lpips_weights``).
+3. **Video stage.** The spatial weights are frozen; the motion modules (their output projections start at zero,
    so the stage starts from the image model exactly) and the depth mapping network learn epsilon-prediction on
    clips of random length (2..16 frames) with Live2Diff's attention mask: the first ``warmup`` frames attend to each
    other bidirectionally, later frames attend to the warmup frames and causally to earlier frames. A share of the
@@ -31,8 +36,9 @@ meaning for this model (it has only learnt to reconstruct video), they only exer
 Depth conditioning uses the frozen random ``TinyDepthNet`` stand-in (a fixed random filter bank, not a depth
 estimator): the mapping network learns to use whatever structure its map carries.
 
-Seeded: the same command (same ``--threads``) repeats the same run — bit for bit in the tests' short runs, also
-across processes; the shipped file's own long run was not bit-reproduced later (see tiny_trained.md).
+Seeded and deterministic: one torch thread by default, ``torch.use_deterministic_algorithms(True)`` while training,
+data built in a fixed order from the seed; the same command (same ``--threads``, same library versions) gives the
+same file, byte for byte (the weights file's metadata leaves out ``--out``).
 """
 
 from __future__ import annotations
@@ -337,7 +343,9 @@ class Trainer:
         if not has_weights(vae) or a.ae_steps <= 0:
             return []
         if not hasattr(vae, "decoder"):
-            raise ValueError(f"train_tiny trains the decoder of vae.kind pixel_taesd, not {type(vae).__name__}")
+            raise ValueError(
+                f"train_tiny trains the decoder of vae.kind pixel_taesd, not {type(vae).__name__}"
+            )
         lp = None
         if a.ae_lpips_weight > 0:
             from eval.metrics.lpips_metric import load_lpips
@@ -383,7 +391,9 @@ class Trainer:
                 hist.append(
                     {"stage": "decoder", "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
                 )
-                log.info("decoder %5d/%d  loss %.4f  %.0fs", step + 1, a.ae_steps, np.mean(acc), time.time() - t0)
+                log.info(
+                    "decoder %5d/%d  loss %.4f  %.0fs", step + 1, a.ae_steps, np.mean(acc), time.time() - t0
+                )
                 acc = []
         dec.eval().requires_grad_(False)
         return hist
@@ -530,14 +540,19 @@ def load_trained(path: str | Path, comps) -> None:
     for key, value in state.items():
         name, _, rest = key.partition(".")
         by_module.setdefault(name, {})[rest] = value
+    hint = (
+        "it was trained for conf/model/tiny.yaml's architecture (vae.kind pixel_taesd) — use model=tiny_random "
+        "for a random model of another size"
+    )
     unknown = set(by_module) - set(modules) - {"depth", "depth_mapper"}
     if unknown:
         raise ValueError(
-            f"{path} (model.weights.trained) holds weights for unknown components {sorted(unknown)}"
+            f"{path} (model.weights.trained) holds weights for components this model config does not have "
+            f"{sorted(unknown)}{' (its VAE is weight-free)' if 'vae' in unknown else ''}; {hint}"
         )
     for name, module in modules.items():
         if name not in by_module:
-            raise ValueError(f"{path} (model.weights.trained) has no '{name}' weights")
+            raise ValueError(f"{path} (model.weights.trained) has no '{name}' weights; {hint}")
         own = module.state_dict()
         sd = by_module[name]
         missing = [k for k in own if k not in sd]
@@ -546,8 +561,7 @@ def load_trained(path: str | Path, comps) -> None:
         if missing or extra or wrong:
             raise ValueError(
                 f"{path} (model.weights.trained) does not fit the '{name}' of this model config "
-                f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}); it was trained for "
-                f"conf/model/tiny.yaml's architecture — use model=tiny_random for a random model of another size"
+                f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]}); {hint}"
             )
         module.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
 
@@ -568,7 +582,11 @@ def plot_curve(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"image": "image stage: epsilon MSE", "decoder": "decoder: L1 + LPIPS", "video": "video stage: epsilon MSE"}
+    titles = {
+        "image": "image stage: epsilon MSE",
+        "decoder": "decoder: L1 + LPIPS",
+        "video": "video stage: epsilon MSE",
+    }
     stages = [s for s in titles if any(h["stage"] == s for h in history)]
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.2), squeeze=False)
     for ax, stage in zip(axes[0], stages):
@@ -636,13 +654,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--davis", default=None, help="optional DAVIS-2017 root (extra data; never shipped)")
     p.add_argument("--davis-clips-per-video", type=int, default=4)
     p.add_argument(
-        "--ae-steps", type=int, default=1000, help="decoder steps (vae.kind pixel_taesd; a pixel VAE has none)"
+        "--ae-steps",
+        type=int,
+        default=1000,
+        help="decoder steps (vae.kind pixel_taesd; a pixel VAE has none)",
     )
     p.add_argument("--ae-batch", type=int, default=16)
     p.add_argument("--lr-ae", type=float, default=2e-3)
     p.add_argument("--ae-lpips-weight", type=float, default=1.0, help="weight of LPIPS in the decoder's loss")
     p.add_argument(
-        "--ae-denoised", type=float, default=0.5, help="share of the decoder's latents that are UNet x0 estimates"
+        "--ae-denoised",
+        type=float,
+        default=0.5,
+        help="share of the decoder's latents that are UNet x0 estimates",
     )
     p.add_argument(
         "--lpips",

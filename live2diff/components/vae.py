@@ -83,19 +83,27 @@ class PixelEncoderTinyDecoder(PixelAutoencoder):
         return SimpleNamespace(sample=self.decoder(z))
 
 
+#: ``model.vae.kind``: a random or local TAESD, SD's KL autoencoder, the weight-free pixel stand-in, or the pixel
+#: encoder with a trained TAESD-architecture decoder
+VAE_KINDS = ("tiny", "kl", "pixel", "pixel_taesd")
+
+
 def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     from diffusers import AutoencoderKL, AutoencoderTiny
 
     v = cfg["vae"]
+    kind = v.get("kind", "tiny")
+    if kind not in VAE_KINDS:
+        raise ValueError(f"model.vae.kind is {kind!r}; expected one of {', '.join(VAE_KINDS)}")
     if taesd is not None:
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
-    if v.get("kind", "tiny") == "pixel":
+    if kind == "pixel":
         return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
-    if v.get("kind", "tiny") == "pixel_taesd":
+    if kind == "pixel_taesd":
         return PixelEncoderTinyDecoder(
             v["block_out_channels"], v["num_blocks"], scaling_factor=float(v.get("scaling_factor", 1.0))
         )
-    if v.get("kind", "tiny") == "kl":
+    if kind == "kl":
         if base is not None and base.is_dir():
             return AutoencoderKL.from_pretrained(base, subfolder="vae", local_files_only=True)
         vae = random_kl_vae(v)
