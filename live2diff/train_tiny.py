@@ -362,11 +362,8 @@ class Trainer:
         scale = float(vae.config.scaling_factor)
         dec = vae.decoder.train().requires_grad_(True)
         params = list(dec.parameters())
-        opt = torch.optim.AdamW(params, lr=a.lr_ae, weight_decay=0.0)
-        hist, acc, t0 = [], [], time.time()
-        for step in range(a.ae_steps):
-            for g in opt.param_groups:
-                g["lr"] = _lr(step, a.ae_steps, a.lr_ae, warmup=50)
+
+        def loss_at(step: int) -> Tensor:
             b = a.ae_batch
             x = self._augment(frames[torch.randint(0, len(frames), (b,), generator=self.gen)], (-1,)) * 2 - 1
             with torch.no_grad():
@@ -382,19 +379,9 @@ class Trainer:
             loss = (rec - x).abs().mean()
             if lp is not None:
                 loss = loss + a.ae_lpips_weight * lp(rec, x).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            acc.append(loss.item())
-            if (step + 1) % log_every == 0 or step + 1 == a.ae_steps:
-                hist.append(
-                    {"stage": "decoder", "step": step + 1, "loss": float(np.mean(acc)), "s": time.time() - t0}
-                )
-                log.info(
-                    "decoder %5d/%d  loss %.4f  %.0fs", step + 1, a.ae_steps, np.mean(acc), time.time() - t0
-                )
-                acc = []
+            return loss
+
+        hist = _fit("decoder", params, a.ae_steps, a.lr_ae, loss_at, log_every, warmup=50)
         dec.eval().requires_grad_(False)
         return hist
 
