@@ -19,12 +19,14 @@ import time
 
 import torch
 
+from eval.gate.calibration import UNetCalibration
 from live2diff.method import Live2DiffMethod
 
-CALIBRATION_PUSHES = (
-    8  # steady-state pushes per calibration phase (two phases, before the repetitions are fixed)
+SETTLE_PUSHES = 24  # steady-state pushes left alone first: a fresh process's pushes get faster for ~40 frames
+CALIBRATION_PUSHES = 8  # steady-state pushes per phase (two phases, then the repetitions are fixed)
+VERSION = (
+    "settled-two-phase-in-context"  # how the repetitions are sized (recorded with each gate_power batch)
 )
-VERSION = "two-phase"  # how the repetitions are sized (recorded with each gate_power batch)
 
 
 class SlowedLive2Diff(Live2DiffMethod):
@@ -42,7 +44,10 @@ class SlowedLive2Diff(Live2DiffMethod):
         self._block.register_forward_pre_hook(self._capture, with_kwargs=True)
         unet.register_forward_hook(self._inject)
         # the untimed warm-up (eval.timing.warm_up) must cover the calibration pushes too
-        self.steady_state_frames = int(self.steady_state_frames) + 2 * CALIBRATION_PUSHES
+        self.steady_state_frames = int(self.steady_state_frames) + SETTLE_PUSHES + 2 * CALIBRATION_PUSHES
+        self._context = (
+            None  # the gate's yardstick for live2diff, run before each calibration push (see _calibrate)
+        )
 
     def _clock(self) -> float:
         return time.thread_time() if torch.get_num_threads() == 1 else time.perf_counter()
@@ -63,6 +68,10 @@ class SlowedLive2Diff(Live2DiffMethod):
             self._repeat(n)
 
     def push(self, index, frame):
+        calibrating = self.repeats is None and len(self._push_s) >= SETTLE_PUSHES
+        if calibrating:  # untimed warm-up only: the repetitions are fixed before anything is timed
+            self._context = self._context or UNetCalibration(self.device)
+            self._context(), self._context()
         t0 = self._clock()
         out = super().push(index, frame)
         dt = self._clock() - t0
@@ -75,21 +84,24 @@ class SlowedLive2Diff(Live2DiffMethod):
         return out
 
     def _calibrate(self, push_s: float) -> None:
-        """Two phases of ``CALIBRATION_PUSHES`` steady-state pushes: plain (the base time, and a first guess from
-        the block timed on its own), then with the guess injected (the block inside the UNet call runs slower than
-        on its own: colder caches), which scales the guess to the target."""
+        """After ``SETTLE_PUSHES`` steady-state pushes, two phases of ``CALIBRATION_PUSHES``, each push preceded by
+        the block the gate times before it (two calls of its ``unet`` yardstick: the same cache state): plain (the
+        base time, and a first guess from the block timed on its own), then with the guess injected (the block
+        inside the UNet call runs slower than on its own), which scales the guess to the target."""
         self._push_s.append(push_s)
-        if len(self._push_s) == CALIBRATION_PUSHES:
+        n = len(self._push_s) - SETTLE_PUSHES
+        if n == CALIBRATION_PUSHES:
             one = []
             for _ in range(15):
                 t = self._clock()
                 self._repeat(1)
                 one.append(self._clock() - t)
-            self._base_s = statistics.median(self._push_s)
+            self._base_s = statistics.median(self._push_s[SETTLE_PUSHES:])
             self._guess = max(1, round((self.unet_slowdown - 1) * self._base_s / statistics.median(one)))
             self._trial = self._guess  # injected (by _inject) during the second phase
-        elif len(self._push_s) == 2 * CALIBRATION_PUSHES:
-            extra = statistics.median(self._push_s[CALIBRATION_PUSHES:]) - self._base_s
+        elif n == 2 * CALIBRATION_PUSHES:
+            extra = statistics.median(self._push_s[SETTLE_PUSHES + CALIBRATION_PUSHES :]) - self._base_s
             target = (self.unet_slowdown - 1) * self._base_s
             self.repeats = max(1, round(self._guess * target / extra)) if extra > 0 else self._guess
             self._trial = 0
+            self._context = None

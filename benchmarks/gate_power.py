@@ -68,7 +68,7 @@ def start_neighbours(n: int) -> list[subprocess.Popen]:
 
 
 SLOWED_TARGET = "benchmarks.gate_inject.SlowedLive2Diff"
-INJECTION = "two-phase"  # benchmarks.gate_inject.VERSION (not imported here: that would import live2diff)
+INJECTION = "settled-two-phase-in-context"  # benchmarks.gate_inject.VERSION (not imported here: that would import live2diff)
 
 
 def knobs(methods: list[str], slowdown: float) -> list[str]:

@@ -610,12 +610,16 @@ def test_unet_like_yardstick_is_frozen_and_self_contained():
 def test_injected_unet_slowdown_is_real_unet_work_that_changes_nothing_else():
     """benchmarks/gate_inject.py (the gate's power check on live2diff): the repetitions are fixed during the warm-up
     pushes, run inside the UNet call, and leave the outputs exactly as plain Live2Diff's."""
-    from benchmarks.gate_inject import CALIBRATION_PUSHES, SlowedLive2Diff
+    from benchmarks.gate_inject import CALIBRATION_PUSHES, SETTLE_PUSHES, SlowedLive2Diff
     from live2diff.method import Live2DiffMethod
 
     kw = dict(model={"size": "tiny_random"}, t_index_list=[30, 40], window=4, warmup=2)
     frames = torch.rand(
-        2 + 2 + 2 * CALIBRATION_PUSHES + 2, 3, 32, 32, generator=torch.Generator().manual_seed(0)
+        2 + 2 + SETTLE_PUSHES + 2 * CALIBRATION_PUSHES + 2,
+        3,
+        32,
+        32,
+        generator=torch.Generator().manual_seed(0),
     )
     outs = {}
     for name, method in (
@@ -629,7 +633,10 @@ def test_injected_unet_slowdown_is_real_unet_work_that_changes_nothing_else():
         )
         outs[name] = [f for i, fr in enumerate(frames) for f in method.push(i, fr)] + method.flush()
         outs[name + "_calls"] = len(calls)
-    assert method.steady_state_frames == Live2DiffMethod(**kw).steady_state_frames + 2 * CALIBRATION_PUSHES
+    assert (
+        method.steady_state_frames
+        == Live2DiffMethod(**kw).steady_state_frames + SETTLE_PUSHES + 2 * CALIBRATION_PUSHES
+    )
     assert method.repeats >= 1
     assert outs["slowed_calls"] > outs["plain_calls"]  # the block really ran again, inside the UNet call
     assert [i for i, _ in outs["slowed"]] == [i for i, _ in outs["plain"]]
