@@ -583,6 +583,17 @@ def test_yardstick_settings_resolve_per_method_and_name_bad_keys():
         gate_run.calibration_calls_of(OmegaConf.create({"calibration_calls": {"matmul": 10}}), "unet")
 
 
+def test_ci_latency_divides_live2diff_by_the_unet_like_yardstick():
+    from tests.conftest import compose
+
+    g = compose(["experiment=ci_latency"]).gate
+    assert {m: gate_run.calibration_of(g, m) for m in ("identity", "busy", "live2diff")} == {
+        "identity": "matmul",
+        "busy": "matmul",
+        "live2diff": "unet",
+    }
+
+
 def test_unet_like_yardstick_is_frozen_and_self_contained():
     """The same workload in every process (fixed seeds, no training, no state kept between calls), built from torch
     alone: the eval package never imports a method's package."""
