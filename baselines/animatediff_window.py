@@ -38,7 +38,8 @@ from torch import Tensor, nn
 
 from baselines.common import latent_size, seeded_noise
 from eval.interface import Emission
-from live2diff.attention import FrameGroupNorm, temporal_blocks
+from live2diff.attention import temporal_blocks
+from live2diff.attention import use_frame_groupnorm as frame_groupnorm
 from live2diff.models import (
     MissingWeightsError,
     build_components,
@@ -59,11 +60,7 @@ def use_frame_groupnorm(unet: nn.Module) -> int:
     """Replace every motion module's GroupNorm with :class:`FrameGroupNorm` (same parameters); returns how many."""
     n = 0
     for _, tm in temporal_blocks(unet):
-        if not isinstance(tm.norm, FrameGroupNorm):
-            old = tm.norm
-            new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
-            new.load_state_dict(old.state_dict())
-            tm.norm = new.to(old.weight.device, old.weight.dtype)
+        frame_groupnorm(tm)
         n += 1
     if not n:
         raise ValueError("animatediff_window: the UNet has no motion modules")

@@ -408,6 +408,15 @@ def causal_warmup_mask(
     return mask.masked_fill(~allowed.to(device), float("-inf"))
 
 
+def use_frame_groupnorm(tm: nn.Module) -> None:
+    """Give a motion module a :class:`FrameGroupNorm` in place of its GroupNorm (same parameters; no-op if done)."""
+    if not isinstance(tm.norm, FrameGroupNorm):
+        old = tm.norm
+        new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
+        new.load_state_dict(old.state_dict())
+        tm.norm = new.to(old.weight.device, old.weight.dtype)
+
+
 def temporal_blocks(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """``(name, AnimateDiffTransformer3D)`` for every motion module of a ``UNetMotionModel``."""
     for name, module in unet.named_modules():
@@ -427,11 +436,7 @@ def install_stream_attention(
     processors: list[StreamTemporalAttnProcessor] = []
     max_len = None
     for _, tm in temporal_blocks(unet):
-        if not isinstance(tm.norm, FrameGroupNorm):
-            old = tm.norm
-            new = FrameGroupNorm(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine)
-            new.load_state_dict(old.state_dict())
-            tm.norm = new.to(old.weight.device, old.weight.dtype)
+        use_frame_groupnorm(tm)
         for block in tm.transformer_blocks:
             if block.pos_embed is None:
                 raise ValueError(
