@@ -10,9 +10,12 @@ separate ``python run_eval.py experiment=ci_latency`` process per trial — ``--
 both equally:
 
 * ``busy``: ``method.busy.slowdown=1.2`` (exactly 20 % more matrix products per frame);
-* ``live2diff``: ``benchmarks.gate_inject.SlowedLive2Diff`` with ``unet_slowdown=1.2`` (every UNet forward re-runs
-  one of the UNet's own ResNet blocks a fixed number of times, sized at warm-up to add 20 % to the frame time: real
-  UNet work inside the UNet call). Every run of the batch (reference, unchanged) uses the same class with 1.0.
+* ``live2diff``: ``benchmarks.gate_inject.SlowedLive2Diff`` with ``unet_repeats=K`` (every UNet forward re-runs one
+  of the UNet's own ResNet blocks K more times: real UNet work inside the UNet call). K is fixed for the whole
+  campaign, as a code change's extra work is: ``python benchmarks/gate_inject.py --target 1.2`` sizes it once with
+  the gate's own measurement (``benchmarks/results/gate_inject_sizing.json``; ``--live2diff-repeats`` overrides).
+  Every run of the batch (reference, unchanged) uses the same class with 0; each batch reports the frame-time ratio
+  the slowed runs actually had.
 * ``identity``: nothing to inject (a 20 % slower 0.02 ms method is below ``gate.min_change_ms`` by design): its
   false alarms are counted.
 
@@ -67,20 +70,33 @@ def start_neighbours(n: int) -> list[subprocess.Popen]:
     ]
 
 
-SLOWED_TARGET = "benchmarks.gate_inject.SlowedLive2Diff"
-INJECTION = "settled-two-phase-in-context"  # benchmarks.gate_inject.VERSION (not imported here: that would import live2diff)
+SLOWED_TARGET = "benchmarks.gate_inject.SlowedLive2Diff"  # (not imported here: that would import live2diff)
+SIZING = ROOT / "benchmarks" / "results" / "gate_inject_sizing.json"
+INJECTION = "fixed-repeats"  # how the live2diff slowdown is made (older batches: sized in every process)
 
 
-def knobs(methods: list[str], slowdown: float, live2diff_slowdown: float | None = None) -> list[str]:
-    """The overrides that slow every injectable selected method by ``slowdown`` (1.0: unchanged, same classes);
-    ``live2diff_slowdown``: the UNet injection's own setting, if not ``slowdown``."""
+def knobs(methods: list[str], slowdown: float, live2diff_repeats: int = 0) -> list[str]:
+    """The overrides that slow every injectable selected method (``slowdown`` 1.0 and ``live2diff_repeats`` 0:
+    unchanged, same classes)."""
     out = []
     if "busy" in methods:
         out.append(f"method.busy.slowdown={slowdown}")
     if "live2diff" in methods:
-        s = slowdown if live2diff_slowdown is None else live2diff_slowdown
-        out += [f"method.live2diff._target_={SLOWED_TARGET}", f"+method.live2diff.unet_slowdown={s}"]
+        out += [
+            f"method.live2diff._target_={SLOWED_TARGET}",
+            f"+method.live2diff.unet_repeats={live2diff_repeats}",
+        ]
     return out
+
+
+def sized_repeats(path: Path = SIZING) -> dict:
+    """The committed sizing of the live2diff injection (benchmarks/gate_inject.py)."""
+    if not path.is_file():
+        raise SystemExit(
+            f"{path} is missing: size the live2diff injection first (python benchmarks/gate_inject.py --target 1.2, "
+            "on a quiet machine) or pass --live2diff-repeats K"
+        )
+    return json.loads(path.read_text())
 
 
 def injectable(methods: list[str]) -> list[str]:
@@ -165,11 +181,11 @@ def main() -> int:
         "overrides", nargs="*", help="extra Hydra overrides for every gate run (e.g. gate.repeats=9)"
     )
     p.add_argument(
-        "--live2diff-slowdown",
-        type=float,
+        "--live2diff-repeats",
+        type=int,
         default=None,
-        help="the UNet injection's setting when it is not --slowdown (its warm-up sizing overshoots by a few points "
-        "on a loaded machine: the gate then sees more than the nominal slowdown)",
+        help="extra ResNet-block runs per UNet call in slowed runs (default: benchmarks/results/"
+        "gate_inject_sizing.json, written by benchmarks/gate_inject.py)",
     )
     p.add_argument("--summarise", action="store_true", help="only rewrite the .md from the campaign JSON")
     args = p.parse_args()
@@ -180,6 +196,10 @@ def main() -> int:
     if args.reference_load is None:
         args.reference_load = args.background_load
     methods = [m for m in args.methods.split(",") if m]
+    sizing = None
+    if "live2diff" in methods and args.live2diff_repeats is None:
+        sizing = sized_repeats()
+        args.live2diff_repeats = int(sizing["repeats"])
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
     base, trials = measure_power(args, methods)
@@ -211,7 +231,8 @@ def main() -> int:
         "background_load": args.background_load,
         "reference_load": args.reference_load,
         "slowdown": args.slowdown,
-        "live2diff_slowdown": args.live2diff_slowdown,
+        "live2diff_repeats": args.live2diff_repeats,
+        "live2diff_sizing": sizing and {k: sizing[k] for k in ("target", "repeats", "verify", "finished")},
         "methods": methods,
         "overrides": args.overrides,
         "trials": args.trials,
@@ -236,8 +257,8 @@ def command_line(args: argparse.Namespace) -> str:
         cmd += f" --background-load {args.background_load}"
     if args.reference_load != args.background_load:
         cmd += f" --reference-load {args.reference_load}"
-    if args.live2diff_slowdown is not None:
-        cmd += f" --live2diff-slowdown {args.live2diff_slowdown}"
+    if args.live2diff_repeats is not None:
+        cmd += f" --live2diff-repeats {args.live2diff_repeats}"
     if args.reference:
         cmd += f" --reference {Path(args.reference).name}"
     if args.overrides:
@@ -257,16 +278,18 @@ def measure_power(args: argparse.Namespace, methods: list[str]) -> tuple[dict, l
         else:
             neighbours = start_neighbours(args.reference_load)
             try:
-                base = gate_run(tmp, ref, [*selected, *knobs(methods, 1.0)], update=True)
+                base = gate_run(tmp, ref, [*selected, *knobs(methods, 1.0, 0)], update=True)
             finally:
                 stop(neighbours)
         neighbours = start_neighbours(args.background_load)
         trials = []
         try:
             for t in range(args.trials):
-                for kind, s in (("unchanged", 1.0), ("slowed", args.slowdown)):
-                    l2d = None if kind == "unchanged" else args.live2diff_slowdown
-                    r = gate_run(tmp, ref, [*selected, *knobs(methods, s, l2d)])
+                for kind, s, k in (
+                    ("unchanged", 1.0, 0),
+                    ("slowed", args.slowdown, args.live2diff_repeats or 0),
+                ):
+                    r = gate_run(tmp, ref, [*selected, *knobs(methods, s, k)])
                     r.update(kind=kind, trial=t)
                     trials.append(r)
                     changes = " ".join(f"{m} {r['change'].get(m, float('nan')):+.1%}" for m in methods)
@@ -296,8 +319,9 @@ def markdown(batches: list[dict]) -> str:
         "Each batch: a fresh reference, then pairs of gate runs (unchanged / every injectable method slowed by 20 %), "
         "alternating, each a separate `python run_eval.py experiment=ci_latency` process as CI runs it "
         "(`benchmarks/gate_power.py`; slowdowns: `busy.slowdown=1.2`, and for `live2diff` "
-        "`benchmarks/gate_inject.py`: the UNet re-runs one of its own ResNet blocks inside its forward, sized to add "
-        "20 % of the frame time). Caught = the gate exits 1 naming the method; false alarm = a method flagged on "
+        "`benchmarks/gate_inject.py`: the UNet re-runs one of its own ResNet blocks a fixed number of times inside its "
+        "forward, a count sized once to add 20 % to the frame time; the older batches sized it in every process, and "
+        "its size drifted with the load: they are listed under their injection's name). Caught = the gate exits 1 naming the method; false alarm = a method flagged on "
         "unchanged code. Load averages (1 min) are the machine's, shared with other jobs; `loaded` batches add "
         "noisy neighbour processes (compute / 64 MiB memory streaming / idle bursts).",
         "",
@@ -335,7 +359,12 @@ def markdown(batches: list[dict]) -> str:
             f"### {b['started']} – {b['finished']}: {b['condition']} (injection: {b.get('injection', 'one-phase')})",
             "",
             f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/"
-            f"{la[2]:.2f}; {b['machine']['cpu']}, {b['machine']['cpu_count']} CPUs. Command: `{b['command']}`",
+            f"{la[2]:.2f}; {b['machine']['cpu']}, {b['machine']['cpu_count']} CPUs. Command: `{b['command']}`"
+            + (
+                f". live2diff injection: {b['live2diff_repeats']} extra ResNet-block runs per UNet call"
+                if b.get("live2diff_repeats")
+                else ""
+            ),
             "",
             "| method | caught | false alarms | changes, slowed trials | changes, unchanged trials "
             "| frame time slowed / unchanged |",

@@ -617,40 +617,40 @@ def test_unet_like_yardstick_is_frozen_and_self_contained():
             assert not any(n == "live2diff" or n.startswith("live2diff.") for n in names), path
 
 
-@pytest.mark.slow  # ~5 s on an idle core (builds two tiny models, 14 pushes each)
 def test_injected_unet_slowdown_is_real_unet_work_that_changes_nothing_else():
-    """benchmarks/gate_inject.py (the gate's power check on live2diff): the repetitions are fixed during the warm-up
-    pushes, run inside the UNet call, and leave the outputs exactly as plain Live2Diff's."""
-    from benchmarks.gate_inject import CALIBRATION_PUSHES, SETTLE_PUSHES, SlowedLive2Diff
+    """benchmarks/gate_inject.py (the gate's power check on live2diff): a fixed count of extra runs of one of the
+    UNet's own blocks, inside the UNet call, leaving the outputs exactly as plain Live2Diff's; gate_power passes the
+    count to slowed runs only."""
+    from benchmarks.gate_inject import SlowedLive2Diff
+    from benchmarks.gate_power import knobs
     from live2diff.method import Live2DiffMethod
 
     kw = dict(model={"size": "tiny_random"}, t_index_list=[30, 40], window=4, warmup=2)
-    frames = torch.rand(
-        2 + 2 + SETTLE_PUSHES + 2 * CALIBRATION_PUSHES + 2,
-        3,
-        32,
-        32,
-        generator=torch.Generator().manual_seed(0),
-    )
+    frames = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     outs = {}
     for name, method in (
         ("plain", Live2DiffMethod(**kw)),
-        ("slowed", SlowedLive2Diff(unet_slowdown=1.5, **kw)),
+        ("slowed", SlowedLive2Diff(unet_repeats=3, **kw)),
+        ("zero", SlowedLive2Diff(unet_repeats=0, **kw)),
     ):
         method.prepare("a", height=32, width=32, seed=0)
-        calls = []
+        calls, unet_calls = [], []
         method.components.unet.down_blocks[0].resnets[0].register_forward_hook(
             lambda *_, c=calls: c.append(1)
         )
+        method.components.unet.register_forward_hook(lambda *_, c=unet_calls: c.append(1))
         outs[name] = [f for i, fr in enumerate(frames) for f in method.push(i, fr)] + method.flush()
-        outs[name + "_calls"] = len(calls)
+        outs[name + "_calls"] = (len(calls), len(unet_calls))
+    assert outs["zero_calls"] == outs["plain_calls"]
+    block, unet = outs["slowed_calls"]
     assert (
-        method.steady_state_frames
-        == Live2DiffMethod(**kw).steady_state_frames + SETTLE_PUSHES + 2 * CALIBRATION_PUSHES
-    )
-    assert method.repeats >= 1
-    assert outs["slowed_calls"] > outs["plain_calls"]  # the block really ran again, inside the UNet call
-    assert [i for i, _ in outs["slowed"]] == [i for i, _ in outs["plain"]]
-    for (_, a), (_, b) in zip(outs["slowed"], outs["plain"]):
-        torch.testing.assert_close(a, b)
-    assert SlowedLive2Diff(unet_slowdown=1.0, **kw).repeats == 0
+        unet == outs["plain_calls"][1] and block == outs["plain_calls"][0] + 3 * unet
+    )  # 3 more per UNet call
+    for other in ("slowed", "zero"):
+        assert [i for i, _ in outs[other]] == [i for i, _ in outs["plain"]]
+        for (_, a), (_, b) in zip(outs[other], outs["plain"]):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="unet_repeats"):
+        SlowedLive2Diff(unet_repeats=1.5, **kw)
+    assert "+method.live2diff.unet_repeats=0" in knobs(["live2diff"], 1.0, 0)
+    assert "+method.live2diff.unet_repeats=7" in knobs(["busy", "live2diff"], 1.2, 7)
