@@ -187,6 +187,12 @@ def main() -> int:
         help="extra ResNet-block runs per UNet call in slowed runs (default: benchmarks/results/"
         "gate_inject_sizing.json, written by benchmarks/gate_inject.py)",
     )
+    p.add_argument(
+        "--alongside",
+        default="",
+        help="other work known to share the machine during the batch (recorded, and the batch counted under its own "
+        "condition), e.g. '1 training job'",
+    )
     p.add_argument("--summarise", action="store_true", help="only rewrite the .md from the campaign JSON")
     args = p.parse_args()
     campaign_path = args.out.with_name(args.out.name + "_campaign.json")
@@ -227,6 +233,7 @@ def main() -> int:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
         "condition": "loaded" if args.background_load else "quiet",
+        "alongside": args.alongside,
         "injection": INJECTION,
         "background_load": args.background_load,
         "reference_load": args.reference_load,
@@ -261,6 +268,8 @@ def command_line(args: argparse.Namespace) -> str:
         cmd += f" --live2diff-repeats {args.live2diff_repeats}"
     if args.reference:
         cmd += f" --reference {Path(args.reference).name}"
+    if args.alongside:
+        cmd += f" --alongside {shlex.quote(args.alongside)}"
     if args.overrides:
         cmd += " " + " ".join(args.overrides)
     return cmd
@@ -333,11 +342,19 @@ def markdown(batches: list[dict]) -> str:
     ]
 
     def key(b: dict) -> tuple:
-        return (b.get("injection", "one-phase"), b["condition"], b["reference_load"], b["background_load"])
+        return (
+            b.get("injection", "one-phase"),
+            b["condition"],
+            b["reference_load"],
+            b["background_load"],
+            b.get("alongside", ""),
+        )
 
-    for inj, cond, rl, bl in sorted({key(b) for b in batches}):
-        bs = [b for b in batches if key(b) == (inj, cond, rl, bl)]
+    for inj, cond, rl, bl, along in sorted({key(b) for b in batches}):
+        bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along)]
         label = cond if rl == bl else f"{cond} (reference recorded with {rl} neighbour(s))"
+        if along:
+            label = f"{label}, alongside {along}"
         if inj != INJECTION:
             label += f" [injection: {inj}]"
         if bl:
@@ -356,7 +373,9 @@ def markdown(batches: list[dict]) -> str:
     for b in batches:
         lb, la = b["load_average_before"], b["load_average_after"]
         lines += [
-            f"### {b['started']} – {b['finished']}: {b['condition']} (injection: {b.get('injection', 'one-phase')})",
+            f"### {b['started']} – {b['finished']}: {b['condition']}"
+            + (f", alongside {b['alongside']}" if b.get("alongside") else "")
+            + f" (injection: {b.get('injection', 'one-phase')})",
             "",
             f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/"
             f"{la[2]:.2f}; {b['machine']['cpu']}, {b['machine']['cpu_count']} CPUs. Command: `{b['command']}`"
