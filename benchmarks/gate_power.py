@@ -353,8 +353,8 @@ def markdown(batches: list[dict]) -> str:
     for inj, cond, rl, bl, along in sorted({key(b) for b in batches}):
         bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along)]
         label = cond if rl == bl else f"{cond} (reference recorded with {rl} neighbour(s))"
-        if along:
-            label = f"{label}, alongside {along}"
+        if along:  # not quiet: other work shared the machine
+            label = label.replace("quiet", "no added neighbours") + f", alongside {along}"
         if inj != INJECTION:
             label += f" [injection: {inj}]"
         if bl:
@@ -373,8 +373,12 @@ def markdown(batches: list[dict]) -> str:
     for b in batches:
         lb, la = b["load_average_before"], b["load_average_after"]
         lines += [
-            f"### {b['started']} – {b['finished']}: {b['condition']}"
-            + (f", alongside {b['alongside']}" if b.get("alongside") else "")
+            f"### {b['started']} – {b['finished']}: "
+            + (
+                f"{b['condition'].replace('quiet', 'no added neighbours')}, alongside {b['alongside']}"
+                if b.get("alongside")
+                else b["condition"]
+            )
             + f" (injection: {b.get('injection', 'one-phase')})",
             "",
             f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/"
