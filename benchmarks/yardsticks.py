@@ -35,7 +35,7 @@ from eval.gate.calibration import CALIBRATIONS  # noqa: E402
 from eval.gate.measure import measure  # noqa: E402
 from eval.timing import warm_up  # noqa: E402
 
-CALLS = {"matmul": 10, "unet": 2}
+CALLS = {"matmul": 10, "unet": 2, "products": 10}
 
 
 def main() -> int:

@@ -583,15 +583,19 @@ def test_yardstick_settings_resolve_per_method_and_name_bad_keys():
         gate_run.calibration_calls_of(OmegaConf.create({"calibration_calls": {"matmul": 10}}), "unet")
 
 
-def test_ci_latency_divides_live2diff_by_the_unet_like_yardstick():
+def test_ci_latency_divides_each_method_by_the_yardstick_that_resembles_its_work():
+    from eval.gate.calibration import CALIBRATIONS
     from tests.conftest import compose
 
     g = compose(["experiment=ci_latency"]).gate
     assert {m: gate_run.calibration_of(g, m) for m in ("identity", "busy", "live2diff")} == {
         "identity": "matmul",
-        "busy": "matmul",
+        "busy": "products",
         "live2diff": "unet",
     }
+    products = CALIBRATIONS["products"]()
+    assert products() == products()  # a fixed workload
+    assert products.a.shape == (256, 256)  # busy's operand size (baselines/busy.py)
 
 
 def test_unet_like_yardstick_is_frozen_and_self_contained():

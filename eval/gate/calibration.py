@@ -8,6 +8,7 @@ divided by the yardstick that resembles its work (``gate.calibration`` / ``gate.
 
 * ``matmul`` — a 3x3 convolution and chained 192x192 matrix products (under 1 ms on one CPU core): compute-bound
   methods (``busy``) and microsecond ones (``identity``).
+* ``products`` — chained 256x256 matrix products (about 1 ms): compute-bound methods whose operands leave L2.
 * ``unet`` — :class:`UNetLike`, a frozen random network with the op mix and the sizes of one streaming step of a
   tiny latent video-diffusion model at 64x64 px: a pixel encoder (convolutions, 64 -> 8 px), a three-level UNet at
   8x8 latents over three stream-batch rows (GroupNorm-SiLU-conv residual blocks, spatial self- and
@@ -43,6 +44,26 @@ class MatmulCalibration:
         for _ in range(6):
             m = m @ self.a
         return float(y.mean() + m[0, 0])  # reading a value synchronises the device
+
+
+class ProductsCalibration:
+    """Chained products of 256x256 matrices (three per call, about 1 ms on one CPU core): the work of a
+    compute-bound method whose operands spill out of the core's L2 (``busy``'s kind), which the ``matmul``
+    yardstick's L2-resident products and small convolution do not share."""
+
+    def __init__(self, device: str | torch.device = "cpu", size: int = 256, chain: int = 3) -> None:
+        self.device = torch.device(device)
+        g = torch.Generator().manual_seed(4321)
+        self.a = (torch.randn(size, size, generator=g) / size**0.5).to(self.device)
+        self.b = (torch.randn(size, size, generator=g) / size**0.5).to(self.device)
+        self.chain = chain
+
+    @torch.inference_mode()
+    def __call__(self) -> float:
+        x = self.a
+        for _ in range(self.chain):
+            x = torch.mm(x, self.b)
+        return float(x[0, 0])  # reading a value synchronises the device
 
 
 class _Res(nn.Module):
@@ -201,4 +222,5 @@ class UNetCalibration:
 CALIBRATIONS: dict[str, Callable[[str | torch.device], Callable[[], float]]] = {
     "matmul": MatmulCalibration,
     "unet": UNetCalibration,
+    "products": ProductsCalibration,
 }
