@@ -103,6 +103,17 @@ def injectable(methods: list[str]) -> list[str]:
     return [m for m in methods if m in ("busy", "live2diff")]
 
 
+def yardsticks() -> dict:
+    """Each gated method's yardstick as the gate's defaults set it (``gate.calibrations``; others: ``matmul``)."""
+    from omegaconf import OmegaConf
+
+    g = OmegaConf.load(ROOT / "conf" / "gate" / "default.yaml")
+    return {str(k): str(v) for k, v in (g.get("calibrations") or {}).items()}
+
+
+OLD_YARDSTICKS = {"live2diff": "unet"}  # batches recorded before the field existed (busy on matmul)
+
+
 def gate_run(results_root: Path, reference: Path, overrides: list[str], update: bool = False) -> dict:
     cmd = [
         sys.executable,
@@ -234,6 +245,7 @@ def main() -> int:
         "load_average_after": os.getloadavg(),
         "condition": "loaded" if args.background_load else "quiet",
         "alongside": args.alongside,
+        "calibrations": yardsticks(),
         "injection": INJECTION,
         "background_load": args.background_load,
         "reference_load": args.reference_load,
@@ -348,15 +360,19 @@ def markdown(batches: list[dict]) -> str:
             b["reference_load"],
             b["background_load"],
             b.get("alongside", ""),
+            tuple(sorted(b.get("calibrations", OLD_YARDSTICKS).items())),
         )
 
-    for inj, cond, rl, bl, along in sorted({key(b) for b in batches}):
-        bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along)]
+    now = tuple(sorted(yardsticks().items()))
+    for inj, cond, rl, bl, along, sticks in sorted({key(b) for b in batches}):
+        bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along, sticks)]
         label = cond if rl == bl else f"{cond} (reference recorded with {rl} neighbour(s))"
         if along:  # not quiet: other work shared the machine
             label = label.replace("quiet", "no added neighbours") + f", alongside {along}"
         if inj != INJECTION:
             label += f" [injection: {inj}]"
+        if sticks != now:
+            label += " [yardsticks: " + ", ".join(f"{m}/{c}" for m, c in sticks) + ", others/matmul]"
         if bl:
             label += f", {bl} neighbours"
         for m in bs[0]["methods"]:
