@@ -331,10 +331,15 @@ class Trainer:
     # -- the decoder of the autoencoder ------------------------------------------------------------------------
     def train_decoder(self, log_every: int = 50) -> list[dict]:
         """Train the learned decoder of ``vae.kind: pixel_taesd`` (the encoder is the weight-free 8×8 block mean, so
-        the UNet's latents are unchanged) to render the 64×64 frame from its latents: L1 + ``--ae-lpips-weight`` ×
-        LPIPS (AlexNet, ``--lpips`` weights). A share ``--ae-denoised`` of the latents are the spatial UNet's clean
-        estimates (LCM's x0 from an epsilon prediction, as the pipelines compute it) of noised latents at the
-        training timesteps instead of the clean latents, so the decoder also renders what the denoiser hands it.
+        the UNet's latents are unchanged) to render the 64×64 frame from its latents. Each batch is ``--ae-batch``/2
+        pairs of neighbouring frames (1-2 apart) of one clip. Loss: L1 + ``--ae-lpips-weight`` × LPIPS (AlexNet,
+        ``--lpips`` weights) to the input frame, + ``--ae-temporal-weight`` × the L1 between the change of the
+        output and the change of the input from the pair's first frame to its second (the decoder may not paint
+        texture that changes when only the latents' noise does). A share ``--ae-denoised`` of the pairs are decoded
+        from what the spatial UNet hands the decoder instead of the clean latents, each frame denoised with its own
+        noise as per-frame img2img does: half of them the output of LCM's few-step chain over the default
+        ``t_index_list`` (fresh noise each step; the model's linear or SD1.5's scaled-linear betas, as the
+        pipelines run them), half one clean estimate (LCM's x0 from an epsilon prediction) at a training timestep.
         Runs after the image stage (it needs the spatial UNet); a weight-free VAE (``pixel``) skips it."""
         from live2diff.components import build_unet2d
 
@@ -358,32 +363,73 @@ class Trainer:
                 )
             lp = load_lpips(a.lpips, config_key="--lpips").requires_grad_(False)
         u2 = build_unet2d(self.comps).eval().requires_grad_(False)
-        frames = self.frames.flatten(0, 1)
         scale = float(vae.config.scaling_factor)
         dec = vae.decoder.train().requires_grad_(True)
         params = list(dec.parameters())
+        chains = self._lcm_chains()
+        n_clips, t_all = self.frames.shape[:2]
+        if a.ae_batch < 2 or t_all < 2:
+            raise ValueError(
+                f"--ae-batch {a.ae_batch} / --clip-frames {t_all}: the decoder trains on pairs of neighbouring "
+                "frames, so both must be at least 2"
+            )
+
+        def denoised(z: Tensor) -> Tensor:
+            """What a pipeline hands the decoder: half LCM's few-step img2img chains (default t_index_list, fresh
+            noise each step, on the linear or SD1.5's scaled-linear betas at random), half one clean estimate from
+            a training timestep."""
+            b, shape = z.shape[0], (-1, 1, 1, 1)
+            emb = self.embeds(b)
+            if float(torch.rand((), generator=self.gen)) < 0.5:
+                sch = chains[int(torch.randint(0, len(chains), (), generator=self.gen))]
+                x = sch.add_noise(z, torch.randn(z.shape, generator=self.gen), 0)
+                for j in range(sch.n_steps):
+                    eps = u2(x, sch.timesteps[j].expand(b), encoder_hidden_states=emb).sample
+                    x0 = sch.denoise(x, eps, j)
+                    if j + 1 < sch.n_steps:
+                        x = sch.add_noise(x0, torch.randn(z.shape, generator=self.gen), j + 1)
+                return x0
+            tt = self.sample_t(b)
+            xt, _ = self.noised(z, tt)
+            eps = u2(xt, tt, encoder_hidden_states=emb).sample
+            return (xt - self.beta_sqrt[tt].reshape(shape) * eps) / self.alpha_sqrt[tt].reshape(shape)
 
         def loss_at(step: int) -> Tensor:
-            b = a.ae_batch
-            x = self._augment(frames[torch.randint(0, len(frames), (b,), generator=self.gen)], (-1,)) * 2 - 1
+            # b/2 pairs of neighbouring frames (1..2 apart) of one clip each, flipped alike
+            pairs = a.ae_batch // 2
+            ci = torch.randint(0, n_clips, (pairs,), generator=self.gen)
+            gap = torch.randint(1, min(3, t_all), (pairs,), generator=self.gen)
+            f0 = (torch.rand(pairs, generator=self.gen) * (t_all - gap)).long()
+            x = torch.stack([self.frames[ci, f0], self.frames[ci, f0 + gap]], 1)  # [p, 2, 3, S, S]
+            x = self._augment(x, (-1,)).flatten(0, 1) * 2 - 1
             with torch.no_grad():
                 z = vae.encode(x).latents * scale
-                tt = self.sample_t(b)
-                xt, _ = self.noised(z, tt)
-                shape = (-1, 1, 1, 1)
-                eps = u2(xt, tt, encoder_hidden_states=self.embeds(b)).sample
-                x0 = (xt - self.beta_sqrt[tt].reshape(shape) * eps) / self.alpha_sqrt[tt].reshape(shape)
-                use = (torch.rand(b, generator=self.gen) < a.ae_denoised).reshape(shape)
-                z = torch.where(use, x0, z) / scale
+                use = (torch.rand(pairs, generator=self.gen) < a.ae_denoised).repeat_interleave(2)
+                z = torch.where(use.reshape(-1, 1, 1, 1), denoised(z), z) / scale
             rec = vae.decode(z).sample
             loss = (rec - x).abs().mean()
             if lp is not None:
                 loss = loss + a.ae_lpips_weight * lp(rec, x).mean()
+            if a.ae_temporal_weight > 0:  # the output may change between the frames only as the input does
+                r2, x2 = rec.unflatten(0, (pairs, 2)), x.unflatten(0, (pairs, 2))
+                d = (r2[:, 1] - r2[:, 0]) - (x2[:, 1] - x2[:, 0])
+                loss = loss + a.ae_temporal_weight * d.abs().mean()
             return loss
 
         hist = _fit("decoder", params, a.ae_steps, a.lr_ae, loss_at, log_every, warmup=50)
         dec.eval().requires_grad_(False)
         return hist
+
+    def _lcm_chains(self) -> list:
+        """LCM's few-step schedules of the default ``t_index_list`` on the model's and SD1.5's betas (the per-frame
+        and StreamDiffusion-style baselines run the latter)."""
+        from live2diff.components import make_lcm_schedule
+        from live2diff.noise_schedule import scheduler_with_betas
+
+        return [
+            make_lcm_schedule(scheduler_with_betas(self.comps.scheduler, name), DEFAULT_T_INDEX)
+            for name in ("linear", "scaled_linear")
+        ]
 
     # -- sampling ---------------------------------------------------------------------------------------------
     def sample_t(self, b: int) -> Tensor:
@@ -654,6 +700,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="share of the decoder's latents that are UNet x0 estimates",
+    )
+    p.add_argument(
+        "--ae-temporal-weight",
+        type=float,
+        default=2.0,
+        help="weight of the decoder's temporal term: L1 between the change of its output and of the input over "
+        "neighbouring frames (decoded from independently denoised latents)",
     )
     p.add_argument(
         "--lpips",
