@@ -75,6 +75,20 @@ def test_a_few_decoder_steps_reduce_its_loss():
     assert last < 0.8 * first, (first, last)
 
 
+def test_the_decoder_loss_has_the_temporal_term_on_pairs_of_frames():
+    """Same seed, same batches: the first step's loss grows by the weighted temporal term (the L1 between the
+    output's and the input's change over a pair of neighbouring frames), which is positive for an untrained
+    decoder; a batch too small for one pair is refused naming the option."""
+    first = {}
+    for w in (0.0, 2.0):
+        trainer = train_tiny.Trainer(_tiny_args(image_steps=0, ae_steps=1, ae_temporal_weight=w))
+        first[w] = trainer.train_decoder(log_every=1)[0]["loss"]
+    assert first[2.0] > first[0.0] + 1e-4, first
+    trainer = train_tiny.Trainer(_tiny_args(image_steps=0, ae_steps=1, ae_batch=1))
+    with pytest.raises(ValueError, match="--ae-batch 1.*pairs"):
+        trainer.train_decoder()
+
+
 def test_the_decoder_loss_without_lpips_weights_is_refused_naming_the_option(tmp_path):
     args = _tiny_args(
         image_steps=0, ae_steps=1, ae_lpips_weight=1.0, lpips=str(tmp_path / "absent.safetensors")
