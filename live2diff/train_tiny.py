@@ -689,7 +689,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ae-steps",
         type=int,
-        default=1000,
+        default=1500,
         help="decoder steps (vae.kind pixel_taesd; a pixel VAE has none)",
     )
     p.add_argument("--ae-batch", type=int, default=16)
