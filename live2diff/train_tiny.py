@@ -9,8 +9,10 @@ that actually reconstruct their input. The scheme follows Live2Diff's (which fol
    epsilon-prediction on single frames.
 2. **Decoder stage.** The autoencoder is ``vae.kind: pixel_taesd``: a weight-free encoder (8x8 block mean + luma,
    so the latents keep the frame's structure and motion by construction) and a decoder of TAESD's architecture that
-   learns to render the 64x64 frame from them (L1 + LPIPS; half of its inputs are the spatial UNet's clean
-   estimates of noised latents, so it also renders what the denoiser hands it). Needs AlexNet-LPIPS weights
+   learns to render the 64x64 frame from them (L1 + LPIPS, and a temporal term on pairs of neighbouring frames: the
+   output may change only as the input does; half of its inputs are what the spatial UNet hands it — LCM few-step
+   chains and single clean estimates of noised latents, each frame with its own noise — so it renders the
+   denoiser's outputs without turning their per-frame noise into texture flicker). Needs AlexNet-LPIPS weights
    (``--lpips``, default ``weights/lpips_alex.safetensors``: ``python -m eval.metrics.convert_lpips_weights``).
 3. **Video stage.** The spatial weights are frozen; the motion modules (their output projections start at zero,
    so the stage starts from the image model exactly) and the depth mapping network learn epsilon-prediction on
@@ -689,7 +691,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ae-steps",
         type=int,
-        default=1500,
+        default=1000,
         help="decoder steps (vae.kind pixel_taesd; a pixel VAE has none)",
     )
     p.add_argument("--ae-batch", type=int, default=16)
