@@ -696,12 +696,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--ae-batch", type=int, default=16)
     p.add_argument("--lr-ae", type=float, default=2e-3)
-    p.add_argument("--ae-lpips-weight", type=float, default=2.0, help="weight of LPIPS in the decoder's loss")
+    p.add_argument("--ae-lpips-weight", type=float, default=1.0, help="weight of LPIPS in the decoder's loss")
     p.add_argument(
         "--ae-denoised",
         type=float,
-        default=1.0,
-        help="share of the decoder's pairs decoded from what the spatial UNet hands it (LCM chains, x0 estimates)",
+        default=0.5,
+        help="share of the decoder's latents that are UNet x0 estimates",
     )
     p.add_argument(
         "--ae-temporal-weight",
