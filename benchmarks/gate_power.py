@@ -111,6 +111,16 @@ def yardsticks() -> dict:
     return {str(k): str(v) for k, v in (g.get("calibrations") or {}).items()}
 
 
+def measured_yardsticks(base: dict, trials: list[dict]) -> dict:
+    """The yardsticks the batch's gate runs actually used (from their gate.json; ``matmul`` left implicit, as in
+    ``gate.calibrations``); a batch whose runs differ is refused rather than totalled under one condition."""
+    seen = {json.dumps(r["yardsticks"], sort_keys=True) for r in [base, *trials] if r.get("yardsticks")}
+    if len(seen) > 1:
+        raise RuntimeError(f"the batch's gate runs used different yardsticks: {sorted(seen)}")
+    used = json.loads(seen.pop()) if seen else {}
+    return {m: c for m, c in sorted(used.items()) if c and c != "matmul"}
+
+
 OLD_YARDSTICKS = {"live2diff": "unet"}  # batches recorded before the field existed (busy on matmul)
 
 
@@ -149,6 +159,7 @@ def gate_run(results_root: Path, reference: Path, overrides: list[str], update: 
         "change": {m: v["change"] for m, v in verdicts.items()},
         "spread": {m: v["spread"] for m, v in verdicts.items()},
         "frame_ms": {m: float(_median(t["frame_ms"])) for m, t in timings.items()},
+        "yardsticks": {m: t.get("calibration") for m, t in timings.items()},  # what the gate measured against
         "retried": sorted(gate.get("retried", {})),
         "cmd": " ".join(shlex.quote(c) for c in cmd[1:]),
     }
@@ -245,7 +256,7 @@ def main() -> int:
         "load_average_after": os.getloadavg(),
         "condition": "loaded" if args.background_load else "quiet",
         "alongside": args.alongside,
-        "calibrations": yardsticks(),
+        "calibrations": measured_yardsticks(base, trials),
         "injection": INJECTION,
         "background_load": args.background_load,
         "reference_load": args.reference_load,
