@@ -259,3 +259,11 @@ def test_clip_skip_follows_the_reference():
         expected = c.text_encoder.final_layer_norm(hs[-3])
     assert c.clip_skip == 2
     torch.testing.assert_close(encode_prompt(c, "a cat"), expected)
+
+
+def test_a_taesd_file_is_refused_for_the_pixel_latent_model(tmp_path):
+    """model=tiny's UNet was trained on the pixel encoder's latents: a TAESD file must not silently replace them."""
+    from live2diff.components.vae import build_vae
+
+    with pytest.raises(ValueError, match=r"model\.weights\.taesd.*pixel_taesd"):
+        build_vae({"vae": {"kind": "pixel_taesd"}}, None, tmp_path / "taesd")

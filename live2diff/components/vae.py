@@ -96,6 +96,11 @@ def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     if kind not in VAE_KINDS:
         raise ValueError(f"model.vae.kind is {kind!r}; expected one of {', '.join(VAE_KINDS)}")
     if taesd is not None:
+        if kind == "pixel_taesd":  # the trained UNet denoises the pixel encoder's latents, not TAESD's
+            raise ValueError(
+                f"model.weights.taesd={taesd} would replace the pixel latent space this model was trained on "
+                "(model.vae.kind: pixel_taesd); unset model.weights.taesd or use a model whose vae.kind is tiny"
+            )
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
     if kind == "pixel":
         return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
