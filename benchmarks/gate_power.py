@@ -121,6 +121,23 @@ def measured_yardsticks(base: dict, trials: list[dict]) -> dict:
     return {m: c for m, c in sorted(used.items()) if c and c != "matmul"}
 
 
+#: batches recorded before the field existed gated the first trained tiny model (8×8 latents; its decoder was
+#: retrained during the campaign, the UNet and architecture stayed)
+OLD_MODEL = "tiny /8 (8x8 latents, before 2026-11-28 02:47 UTC)"
+
+
+def gated_model() -> str:
+    """The model ``experiment=ci_latency`` gates (``model=tiny``): its latent factor and the sha256 prefix of its
+    trained weights, so that batches of different models are never totalled together."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    m = OmegaConf.load(ROOT / "conf" / "model" / "tiny.yaml")
+    path = ROOT / str(m.weights.trained)
+    return f"tiny /{int(m.vae.get('factor', 8))} ({hashlib.sha256(path.read_bytes()).hexdigest()[:8]})"
+
+
 OLD_YARDSTICKS = {"live2diff": "unet"}  # batches recorded before the field existed (busy on matmul)
 
 
@@ -228,9 +245,14 @@ def main() -> int:
     if "live2diff" in methods and args.live2diff_repeats is None:
         sizing = sized_repeats()
         args.live2diff_repeats = int(sizing["repeats"])
+    model = gated_model()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
     base, trials = measure_power(args, methods)
+    if gated_model() != model:
+        raise RuntimeError(
+            f"the gated model changed during the batch ({model} -> {gated_model()}): not recorded"
+        )
     slowed = [r for r in trials if r["kind"] == "slowed"]
     unchanged = [r for r in trials if r["kind"] == "unchanged"]
     per_method = {}
@@ -256,6 +278,7 @@ def main() -> int:
         "load_average_after": os.getloadavg(),
         "condition": "loaded" if args.background_load else "quiet",
         "alongside": args.alongside,
+        "model": model,
         "calibrations": measured_yardsticks(base, trials),
         "injection": INJECTION,
         "background_load": args.background_load,
@@ -372,11 +395,15 @@ def markdown(batches: list[dict]) -> str:
             b["background_load"],
             b.get("alongside", ""),
             tuple(sorted(b.get("calibrations", OLD_YARDSTICKS).items())),
+            b.get("model", OLD_MODEL),
         )
 
     now = tuple(sorted(yardsticks().items()))
-    for inj, cond, rl, bl, along, sticks in sorted({key(b) for b in batches}):
-        bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along, sticks)]
+    model_now = gated_model()
+    for inj, cond, rl, bl, along, sticks, model in sorted(
+        {key(b) for b in batches}, key=lambda k: (k[-1] != model_now, k)
+    ):
+        bs = [b for b in batches if key(b) == (inj, cond, rl, bl, along, sticks, model)]
         label = cond if rl == bl else f"{cond} (reference recorded with {rl} neighbour(s))"
         if along:  # not quiet: other work shared the machine
             label = label.replace("quiet", "no added neighbours") + f", alongside {along}"
@@ -386,6 +413,8 @@ def markdown(batches: list[dict]) -> str:
             label += " [yardsticks: " + ", ".join(f"{m}/{c}" for m, c in sticks) + ", others/matmul]"
         if bl:
             label += f", {bl} neighbours"
+        if model != model_now:
+            label += f" [model: {model}]"
         for m in bs[0]["methods"]:
             slowed = sum(b["trials"] for b in bs if b["per_method"][m]["caught"] is not None)
             caught = sum(b["per_method"][m]["caught"] or 0 for b in bs)
@@ -406,7 +435,7 @@ def markdown(batches: list[dict]) -> str:
                 if b.get("alongside")
                 else b["condition"]
             )
-            + f" (injection: {b.get('injection', 'one-phase')})",
+            + f" (injection: {b.get('injection', 'one-phase')}; model: {b.get('model', OLD_MODEL)})",
             "",
             f"Load average (1/5/15 min) before {lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f}, after {la[0]:.2f}/{la[1]:.2f}/"
             f"{la[2]:.2f}; {b['machine']['cpu']}, {b['machine']['cpu_count']} CPUs. Command: `{b['command']}`"

@@ -1,7 +1,7 @@
 """Train the project's tiny video diffusion model on the CPU: ``python -m live2diff.train_tiny``.
 
 No pretrained weights can be downloaded here, so ``model=tiny`` runs a model this script trains (weights shipped in
-``live2diff/assets/tiny_trained.safetensors``). It is *not* SD1.5: a ~2M-parameter UNet with motion modules on the
+``live2diff/assets/tiny_trained.safetensors``). It is *not* SD1.5: a ~3M-parameter UNet with motion modules on the
 16x16 latents of 64x64 frames, trained to denoise video, so that the quality metrics of ``make eval`` compare methods
 that actually reconstruct their input. The scheme follows Live2Diff's (which follows AnimateDiff's):
 

@@ -658,3 +658,51 @@ def test_injected_unet_slowdown_is_real_unet_work_that_changes_nothing_else():
         SlowedLive2Diff(unet_repeats=1.5, **kw)
     assert "+method.live2diff.unet_repeats=0" in knobs(["live2diff"], 1.0, 0)
     assert "+method.live2diff.unet_repeats=7" in knobs(["busy", "live2diff"], 1.2, 7)
+
+
+def test_gate_power_totals_never_mix_batches_of_different_gated_models():
+    """A campaign spans model changes (the tiny model was retrained with a new latent grid): batches of another
+    model than today's are totalled under their own label, and a batch records the model it gated."""
+    from benchmarks.gate_power import OLD_MODEL, gated_model, markdown
+
+    now = gated_model()
+    assert now.startswith("tiny /4 (") and len(now) == len("tiny /4 (12345678)")
+
+    def batch(model, caught):
+        b = {
+            "started": "t0",
+            "finished": "t1",
+            "machine": {"cpu": "cpu", "cpu_count": 2},
+            "load_average_before": (1.0, 1.0, 1.0),
+            "load_average_after": (1.0, 1.0, 1.0),
+            "condition": "quiet",
+            "alongside": "",
+            "injection": "fixed-repeats",
+            "calibrations": {"busy": "products", "live2diff": "unet"},
+            "background_load": 0,
+            "reference_load": 0,
+            "methods": ["live2diff"],
+            "trials": 2,
+            "per_method": {
+                "live2diff": {
+                    "caught": caught,
+                    "false_alarms": 0,
+                    "slowed_changes": [0.2, 0.2],
+                    "unchanged_changes": [0.0, 0.0],
+                    "frame_ms_slowed_over_unchanged": 1.2,
+                }
+            },
+            "runs": [{"load_1m": 1.0}],
+            "reference_run": {"at": "t0", "load_1m": 1.0},
+            "command": "python benchmarks/gate_power.py",
+        }
+        if model is not None:
+            b["model"] = model
+        return b
+
+    md = markdown([batch(None, 2), batch(now, 1)])
+    rows = [line for line in md.splitlines() if line.startswith("| quiet")]
+    assert len(rows) == 2, rows
+    assert "| quiet | live2diff | 1 | 2 | 1 | **50%**" in rows[0]  # today's model first, alone
+    assert f"[model: {OLD_MODEL}]" in rows[1] and "| 2 | **100%**" in rows[1]
+    assert f"model: {now}" in md
