@@ -52,7 +52,14 @@ def test_model_tiny_loads_the_shipped_weights_and_a_24_frame_run_reconstructs_th
     l1 = float((y - clip).abs().mean() * 255)
     warp = float(WarpError().score_frames(y, clip, None).nanmean())
     # random weights give ~90-100 grey levels on both; the trained model keeps the input's structure
-    assert l1 < 30 and warp < 20, (l1, warp)
+    assert l1 < 24 and warp < 15, (l1, warp)  # measured 19.5 and 7.8 (the /8 model: l1 26.1)
+    # ... and its moving objects: the output's change around its temporal mean correlates with the input's
+    # (measured 0.48; the /8 model, whose frames lost the objects, 0.05)
+    dy, dx = y - y.mean(0), clip - clip.mean(0)
+    moving = float(
+        ((dy - dy.mean()) * (dx - dx.mean())).sum() / ((dy - dy.mean()).norm() * (dx - dx.mean()).norm())
+    )
+    assert moving > 0.35, moving
 
 
 def test_a_few_training_steps_reduce_the_loss():
