@@ -23,8 +23,9 @@ class PixelAutoencoder(nn.Module):
     A random-initialised TAESD decodes *every* latent to a nearly constant image, so with random weights every
     quality metric would compare flat grey frames. This stand-in keeps the image's structure instead: the latent is
     the ``factor``×``factor`` block average (``model.vae.factor``, 8 by default as SD's VAE) of the RGB frame in
-    [-1, 1] plus its luma as a 4th channel, and decoding upsamples the colour channels bilinearly. Outputs are blurry versions of the input perturbed by whatever the (random) UNet
-    does, so temporal metrics respond to the method's latent-space behaviour. Same interface as diffusers' VAEs.
+    [-1, 1] plus its luma as a 4th channel, and decoding upsamples the colour channels bilinearly. Outputs are
+    blurry versions of the input perturbed by whatever the (random) UNet does, so temporal metrics respond to the
+    method's latent-space behaviour. Same interface as diffusers' VAEs.
     """
 
     def __init__(self, factor: int = 8, scaling_factor: float = 1.0) -> None:
