@@ -217,7 +217,7 @@ def weight_notes(size: str, weights: dict) -> list[str]:
     if real == ["trained"]:
         return [
             f"model={size}: tiny model trained by the project (not SD1.5; {weights['trained']}, "
-            "python -m live2diff.train_tiny): quality figures compare the methods on this ~2M-parameter video "
+            "python -m live2diff.train_tiny): quality figures compare the methods on this ~3M-parameter video "
             "denoiser, not the published models' image quality"
         ]
     if not real:
