@@ -302,3 +302,18 @@ def test_the_pixel_encoder_block_size_follows_model_vae_factor():
             None,
             None,
         )
+
+
+def test_a_vae_factor_the_autoencoder_cannot_honour_is_refused(tmp_path):
+    """model.vae.factor only sets the pixel encoders' block size: set for TAESD / KL (fixed /8), alongside a TAESD
+    file, or not a power of two, it is an error naming the key rather than a silently different latent grid."""
+    from live2diff.components.vae import build_vae
+
+    for cfg, taesd in (
+        ({"kind": "tiny", "factor": 4, "block_out_channels": [8] * 4, "num_blocks": [1] * 4}, None),
+        ({"kind": "kl", "factor": 4}, None),
+        ({"kind": "pixel", "factor": 6}, None),
+        ({"kind": "pixel", "factor": 4}, tmp_path / "taesd"),
+    ):
+        with pytest.raises(ValueError, match=r"model\.vae\.factor"):
+            build_vae({"vae": cfg}, None, taesd)

@@ -59,8 +59,8 @@ class PixelAutoencoder(nn.Module):
 
 class PixelEncoderTinyDecoder(PixelAutoencoder):
     """``model.vae.kind: pixel_taesd`` (the trained ``tiny`` model): the weight-free pixel encoder above (block
-    mean + luma, so the latents keep the frame's structure and motion by construction; ``factor`` 4 for that model) and a learned decoder of
-    TAESD's architecture (diffusers ``DecoderTiny``: ``block_out_channels`` channels, ``num_blocks`` blocks per
+    mean + luma, so the latents keep the frame's structure and motion by construction; ``factor`` 4 for that
+    model) and a learned decoder of TAESD's architecture (diffusers ``DecoderTiny``: ``block_out_channels`` channels, ``num_blocks`` blocks per
     level), trained by ``python -m live2diff.train_tiny`` to render the 64×64 frame from the 16×16 latents with
     an L1 + LPIPS loss. Its weights are part of the trained weights file (``vae.decoder.*``)."""
 
@@ -96,14 +96,26 @@ def build_vae(cfg: dict, base: Path | None, taesd: Path | None):
     kind = v.get("kind", "tiny")
     if kind not in VAE_KINDS:
         raise ValueError(f"model.vae.kind is {kind!r}; expected one of {', '.join(VAE_KINDS)}")
+    factor = v.get("factor", 8)  # the pixel encoder's block size (SD's VAE: 8)
+    if kind not in ("pixel", "pixel_taesd") and "factor" in v:  # TAESD / KL fix their own factor (8)
+        raise ValueError(
+            f"model.vae.factor is set ({factor}) but model.vae.kind {kind!r} has a fixed factor of 8; "
+            "only the pixel encoders (pixel, pixel_taesd) take one"
+        )
+    if not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
+        raise ValueError(f"model.vae.factor must be a power of two (1, 2, 4, 8, ...), got {factor!r}")
     if taesd is not None:
         if kind == "pixel_taesd":  # the trained UNet denoises the pixel encoder's latents, not TAESD's
             raise ValueError(
                 f"model.weights.taesd={taesd} would replace the pixel latent space this model was trained on "
                 "(model.vae.kind: pixel_taesd); unset model.weights.taesd or use a model whose vae.kind is tiny"
             )
+        if factor != 8:
+            raise ValueError(
+                f"model.weights.taesd={taesd} encodes with a factor of 8, but model.vae.factor is {factor}; "
+                "unset one of them"
+            )
         return AutoencoderTiny.from_pretrained(taesd, local_files_only=True)
-    factor = int(v.get("factor", 8))  # the pixel encoder's block size (SD's VAE: 8)
     if kind == "pixel":
         return PixelAutoencoder(factor=factor, scaling_factor=float(v.get("scaling_factor", 1.0)))
     if kind == "pixel_taesd":
@@ -153,7 +165,8 @@ def _is_tiny_vae(vae: nn.Module) -> bool:
 
 @torch.no_grad()
 def vae_encode(comps: Any, frames01: Tensor) -> Tensor:
-    """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/f,W/f]`` (f: ``vae_scale_factor``, 8 for SD's VAE) (deterministic: the posterior mean for KL)."""
+    """``[B,3,H,W]`` in [0,1] -> scaled latents ``[B,4,H/f,W/f]`` (f: ``vae_scale_factor``, 8 for SD's VAE;
+    deterministic: the posterior mean for KL)."""
     x = frames01.to(comps.device, comps.dtype) * 2 - 1
     if _is_tiny_vae(comps.vae):
         lat = comps.vae.encode(x).latents
