@@ -26,7 +26,7 @@ from torch import Tensor
 
 from eval import pictures, results
 from eval.clips import DecodedClips, clip_key
-from eval.datasets.base import Video, VideoReadError, empty_frames
+from eval.datasets.base import Video, VideoReadError, empty_frames, shown
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
@@ -319,7 +319,7 @@ class Runner:
             self._quality_metrics()  # built now, before the first computed unit (a cached unit needs none)
             frames = self.clips.get(video) if self.clips is not None else video.load()
             source = dict(video.meta.get("source") or {})
-            notes = list(source.get("notes", []))
+            notes = [shown(n) for n in source.get("notes", [])]  # a path in a note may hold non-UTF-8 bytes
             if frames.shape[0] < self.settings.min_frames:
                 raise VideoReadError(
                     f"{video.name}: {frames.shape[0]} frame(s) after decoding and preprocessing, fewer than "
@@ -341,7 +341,7 @@ class Runner:
         except (KeyboardInterrupt, MetricSetupError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad unit must not stop the run
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = shown(f"{type(exc).__name__}: {exc}")  # stored and logged: UTF-8 whatever the file names
             log.error("unit %s / %s failed: %s", method_name, video.name, reason)
             if method_name in self._built:
                 try:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,28 @@ log = logging.getLogger(__name__)
 
 class VideoReadError(RuntimeError):
     """A video could not be read (missing, corrupt, empty, wrong channels); the message says why."""
+
+
+def storable(name: str) -> bool:
+    """Whether a name can be stored as it is: results tables (parquet), JSON and logs are UTF-8, and a file name
+    that is not valid UTF-8 reaches Python as a string with surrogates (``os.fsdecode``) that none of them take."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(text: str | os.PathLike | bytes) -> str:
+    """A name or path as UTF-8 text for messages, logs and tables: the bytes of a non-UTF-8 file name appear as
+    ``\\xNN`` escapes (``bad\\xff.mp4``) instead of failing every write that meets them."""
+    s = os.fsdecode(text) if isinstance(text, bytes | os.PathLike) else str(text)
+    if storable(s):
+        return s
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name produced
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -271,6 +294,23 @@ def folder_fingerprint(folder: Path, files: list[Path]) -> list:
     from eval.keys import tree_digest
 
     return [folder.name, tree_digest(folder, files)]
+
+
+def unstorable_video(name: str, path: Path, fps: float = 25.0) -> Video:
+    """A video whose name cannot be stored (not valid UTF-8): listed under its escaped name (:func:`shown`) as a
+    video that fails to load, so it becomes an error row of its own and every other video still runs. Its prompt is
+    not looked up (no prompts-file key can name it)."""
+    label = shown(name)
+    reason = (
+        f"{shown(path)}: the name '{label}' is not valid UTF-8, and results tables, JSON and logs store names as "
+        "UTF-8; rename the file or folder (e.g. `convmv -f latin1 -t utf-8 --notest NAME`)"
+    )
+
+    def refuse() -> Tensor:
+        raise VideoReadError(reason)
+
+    ident = fingerprint("unstorable name", os.fsencode(path).hex())
+    return Video(label, "", fps, ident, refuse, {"path": shown(path), "source": {}, "unstorable": reason})
 
 
 def check_unique_names(videos: list[Video]) -> None:

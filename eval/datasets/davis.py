@@ -5,7 +5,15 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from eval.datasets.base import Video, VideoDataset, fingerprint, folder_fingerprint, load_prompts
+from eval.datasets.base import (
+    Video,
+    VideoDataset,
+    fingerprint,
+    folder_fingerprint,
+    load_prompts,
+    storable,
+    unstorable_video,
+)
 from eval.datasets.files import list_frame_files, read_frame_folder
 
 
@@ -53,6 +61,9 @@ class DavisDataset(VideoDataset):
         out = []
         for name in self._names():
             folder = self.frames_dir / name
+            if not storable(name):
+                out.append(unstorable_video(name, folder, self.fps))
+                continue
             files = list_frame_files(folder) if folder.is_dir() else []
             source: dict = {}
             out.append(

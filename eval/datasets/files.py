@@ -9,7 +9,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from eval.datasets.base import FrameTransform, VideoReadError, uint8_frames_to_float, uint8_to_frames
+from eval.datasets.base import (
+    FrameTransform,
+    VideoReadError,
+    shown,
+    uint8_frames_to_float,
+    uint8_to_frames,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +80,7 @@ def _note_source(
         }
     )
     for n in notes:
-        log.warning("%s: %s", path, n)
+        log.warning("%s: %s", shown(path), shown(n))
 
 
 def _video_pixel_format(frame) -> tuple[int, bool]:

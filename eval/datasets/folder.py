@@ -13,6 +13,9 @@ from eval.datasets.base import (
     fingerprint,
     folder_fingerprint,
     load_prompts,
+    shown,
+    storable,
+    unstorable_video,
 )
 from eval.datasets.files import (
     IMAGE_EXTENSIONS,
@@ -61,7 +64,11 @@ class FolderDataset(VideoDataset):
         out = []
         for entry in sorted(self.root.iterdir()):
             source: dict = {}  # filled when decoded: declared vs decoded frames, conversions (eval/datasets/files.py)
-            if entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS:
+            is_video = entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS
+            name = entry.stem if is_video else entry.name
+            if not storable(name) and (is_video or (entry.is_dir() and list_frame_files(entry))):
+                out.append(unstorable_video(name, entry, self.fps))  # an error row of its own
+            elif is_video:
                 out.append(
                     Video(
                         entry.stem,
@@ -86,7 +93,7 @@ class FolderDataset(VideoDataset):
             elif not entry.name.startswith(".") and entry.name not in PROMPT_FILES:
                 log.warning(
                     "dataset.root: skipped %s: %s",
-                    entry,
+                    shown(entry),
                     f"a folder without frames ({', '.join(IMAGE_EXTENSIONS)})"
                     if entry.is_dir()
                     else f"not a video ({', '.join(VIDEO_EXTENSIONS)}) or frame folder",
