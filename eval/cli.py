@@ -97,6 +97,10 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     notes += method_notes(
         resolved.get("method") or {}, resolved.get("diffusion") or {}, resolved.get("model") or {}
     )
+    from eval.datasets.tokens import long_prompt_note
+
+    if methods and (long := long_prompt_note((v.name, v.prompt) for v in videos)):
+        notes.append(long)  # said once per run: a warning now, a note above the report's tables
     results.write_header(
         run_dir,
         provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),

@@ -176,6 +176,13 @@ def check_dataset(ds: Any) -> list[Problem]:
     fps = _get(ds, "fps")
     if fps is not None and (not _is_num(fps) or fps <= 0):
         out.append(Problem("dataset.fps", fps, "must be a frame rate > 0"))
+    default = _get(ds, "default_prompt")
+    if default is not None and (not isinstance(default, str) or not default.strip()):
+        out.append(
+            Problem(
+                "dataset.default_prompt", default, 'must be a non-empty string, e.g. "a painting", or null'
+            )
+        )
     prompts = _get(ds, "prompts")
     if is_builtin(prompts):
         try:

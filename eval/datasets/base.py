@@ -235,7 +235,11 @@ def uint8_to_frames(arr: np.ndarray) -> Tensor:
 
 def load_prompts(path: str | Path | None) -> dict[str, str]:
     """Prompts keyed by video name from a YAML or JSON mapping; ``None``/missing file -> ``{}``.
-    ``builtin:<name>[:<template>]`` reads a prompt file shipped with the project (eval/datasets/builtin_prompts.py)."""
+    ``builtin:<name>[:<template>]`` reads a prompt file shipped with the project (eval/datasets/builtin_prompts.py).
+
+    Every value must be a non-empty string: a list, a number, an empty or missing value would otherwise become the
+    prompt ``"['a cat', 'a dog']"``, ``"42"`` or ``"None"``. Such entries are refused together, each with its key
+    and line; so are bytes that are not UTF-8. Keys are taken as written (``00001: ...`` names video ``00001``)."""
     if path is None:
         return {}
     if str(path).startswith("builtin:"):
@@ -245,36 +249,98 @@ def load_prompts(path: str | Path | None) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         return {}
-    text = path.read_text()
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ValueError(
+            f"{shown(path)}, line {line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
+            "save the prompts file as UTF-8"
+        ) from None
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f'{path}, line {exc.lineno}: not valid JSON ({exc.msg}); write one "name": "prompt" pair '
-                "per entry"
-            ) from None
+        entries = _json_prompts(path, text)
     else:
-        import yaml
+        entries = _yaml_prompts(path, text)
+    bad = [f"line {line}: {key!r}: {what}" for key, value, line in entries if (what := _not_a_prompt(value))]
+    first: dict[str, int] = {}
+    for key, _, line in entries:  # a repeated key would silently keep its last value
+        if key in first:
+            bad.append(f"line {line}: {key!r}: given again (first at line {first[key]})")
+        first.setdefault(key, line)
+    if bad:
+        raise ValueError(
+            f"{shown(path)}: every prompt must be a non-empty string; "
+            + "; ".join(bad)
+            + ' (write one `name: "a watercolor painting of ..."` per video, quoted)'
+        )
+    return {key: value for key, value, _ in entries}
 
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f", line {mark.line + 1}" if mark is not None else ""
-            start = getattr(exc, "context_mark", None)
-            if start is not None and mark is not None and start.line != mark.line:
-                where += f" ({getattr(exc, 'context', '') or 'starting'} at line {start.line + 1})"
-            what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ValueError(
-                f'{path}{where}: not valid YAML ({what}); write one `name: "prompt"` per line (quote prompts '
-                "that contain ':' or start with a special character)"
-            ) from None
+
+def _not_a_prompt(value: object) -> str | None:
+    """Why ``value`` is not a prompt, or None when it is one."""
+    if value is None:
+        return "no value (empty)"
+    if not isinstance(value, str):
+        kind = {list: "a list", dict: "a mapping", bool: "true/false", int: "a number", float: "a number"}
+        return f"{kind.get(type(value), type(value).__name__)} ({value!r}), not a string"
+    if not value.strip():
+        return "an empty string"
+    return None
+
+
+def _yaml_prompts(path: Path, text: str) -> list[tuple[str, object, int]]:
+    """``(key as written, value, line)`` of a YAML mapping (its nodes carry the lines)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text)
+        mapping = isinstance(root, yaml.MappingNode)
+        constructor = yaml.SafeLoader("")
+        values = [constructor.construct_object(v, deep=True) for _, v in root.value] if mapping else []
+        data = None if mapping or root is None else constructor.construct_object(root, deep=True)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        start = getattr(exc, "context_mark", None)
+        if start is not None and mark is not None and start.line != mark.line:
+            where += f" ({getattr(exc, 'context', '') or 'starting'} at line {start.line + 1})"
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(
+            f'{shown(path)}{where}: not valid YAML ({what}); write one `name: "prompt"` per line (quote prompts '
+            "that contain ':' or start with a special character)"
+        ) from None
+    if root is None:
+        return []
+    if not mapping:
+        raise ValueError(
+            f"{shown(path)}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}"
+        )
+    out = []
+    for (key_node, _), value in zip(root.value, values):
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+        out.append((str(key), value, key_node.start_mark.line + 1))
+    return out
+
+
+def _json_prompts(path: Path, text: str) -> list[tuple[str, object, int]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f'{shown(path)}, line {exc.lineno}: not valid JSON ({exc.msg}); write one "name": "prompt" pair '
+            "per entry"
+        ) from None
     if not isinstance(data, dict):
         raise ValueError(
-            f"{path}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}"
+            f"{shown(path)}: prompts must be a mapping of video name -> prompt, got {type(data).__name__}"
         )
-    return {str(k): str(v) for k, v in data.items()}
+    out = []
+    for key, value in data.items():
+        at = text.find(json.dumps(key))
+        out.append((key, value, text.count("\n", 0, at) + 1 if at >= 0 else 0))
+    return out
 
 
 def fingerprint(*parts: object) -> str:

@@ -4,10 +4,13 @@ harness reinterprets (gaps in a frame folder's numbering, an upscale, a variable
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from tests.conftest import run_config
@@ -47,3 +50,71 @@ def test_a_non_utf8_name_is_an_error_row_of_its_own(tmp_path):
     assert set(pd.read_parquet(s.run_dir / "videos.parquet").video) == {"good", "frames"}
     again = run(tmp_path, *FOLDER, f"dataset.root={data}", name="again")  # the next run is no different
     assert sorted(u.status for u in again.units) == ["cached", "cached", "error", "error"]
+
+
+def _clips(root, *names):
+    root.mkdir(exist_ok=True)
+    for n in names:
+        (root / n).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((16, 16, 3), 50 * i, np.uint8)).save(root / n / f"{i}.png")
+
+
+def test_prompts_that_are_not_strings_are_refused_with_file_key_and_line(tmp_path, run_py):
+    data = tmp_path / "v"
+    _clips(data, "a", "b", "c", "d", "e")
+    prompts = data / "prompts.yaml"
+    prompts.write_text('a: [a cat, a dog]\nb:\nc: ""\nd: 42\ne: "a fine prompt"\n')
+    common = [f"results_root={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}", *FOLDER]
+    r = run_py("run_eval.py", f"dataset.root={data}", *common)
+    assert r.returncode == 2, r.stderr
+    for where in ("line 1: 'a': a list", "line 2: 'b': no value", "line 3: 'c': an empty string"):
+        assert where in r.stderr, r.stderr
+    assert (
+        f"{prompts}: every prompt must be a non-empty string" in r.stderr
+        and "line 4: 'd': a number" in r.stderr
+    )
+    assert "'e'" not in r.stderr and not (tmp_path / "r" / "units").exists()
+    prompts.write_text(
+        'a: "a cat"\nb: "a dog"\nc: "caf\xe9"\n'.encode("latin-1").decode("latin-1"), "latin-1"
+    )
+    r = run_py("run_eval.py", f"dataset.root={data}", *common)
+    assert r.returncode == 2 and f"{prompts}, line 3: not valid UTF-8 (byte 0xe9" in r.stderr, r.stderr
+    prompts.write_text('{"a": "a cat",\n "b": ["x"]}')
+    prompts.rename(data / "prompts.json")
+    r = run_py("run_eval.py", f"dataset.root={data}", "dataset.default_prompt=p", *common)
+    assert (
+        r.returncode == 2 and "prompts.json: every prompt" in r.stderr and "line 2: 'b': a list" in r.stderr
+    )
+    r = run_py("run_eval.py", f"dataset.root={data}", "dataset.default_prompt=42", *common)
+    assert r.returncode == 2 and "dataset.default_prompt=42: must be a non-empty string" in r.stderr
+
+
+def test_prompt_keys_are_taken_as_written_and_a_repeated_key_is_refused(tmp_path):
+    from eval.datasets.base import load_prompts
+
+    f = tmp_path / "prompts.yaml"
+    f.write_text('00001: "a cat"\nyes: "a dog"\n')
+    assert load_prompts(f) == {"00001": "a cat", "yes": "a dog"}  # not {"1": ..., "True": ...}
+    f.write_text('a: "a cat"\nb: "x"\na: "a dog"\n')
+    with pytest.raises(ValueError, match=r"line 3: 'a': given again \(first at line 1\)"):
+        load_prompts(f)
+
+
+def test_a_prompt_longer_than_77_tokens_is_warned_once_and_noted(tmp_path, caplog):
+    data = tmp_path / "v"
+    _clips(data, "long", "longer", "short")
+    words = " ".join(["watercolor"] * 80)
+    (data / "prompts.yaml").write_text(f'long: "{words}"\nlonger: "{words} {words}"\nshort: "a cat"\n')
+    with caplog.at_level(logging.WARNING):
+        s = run(
+            tmp_path,
+            *FOLDER,
+            f"dataset.root={data}",
+            "+method.copy._target_=baselines.identity.IdentityMethod",
+        )
+    warned = [r.getMessage() for r in caplog.records if "77 tokens" in r.getMessage()]
+    assert len(warned) == 1, warned  # once per run, not per unit or method
+    assert "2 video(s)" in warned[0] and "long (82 tokens)" in warned[0] and "short" not in warned[0]
+    notes = json.loads((s.run_dir / "notes.json").read_text())
+    assert any("truncated to their first 75" in n and "longer (162 tokens)" in n for n in notes), notes
