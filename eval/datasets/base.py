@@ -136,6 +136,14 @@ class FrameTransform:
         rh, rw = max(th, math.ceil(h * scale)), max(tw, math.ceil(w * scale))
         return _centre_crop(_resize(frames, rh, rw), th, tw)
 
+    def upscale(self, h: int, w: int) -> float | None:
+        """The factor :meth:`spatial` enlarges an ``h x w`` source by (> 1), or None when it does not enlarge it."""
+        if self.size is None or self.mode == "crop":
+            return None
+        th, tw = self.size
+        scale = max(th / h, tw / w)  # resize_crop scales by it; resize stretches at least one side by it
+        return scale if scale > 1 else None
+
     def fit_uint8(self, arr: np.ndarray) -> Tensor:
         """One 8-bit ``[H, W, 3]`` frame -> ``[3, H', W']`` uint8 at the output size: :meth:`spatial` on the 8-bit
         pixels (torch's vectorised uint8 antialiased bilinear kernel on the channels-last view, no float copy of
@@ -362,21 +370,42 @@ def folder_fingerprint(folder: Path, files: list[Path]) -> list:
     return [folder.name, tree_digest(folder, files)]
 
 
-def unstorable_video(name: str, path: Path, fps: float = 25.0) -> Video:
-    """A video whose name cannot be stored (not valid UTF-8): listed under its escaped name (:func:`shown`) as a
-    video that fails to load, so it becomes an error row of its own and every other video still runs. Its prompt is
-    not looked up (no prompts-file key can name it)."""
-    label = shown(name)
-    reason = (
-        f"{shown(path)}: the name '{label}' is not valid UTF-8, and results tables, JSON and logs store names as "
-        "UTF-8; rename the file or folder (e.g. `convmv -f latin1 -t utf-8 --notest NAME`)"
-    )
+def unreadable_video(name: str, path: Path, reason: str, fps: float = 25.0, prompt: str = "") -> Video:
+    """A listed video that cannot be read (its reason known when listing): a video whose loading fails with
+    ``reason``, so it becomes an error row of its own and every other video still runs."""
 
     def refuse() -> Tensor:
         raise VideoReadError(reason)
 
-    ident = fingerprint("unstorable name", os.fsencode(path).hex())
-    return Video(label, "", fps, ident, refuse, {"path": shown(path), "source": {}, "unstorable": reason})
+    ident = fingerprint("unreadable", os.fsencode(path).hex(), reason)
+    return Video(
+        shown(name), prompt, fps, ident, refuse, {"path": shown(path), "source": {}, "unreadable": reason}
+    )
+
+
+def unstorable_video(name: str, path: Path, fps: float = 25.0) -> Video:
+    """A video whose name cannot be stored (not valid UTF-8): listed under its escaped name (:func:`shown`) as an
+    unreadable video. Its prompt is not looked up (no prompts-file key can name it)."""
+    reason = (
+        f"{shown(path)}: the name '{shown(name)}' is not valid UTF-8, and results tables, JSON and logs store names "
+        "as UTF-8; rename the file or folder (e.g. `convmv -f latin1 -t utf-8 --notest NAME`)"
+    )
+    return unreadable_video(name, path, reason, fps)
+
+
+def broken_link(path: Path) -> str | None:
+    """Why ``path`` is a symlink that leads nowhere (a loop, a missing target), or None."""
+    import errno
+
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"a symlink loop ({exc.strerror}: {shown(os.readlink(path))})"
+        return f"a broken symlink (to {shown(os.readlink(path))}: {exc.strerror})"
+    return None
 
 
 def check_unique_names(videos: list[Video]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,12 +63,24 @@ def expected_frames(declared: int, transform: FrameTransform) -> int:
 
 
 def _note_source(
-    info: dict | None, path: Path, declared: int, decoded: int, transform: FrameTransform, notes: list[str]
+    info: dict | None,
+    path: Path,
+    declared: int,
+    decoded: int,
+    transform: FrameTransform,
+    notes: list[str],
+    size: tuple[int, int] | None = None,
 ) -> None:
-    """Record declared vs decoded (kept) frames and any conversion in ``info`` (the video's meta), and warn."""
+    """Record declared vs decoded (kept) frames and any conversion in ``info`` (the video's meta), and warn.
+    ``size``: the source's ``(height, width)``, for the note on an upscale."""
     if info is None:
         info = {}
     notes = list(dict.fromkeys(notes))
+    if size is not None and (up := transform.upscale(*size)):
+        notes.append(
+            f"upscaled x{up:.2f}: the source is {size[0]}x{size[1]} px, smaller than dataset.size="
+            f"{list(transform.size)} (the detail at that size is interpolated, not the source's)"
+        )
     want = expected_frames(declared, transform) if declared > 0 else None
     if want is not None and decoded < want:
         notes.append(f"decoded {decoded} of the {want} frames the file's index declares ({declared} in all)")
@@ -112,15 +125,21 @@ def _read_video_file(path: Path, transform: FrameTransform, info: dict | None, f
     notes: list[str] = []
     declared = 0
     decoded = 0
+    pts: list[int | None] = []
+    size = None
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
-            declared = int(container.streams.video[0].frames or 0)
+            stream = container.streams.video[0]
+            declared = int(stream.frames or 0)
+            clock = (stream.time_base, stream.average_rate)  # read while the container is open
             for i, frame in enumerate(container.decode(video=0)):
                 decoded = i + 1
                 if transform.done(len(kept)):
                     break
+                pts.append(frame.pts)
+                size = size or (int(frame.height), int(frame.width))
                 if transform.keeps(i, len(kept)):
                     bits, alpha = _video_pixel_format(frame)
                     if alpha:
@@ -140,7 +159,9 @@ def _read_video_file(path: Path, transform: FrameTransform, info: dict | None, f
         if not kept:
             raise VideoReadError(f"{path}: cannot decode ({type(exc).__name__}: {exc})") from exc
         notes.append(f"decoding stopped at frame {decoded} ({type(exc).__name__}: {exc})")
-    _note_source(info, path, declared, len(kept), transform, notes)
+    if kept:
+        notes += frame_rate_notes(pts, *clock)
+    _note_source(info, path, declared, len(kept), transform, notes, size)
     if not kept:
         raise VideoReadError(f"{path}: no decodable frames")
     return uint8_frames_to_float(kept) if fit else transform.spatial(to_frames(kept))
@@ -154,8 +175,55 @@ def to_frames(arrays: list[np.ndarray]) -> Tensor:
     return torch.from_numpy(np.stack(scaled)).permute(0, 3, 1, 2).contiguous()
 
 
+def frame_rate_notes(pts: list[int | None], time_base, average_rate) -> list[str]:
+    """A note when the decoded frames' timestamps are not evenly spaced (a variable-frame-rate file): the stream
+    is played one frame per step, at its average rate. Spacing that differs by one tick of the time base (33/34 ms
+    at 30 fps in a millisecond base) or by less than 10 % is rounding, not a variable rate."""
+    if len(pts) < 3 or any(p is None for p in pts) or not time_base:
+        return []
+    steps = [b - a for a, b in zip(pts, pts[1:])]
+    lo, hi = min(steps), max(steps)
+    median = sorted(steps)[len(steps) // 2]
+    if hi - lo <= 1 or median <= 0 or hi - lo <= 0.1 * median:
+        return []
+    ms = float(time_base) * 1000
+    rate = f"{float(average_rate):.3g} fps" if average_rate else "its average rate"
+    return [
+        f"variable frame rate: frame intervals {lo * ms:.1f}-{hi * ms:.1f} ms; read as a constant-rate stream "
+        f"at its average rate ({rate}), one frame per step"
+    ]
+
+
+def _natural(p: Path) -> list:
+    """Sort key: numbers in a name compare as numbers (``2.png`` before ``10.png``), the rest as text."""
+    parts = re.split(r"(\d+)", p.name)
+    return [int(t) if i % 2 else t for i, t in enumerate(parts)] + [p.name]
+
+
 def list_frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    """A folder's frames in playing order: numbered names in numeric order, so unpadded numbering (1, 2, ..., 10)
+    plays as numbered instead of 1, 10, 2."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS), key=_natural)
+
+
+def numbering_gaps(files: list[Path]) -> str | None:
+    """A note when a frame folder's numbered names skip numbers (00000, 00002, ...): its frames are played one
+    after another, so a missing number is a missing moment played as if none were missing."""
+    found = [re.fullmatch(r"(.*?)(\d+)", p.stem) for p in files]
+    if len(files) < 2 or not all(found) or len({m.group(1) for m in found}) != 1:
+        return None
+    nums = sorted({int(m.group(2)) for m in found})
+    missing = nums[-1] - nums[0] + 1 - len(nums)
+    if missing <= 0:
+        return None
+    have = set(nums)
+    first = next(n for n in range(nums[0], nums[-1]) if n not in have)
+    width = len(found[0].group(2))
+    return (
+        f"frame numbering has gaps: {len(nums)} frames numbered {nums[0]:0{width}d}-{nums[-1]:0{width}d}, "
+        f"{missing} number(s) missing (the first: {first:0{width}d}); the frames present are played one after "
+        "another, at dataset.fps"
+    )
 
 
 def _read_image(
@@ -183,8 +251,8 @@ def _read_image(
                 raise VideoReadError(f"{f}: unsupported image mode {img.mode}")
             if transform is None:
                 return np.asarray(img.convert("RGB")).copy(), size
-            if img.format == "JPEG" and (size := transform.draft_size(img.height, img.width)):
-                img.draft("RGB", size)
+            if img.format == "JPEG" and (draft := transform.draft_size(img.height, img.width)):
+                img.draft("RGB", draft)  # (not `size`: that is the frame's size in the file, returned below)
             return transform.fit_uint8(np.asarray(img if img.mode == "RGB" else img.convert("RGB"))), size
     except (UnidentifiedImageError, OSError) as exc:
         raise VideoReadError(f"{f}: cannot read image ({exc})") from exc
@@ -243,5 +311,7 @@ def _read_frames(
         raise VideoReadError(f"{folder}: no frames kept (check dataset.start / stride)")
     if not fit and len({a.dtype for a in frames}) > 1:
         frames = [a.astype(np.uint16) * (257 if a.dtype == np.uint8 else 1) for a in frames]
-    _note_source(info, folder, len(files), len(frames), transform, notes)
+    if gaps := numbering_gaps(files):
+        notes.append(gaps)
+    _note_source(info, folder, len(files), len(frames), transform, notes, size)
     return uint8_frames_to_float(frames) if fit else transform.spatial(to_frames(frames))

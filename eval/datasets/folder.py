@@ -9,12 +9,14 @@ from pathlib import Path
 from eval.datasets.base import (
     Video,
     VideoDataset,
+    broken_link,
     file_fingerprint,
     fingerprint,
     folder_fingerprint,
     load_prompts,
     shown,
     storable,
+    unreadable_video,
     unstorable_video,
 )
 from eval.datasets.files import (
@@ -60,43 +62,38 @@ class FolderDataset(VideoDataset):
 
     def list_videos(self) -> list[Video]:
         prompts = self._prompts()
-        t = self.transform
         out = []
         for entry in sorted(self.root.iterdir()):
-            source: dict = {}  # filled when decoded: declared vs decoded frames, conversions (eval/datasets/files.py)
             is_video = entry.is_file() and entry.suffix.lower() in VIDEO_EXTENSIONS
+            files = list_frame_files(entry) if not is_video and entry.is_dir() else []
             name = entry.stem if is_video else entry.name
-            if not storable(name) and (is_video or (entry.is_dir() and list_frame_files(entry))):
+            link = broken_link(entry)
+            if (is_video or files) and not storable(name):
                 out.append(unstorable_video(name, entry, self.fps))  # an error row of its own
-            elif is_video:
-                out.append(
-                    Video(
-                        entry.stem,
-                        self.prompt_for(entry.stem, prompts),
-                        probe_fps(entry, self.fps),
-                        fingerprint(file_fingerprint(entry), t.describe()),
-                        partial(read_video_file, entry, t, info=source),
-                        {"path": str(entry), "source": source},
-                    )
-                )
-            elif entry.is_dir() and (files := list_frame_files(entry)):
-                out.append(
-                    Video(
-                        entry.name,
-                        self.prompt_for(entry.name, prompts),
-                        self.fps,
-                        fingerprint(folder_fingerprint(entry, files), t.describe()),
-                        partial(read_frame_folder, entry, t, info=source),
-                        {"path": str(entry), "source": source},
-                    )
-                )
+            elif (
+                link and entry.suffix.lower() in VIDEO_EXTENSIONS
+            ):  # meant as a video: an error row of its own
+                prompt = prompts.get(entry.stem, self.default_prompt or "")
+                out.append(unreadable_video(entry.stem, entry, f"{shown(entry)}: {link}", self.fps, prompt))
+            elif is_video or files:
+                try:
+                    out.append(self._video(entry, name, files, prompts))
+                except (
+                    OSError
+                ) as exc:  # a frame that cannot even be hashed (a symlink loop ...): this video only
+                    bad = Path(exc.filename) if exc.filename else entry
+                    why = f"{shown(bad)}: {broken_link(bad) or exc.strerror or exc}"
+                    out.append(unreadable_video(name, entry, why, self.fps, prompts.get(name, "")))
             elif not entry.name.startswith(".") and entry.name not in PROMPT_FILES:
                 log.warning(
                     "dataset.root: skipped %s: %s",
                     shown(entry),
-                    f"a folder without frames ({', '.join(IMAGE_EXTENSIONS)})"
-                    if entry.is_dir()
-                    else f"not a video ({', '.join(VIDEO_EXTENSIONS)}) or frame folder",
+                    link
+                    or (
+                        f"a folder without frames ({', '.join(IMAGE_EXTENSIONS)})"
+                        if entry.is_dir()
+                        else f"not a video ({', '.join(VIDEO_EXTENSIONS)}) or frame folder"
+                    ),
                 )
         if not out:
             raise FileNotFoundError(
@@ -105,3 +102,19 @@ class FolderDataset(VideoDataset):
             )
         self.warn_unused_prompts(prompts, [v.name for v in out])
         return out
+
+    def _video(self, entry: Path, name: str, frames: list[Path], prompts: dict[str, str]) -> Video:
+        """A video file (``frames`` empty) or a folder of ``frames``."""
+        source: dict = {}  # filled when decoded: declared vs decoded frames, conversions (eval/datasets/files.py)
+        t = self.transform
+        if not frames:
+            ident = fingerprint(file_fingerprint(entry), t.describe())
+            load = partial(read_video_file, entry, t, info=source)
+            fps = probe_fps(entry, self.fps)
+        else:
+            ident = fingerprint(folder_fingerprint(entry, frames), t.describe())
+            load = partial(read_frame_folder, entry, t, info=source)
+            fps = self.fps
+        return Video(
+            name, self.prompt_for(name, prompts), fps, ident, load, {"path": str(entry), "source": source}
+        )

@@ -118,3 +118,72 @@ def test_a_prompt_longer_than_77_tokens_is_warned_once_and_noted(tmp_path, caplo
     assert "2 video(s)" in warned[0] and "long (82 tokens)" in warned[0] and "short" not in warned[0]
     notes = json.loads((s.run_dir / "notes.json").read_text())
     assert any("truncated to their first 75" in n and "longer (162 tokens)" in n for n in notes), notes
+
+
+def vfr_mp4(path, intervals_ms=(120, 40)):
+    """An MPEG-4 file whose frames are 120 ms and 40 ms apart in turn (a variable frame rate)."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        t = 0
+        for i in range(12):
+            f = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 20 * i, np.uint8), format="rgb24")
+            f.pts, f.time_base = t, Fraction(1, 1000)
+            t += intervals_ms[i % len(intervals_ms)]
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+
+def test_reinterpretations_are_noted_on_the_unit_and_symlink_loops_named(tmp_path):
+    data = tmp_path / "v"
+    data.mkdir()
+    for folder, numbers, size in (("gappy", (0, 2, 3, 6), 32), ("small", (0, 1, 2), 16)):
+        (data / folder).mkdir()
+        for i in numbers:
+            Image.fromarray(np.full((size, size, 3), 30 * i, np.uint8)).save(data / folder / f"{i:05d}.png")
+    vfr_mp4(data / "vfr.mp4")
+    noise_mp4(data / "steady.mp4", n=6)  # constant rate, 32 px: nothing to note
+    (data / "loop.mp4").symlink_to("loop.mp4")
+    (data / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (data / "frameloop").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(data / "frameloop" / "0.png")
+    (data / "frameloop" / "1.png").symlink_to("1.png")
+    s = run(tmp_path, *FOLDER, f"dataset.root={data}", "dataset.default_prompt=p")
+    units = {u.video: u for u in s.units}
+    assert (
+        "frame numbering has gaps: 4 frames numbered 00000-00006, 3 number(s) missing" in units["gappy"].notes
+    )
+    assert (
+        "upscaled x2.00: the source is 16x16 px, smaller than dataset.size=[32, 32]" in units["small"].notes
+    )
+    assert "variable frame rate: frame intervals 40.0-120.0 ms" in units["vfr"].notes
+    assert "its average rate (12.5 fps)" in units["vfr"].notes
+    assert units["steady"].status == "ok" and units["steady"].notes == ""
+    assert all(units[v].status == "ok" for v in ("gappy", "small", "vfr"))
+    assert units["loop"].status == "error" and "a symlink loop" in units["loop"].error
+    assert units["gone"].status == "error" and "a broken symlink" in units["gone"].error
+    # one looping frame used to stop the listing of every video (exit 2): now its folder's own error row
+    assert (
+        units["frameloop"].status == "error" and "frameloop/1.png: a symlink loop" in units["frameloop"].error
+    )
+    table = pd.read_parquet(s.run_dir / "units.parquet").set_index("video")
+    assert "variable frame rate" in table.loc["vfr", "notes"] and "gaps" in table.loc["gappy", "notes"]
+
+
+def test_unpadded_frame_numbers_play_in_numeric_order(tmp_path):
+    from eval.datasets.folder import FolderDataset
+
+    (tmp_path / "clip").mkdir()
+    for i in range(1, 12):  # 1.png ... 11.png: sorted as text, 10 and 11 came right after 1
+        Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(tmp_path / "clip" / f"{i}.png")
+    (v,) = FolderDataset(str(tmp_path), default_prompt="p", size=None).videos()
+    levels = (v.load()[:, 0, 0, 0] * 255).round().int().tolist()
+    assert levels == [20 * i for i in range(1, 12)]
+    assert v.meta["source"]["notes"] == []  # 1..11 has no gap
