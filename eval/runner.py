@@ -30,7 +30,7 @@ from eval.datasets.base import Video, VideoReadError, empty_frames, shown
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
-from eval.store import UnitStore, content_key, fault_point
+from eval.store import DamagedError, UnitStore, content_key, fault_point
 from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
 from eval.validate import ConfigError
 
@@ -172,6 +172,7 @@ class Runner:
         self.clips: DecodedClips | None = None  # made by run(): it knows every unit of the run
         self._descriptors: dict[str, dict] | None = None  # the quality metrics' descriptors, once built
         self._stored_descriptors: dict[str, dict] = {}  # ... as cached units recorded them
+        self._damaged: dict[str, str] = {}  # unit key -> why its stored files could not be served
 
     # -- keys ---------------------------------------------------------------------------------------------------
     def stream_key(self, method_name: str, video: Video) -> str:
@@ -278,13 +279,36 @@ class Runner:
 
     def _unit(self, method_name: str, video: Video) -> UnitResult:
         key = self.unit_key(method_name, video)
-        if self.settings.resume and self.store.done(key):
+        if self._reusable(method_name, video, key, warn=False):
             return self._cached(method_name, video, key)
         with self.store.lock(key):  # another run on this results root may be computing it right now
-            if self.settings.resume and self.store.done(key):
+            if self._reusable(method_name, video, key):
                 return self._cached(method_name, video, key)
             fault_point("unit.begin")
-            return self._compute(method_name, video, key)
+            unit = self._compute(method_name, video, key)
+            if key in self._damaged:
+                unit.notes = "; ".join(n for n in (unit.notes, f"recomputed: {self._damaged[key]}") if n)
+            return unit
+
+    def _reusable(self, method_name: str, video: Video, key: str, warn: bool = True) -> bool:
+        """Whether a finished unit may be served: only when every file matches the digest it recorded. A damaged
+        one (a flipped bit, a truncated file) is recomputed with a warning naming it (``warn``: said once, under
+        the lock)."""
+        if not (self.settings.resume and self.store.done(key)):
+            return False
+        problem = self.store.damage(key)
+        if problem is None:
+            return True
+        if warn:
+            log.warning(
+                "unit %s / %s (%s) cannot be served: %s; recomputing it",
+                method_name,
+                video.name,
+                self.store.path(key),
+                problem,
+            )
+            self._damaged[key] = problem
+        return False
 
     def _cached(self, method_name: str, video: Video, key: str) -> UnitResult:
         meta = self.store.read_meta(key)
@@ -299,14 +323,15 @@ class Runner:
     def _save_cached_video(self, method_name: str, video: Video) -> list[str]:
         """runner.save_videos for a unit computed earlier: from its kept outputs, or a note saying why not."""
         skey = self.stream_key(method_name, video)
-        if not self.store.stream_done(skey):
+        rec = self._kept_stream(method_name, video, skey)
+        if rec is None:
             note = (
                 "save_videos: no video written: this cached unit's outputs were not kept (runner.keep_outputs=true "
                 "keeps them from now on; runner.resume=false recomputes)"
             )
             log.warning("%s / %s: %s", method_name, video.name, note)
             return [note]
-        outputs = torch.stack(self.store.read_stream(skey).outputs)
+        outputs = torch.stack(rec.outputs)
         outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
         write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
         return []
@@ -328,8 +353,9 @@ class Runner:
                 )
             skey = self.stream_key(method_name, video)
             kept = self.settings.keep_outputs and self.settings.resume  # resume=false re-runs everything
-            if kept and self.store.stream_done(skey):
-                rec, status = self.store.read_stream(skey), "rescored"
+            rec = self._kept_stream(method_name, video, skey) if kept else None
+            if rec is not None:
+                status = "rescored"
             else:
                 method = self._method(method_name, frames)
                 rec = self._stream(method, video, frames)
@@ -376,6 +402,16 @@ class Runner:
         )
         unit.notes = "; ".join(notes)
         return unit
+
+    def _kept_stream(self, method_name: str, video: Video, skey: str) -> StreamRecord | None:
+        """The kept outputs of this stream, or None (none kept, or damaged: then run again, with a warning)."""
+        if not self.store.stream_done(skey):
+            return None
+        try:
+            return self.store.read_stream(skey)
+        except DamagedError as exc:
+            log.warning("%s / %s: %s; running the method again", method_name, video.name, exc)
+            return None
 
     def _quality_metrics(self) -> Mapping[str, Any]:
         """The metrics, built (once), and their descriptors (weights hashed once per run, not per unit)."""

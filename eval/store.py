@@ -5,6 +5,10 @@ them, so changing anything that affects its numbers recomputes it, and nothing e
 ``<root>/units/<key[:2]>/<key>/``; ``unit.json`` is written last, so a unit without it (a crash or kill mid-write)
 counts as not done. Every file is written to a temporary name and moved into place with ``os.replace``.
 
+A unit records the sha256 of each of its files (and of its own record) in ``unit.json``; a unit whose files do not
+match (a flipped bit, a truncated file, an edit) is reported by :meth:`UnitStore.damage` and recomputed by the
+runner, never served. The same holds for kept streams.
+
 With ``runner.keep_outputs`` the *stream* behind a unit (the method's outputs as float16, and its timings) is kept
 too, under ``<root>/streams/``, keyed by everything except the metric config: a later run that only adds or
 changes metrics re-scores the kept outputs instead of running the method again.
@@ -84,6 +88,30 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _record_digest(record: dict) -> str:
+    """The digest of a unit's or stream's own record (everything but this digest), as JSON reads it back."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return sha256(json.dumps(json.loads(json.dumps(body, default=str)), sort_keys=True).encode())
+
+
+def _sealed(record: dict) -> dict:
+    return {**record, "digest": _record_digest(record)}
+
+
+class DamagedError(ValueError):
+    """A stored unit or stream whose files do not match the digests it recorded: it is recomputed, never served."""
+
+
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -134,15 +162,24 @@ class UnitStore:
         d = self.path(key)
         d.mkdir(parents=True, exist_ok=True)
         (d / "unit.json").unlink(missing_ok=True)  # not done until rewritten last
-        atomic_write_parquet(d / "frames.parquet", frames)
-        fault_point("unit.frames_written")
-        atomic_write_parquet(d / "videos.parquet", videos)
-        for name, data in (files or {}).items():
+        digests = {}
+        for i, (name, data) in enumerate(
+            [("frames.parquet", parquet_bytes(frames)), ("videos.parquet", parquet_bytes(videos))]
+            + list((files or {}).items())
+        ):
             atomic_write_bytes(d / name, data)
+            digests[name] = sha256(data)
+            if i == 0:
+                fault_point("unit.frames_written")
         fault_point("unit.before_done")
-        atomic_write_json(d / "unit.json", {**meta, "key": key})
+        atomic_write_json(d / "unit.json", _sealed({**meta, "key": key, "files": digests}))
         fault_point("unit.done")
         return d
+
+    def damage(self, key: str) -> str | None:
+        """What is wrong with a finished unit's files (unreadable record, a file missing, changed or truncated),
+        or None when every file matches the digest the unit recorded for it."""
+        return _damage(self.path(key), "unit.json")
 
     def read(self, key: str) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
         d = self.path(key)
@@ -150,7 +187,8 @@ class UnitStore:
         return meta, pd.read_parquet(d / "frames.parquet"), pd.read_parquet(d / "videos.parquet")
 
     def read_meta(self, key: str) -> dict:
-        return json.loads((self.path(key) / "unit.json").read_text())
+        meta = json.loads((self.path(key) / "unit.json").read_text())
+        return {k: v for k, v in meta.items() if k not in ("files", "digest")}
 
     def read_tables(self, keys: list[str]) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
         """The frames and videos tables of many units, concatenated (None for no units).
@@ -191,17 +229,47 @@ class UnitStore:
         np.save(buf, torch.stack(rec.outputs).to(torch.float16).numpy())
         atomic_write_bytes(d / "outputs.npy", buf.getvalue())
         fault_point("stream.outputs_written")
-        record = {**rec.timings(), "key": key}
+        record = _sealed({**rec.timings(), "key": key, "files": {"outputs.npy": sha256(buf.getvalue())}})
         atomic_write_bytes(d / "stream.json", json.dumps(record, default=str).encode())
         return d
 
     def read_stream(self, key: str) -> Any:
+        """A kept stream; :class:`DamagedError` when its files do not match their digests (never served)."""
         from eval.timing import StreamRecord
 
         d = self.stream_path(key)
+        problem = _damage(d, "stream.json")
+        if problem:
+            raise DamagedError(f"kept stream {d}: {problem}")
         record = json.loads((d / "stream.json").read_text())
-        outputs = torch.from_numpy(np.load(d / "outputs.npy", allow_pickle=False)).to(torch.float32)
+        data = (d / "outputs.npy").read_bytes()
+        if sha256(data) != record["files"]["outputs.npy"]:  # changed since it was checked
+            raise DamagedError(f"kept stream {d}: outputs.npy does not match its digest")
+        outputs = torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False)).to(torch.float32)
         return StreamRecord.from_timings(list(outputs), record)
+
+
+def _damage(d: Path, record_name: str) -> str | None:
+    """Why the files of the unit or stream in ``d`` cannot be trusted, or None (see :meth:`UnitStore.damage`)."""
+    try:
+        record = json.loads((d / record_name).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{record_name} unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(record, dict) or not isinstance(record.get("files"), dict):
+        return f"{record_name} records no digests of its files (written by an older version)"
+    if record.get("digest") != _record_digest(record):
+        return f"{record_name} does not match its own digest (edited or corrupted)"
+    for name, digest in record["files"].items():
+        try:
+            with open(d / name, "rb") as f:
+                h = hashlib.sha256()
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+        except OSError as exc:
+            return f"{name} unreadable ({exc.strerror or exc})"
+        if h.hexdigest() != digest:
+            return f"{name} does not match its recorded sha256 (changed or truncated since it was written)"
+    return None
 
 
 # -- run folders ----------------------------------------------------------------------------------------------------

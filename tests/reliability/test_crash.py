@@ -164,7 +164,7 @@ def test_crafted_pickles_are_refused(tmp_path, monkeypatch):
     import torch
 
     from eval.metrics.weights import load_state_dict
-    from eval.store import UnitStore
+    from eval.store import UnitStore, _record_digest, sha256
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("EVIL_MARKER", str(marker))
@@ -172,9 +172,10 @@ def test_crafted_pickles_are_refused(tmp_path, monkeypatch):
     d = store.stream_path("ab" * 12)
     d.mkdir(parents=True)
     np.save(d / "outputs.npy", np.array([_Evil()], dtype=object), allow_pickle=True)
-    (d / "stream.json").write_text(
-        json.dumps({"push_start": [], "call_s": [], "emit_time": [], "flush_s": 0, "peak_mem_mb": 0})
-    )
+    # with digests that match: whoever crafted it can compute them, so the load itself must refuse the pickle
+    record = {"push_start": [], "call_s": [], "emit_time": [], "flush_s": 0, "peak_mem_mb": 0}
+    record["files"] = {"outputs.npy": sha256((d / "outputs.npy").read_bytes())}
+    (d / "stream.json").write_text(json.dumps({**record, "digest": _record_digest(record)}))
     with pytest.raises(ValueError, match="allow_pickle"):
         store.read_stream("ab" * 12)
     ckpt = tmp_path / "weights.ckpt"
