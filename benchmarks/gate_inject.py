@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from live2diff.method import Live2DiffMethod  # noqa: E402
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 SIZING = ROOT / "benchmarks" / "results" / "gate_inject_sizing.json"
 TARGET = "benchmarks.gate_inject.SlowedLive2Diff"
@@ -139,7 +140,10 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=SIZING)
     p.add_argument("--verify-only", type=int, default=None, metavar="K", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides (as the gate runs get them)")
-    args = p.parse_args()
+    add_smoke_flag(p)
+    args = apply_smoke(p, p.parse_args(), dict(rounds=1, verify=1))
+    if args.smoke:  # a short gate run: one short video, one repetition
+        args.overrides = [*["dataset.num_videos=1", "dataset.num_frames=12", "gate.repeats=1", "gate.retries=0", "gate.reference_passes=1"], *args.overrides]
     torch.manual_seed(0)
     if args.verify_only is not None:  # the fresh-process check of a chosen count (JSON on stdout)
         from eval.gate.run import _build

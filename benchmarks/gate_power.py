@@ -48,6 +48,7 @@ from eval.provenance import device_info  # noqa: E402
 # A noisy neighbour: random bursts (50-500 ms) of compute, of cache-evicting memory traffic, or of nothing.
 NEIGHBOUR = """
 import random, time, torch
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 torch.set_num_threads(1)
 rng = random.Random({seed})
 a = torch.randn(384, 384); big = torch.empty(16 * 2**20); dst = torch.empty_like(big)
@@ -233,7 +234,10 @@ def main() -> int:
         "condition), e.g. '1 training job'",
     )
     p.add_argument("--summarise", action="store_true", help="only rewrite the .md from the campaign JSON")
-    args = p.parse_args()
+    add_smoke_flag(p)
+    args = apply_smoke(p, p.parse_args(), dict(trials=1, methods="identity,live2diff"))
+    if args.smoke:  # a short gate run: one short video, one repetition
+        args.overrides = [*["dataset.num_videos=1", "dataset.num_frames=12", "gate.repeats=1", "gate.retries=0", "gate.reference_passes=1"], *args.overrides]
     campaign_path = args.out.with_name(args.out.name + "_campaign.json")
     if args.summarise:
         args.out.with_suffix(".md").write_text(markdown(json.loads(campaign_path.read_text())["batches"]))

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--methods", nargs="*", default=METHODS)
     ap.add_argument("--out", type=Path, default=RESULTS / "gpu_smoke")
-    args = ap.parse_args(argv)
+    add_smoke_flag(ap)
+    small = dict(model="tiny", device="cpu", dtype="float32", size=64, frames=10, methods=["identity", "live2diff"])
+    args = apply_smoke(ap, ap.parse_args(argv), small)
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(os.environ.get("LIVE2DIFF_BENCH_SHARED_DATA") or ROOT.parent / "shared" / "data")
@@ -219,7 +220,9 @@ def main() -> None:
         help="harness_cost.json written by this script on an earlier commit (run just before): shown beside",
     )
     ap.add_argument("--before-label", default="before", help="what --before was (e.g. its commit)")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict(reps=1))
     import torch
 
     torch.set_num_threads(1)
@@ -248,7 +251,8 @@ def main() -> None:
     }
     if args.before:
         out["before"] = {"label": args.before_label, **json.loads(args.before.read_text())}
-    res = ROOT / "benchmarks" / "results"
+    res = args.out
+    res.mkdir(parents=True, exist_ok=True)
     (res / "harness_cost.json").write_text(json.dumps(out, indent=2) + "\n")
     before = out.get("before")
     cols = ["before", "after"] if before else ["this run"]

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["source_fps", "output_fps", "drop_ratio", "lag_p50_ms", "lag_p95_ms", "call_p50_ms", "steady_fps"]
@@ -86,7 +87,8 @@ def main() -> int:
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "live_mode")
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args()
+    add_smoke_flag(p)
+    args = apply_smoke(p, p.parse_args(), dict(methods="identity,live2diff", heavy_iterations=20))
     scenarios = [
         (
             "default methods, drop policy",
@@ -124,6 +126,9 @@ def main() -> int:
             ["method=[identity,live2diff]", "model=tiny", "runner.live.fps=100", "runner.live.policy=drop"],
         ),
     ]
+    if args.smoke:  # the first scenario and one heavy one, on one short video
+        scenarios = scenarios[:2]
+        args.overrides = ["dataset.num_videos=1", "dataset.num_frames=12", *args.overrides]
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     md = [
         "# Live mode",

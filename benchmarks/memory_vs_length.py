@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict(model="tiny_random", size=32, lengths=[12, 24]))
     if args.child is not None:
         print(json.dumps(child(args.model, args.size, args.child, args.threads, args.t_index_list)))
         return

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -113,7 +114,8 @@ def main() -> int:
     p.add_argument("--out", default=str(OUT / "methods_cpu"))
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one method, print JSON
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    add_smoke_flag(p)
+    args = apply_smoke(p, p.parse_args(), dict(methods="identity,live2diff", model="tiny_random", videos=1, frames=10, size=32))
     logging.basicConfig(level=logging.WARNING)
     if args.one:
         print(json.dumps(measure_one(args.one, args)))

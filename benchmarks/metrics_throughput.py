@@ -28,6 +28,7 @@ from eval.datasets.synthetic import generate_clip  # noqa: E402
 from eval.metrics.clip import ClipConsistency, ClipScore, _build  # noqa: E402
 from eval.metrics.frame_diff import MeanAbsFrameDiff  # noqa: E402
 from eval.metrics.warp_error import WarpError  # noqa: E402
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 log = logging.getLogger("metrics_throughput")
 
@@ -86,7 +87,8 @@ def main() -> int:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = ap.parse_args()
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict(frames=2, size=64, repeats=1, raft_frames=2))
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
 

@@ -6,6 +6,7 @@ report used before (normal data, seeded). Writes benchmarks/results/report_cover
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 # run from anywhere: the repo's eval/, not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 from eval.report.stats import sign_flip_pvalue, t_interval  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -26,6 +28,15 @@ def bootstrap(v: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
 
 
 def main() -> None:
+    global T_REPS, BOOT_REPS, N_BOOT
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    add_smoke_flag(ap)
+    args = ap.parse_args()
+    if args.smoke:
+        T_REPS, BOOT_REPS, N_BOOT = 40, 10, 50
+    args = apply_smoke(ap, args, {})
+    out = args.out
     rows = []
     for n in (3, 5, 10):
         rng = np.random.default_rng(n)  # the seeds of tests/test_report_stats.py
@@ -58,8 +69,8 @@ def main() -> None:
                 "signflip_null_rejects": float(np.mean(s_fp)),
             }
         )
-    OUT.mkdir(exist_ok=True)
-    (OUT / "report_coverage.json").write_text(json.dumps(rows, indent=1) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report_coverage.json").write_text(json.dumps(rows, indent=1) + "\n")
     md = [
         "# Interval coverage and false positives at small n (`python benchmarks/report_coverage.py`)",
         "",
@@ -75,7 +86,7 @@ def main() -> None:
         f"{r['signflip_null_rejects']:.3f} |"
         for r in rows
     ]
-    (OUT / "report_coverage.md").write_text("\n".join(md) + "\n")
+    (out / "report_coverage.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

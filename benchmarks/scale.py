@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -199,7 +200,9 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=200)
     ap.add_argument("--folders", type=int, default=200)
     ap.add_argument("--slope-from", type=int, default=50, help="first unit of the RSS slope (after start-up)")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict(videos=4, folders=3, slope_from=1))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         videos = many_videos(args.videos, tmp, args.slope_from)
@@ -211,7 +214,8 @@ def main() -> None:
         "many_videos": videos,
         "many_folders": folders,
     }
-    res = ROOT / "benchmarks" / "results"
+    res = args.out
+    res.mkdir(parents=True, exist_ok=True)
     (res / "scale.json").write_text(json.dumps(out, indent=2) + "\n")
     v, f = videos, folders
     md = [

@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
 
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 from live2diff.method import Live2DiffMethod  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -200,7 +201,19 @@ def main() -> None:
         "its cache-overhead rows are shown beside this run's",
     )
     ap.add_argument("--before-label", default="before", help="how the --before rows are labelled")
-    args = ap.parse_args()
+    add_smoke_flag(ap)
+    args = apply_smoke(
+        ap,
+        ap.parse_args(),
+        dict(
+            model="tiny_random",
+            sizes=[32],
+            stream_frames=2,
+            window_frames=1,
+            overhead_sizes=[32],
+            overhead_reps=2,
+        ),
+    )
     torch.set_num_threads(args.threads)
     overhead = []
     for size in args.overhead_sizes:
@@ -276,9 +289,10 @@ def main() -> None:
             for r in rows
         ],
         "",
-        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine). "(
+        "Medians over the timed frames (CPU = process CPU time, less sensitive to other jobs on the machine). "
+        + (
             f"1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores."
-            if args.sizes
+            if args.sizes or not rows
             else f"1-minute load average at that run: {rows[0].get('load_average_1m')} on {os.cpu_count()} cores."
         ),
         f"Expected about {args.window}x: the window re-denoises {args.window} frames at every step for each output, "

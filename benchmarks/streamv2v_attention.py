@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from baselines.streamv2v import BankEntry, FeatureBank, FeatureBankAttnProcessor, nearest_features  # noqa: E402
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 
 class LoopProcessor(FeatureBankAttnProcessor):
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = ap.parse_args()
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict(tokens=16, dim=32, repeats=2))
     torch.set_num_threads(args.threads)
     from diffusers.models.attention_processor import Attention
 

@@ -32,6 +32,7 @@ from eval.metrics.depth_error import DepthError  # noqa: E402
 from eval.metrics.flow import DISFlow, fb_occlusion, warp  # noqa: E402
 from eval.metrics.frame_diff import MeanAbsFrameDiff  # noqa: E402
 from eval.metrics.warp_error import WarpError  # noqa: E402
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 log = logging.getLogger("validate_metrics")
 ROWS: list[dict] = []
@@ -324,7 +325,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lpips-weights", default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = ap.parse_args()
+    add_smoke_flag(ap)
+    args = apply_smoke(ap, ap.parse_args(), dict())
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     t0 = time.time()

@@ -34,6 +34,7 @@ from gate_power import NEIGHBOUR  # noqa: E402
 from eval.gate.calibration import CALIBRATIONS  # noqa: E402
 from eval.gate.measure import measure  # noqa: E402
 from eval.timing import warm_up  # noqa: E402
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 CALLS = {"matmul": 10, "unet": 2, "products": 10}
 
@@ -42,7 +43,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=6, help="alternating quiet / loaded rounds")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "yardsticks")
-    args = p.parse_args()
+    add_smoke_flag(p)
+    args = apply_smoke(p, p.parse_args(), dict(rounds=2))
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
