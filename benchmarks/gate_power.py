@@ -43,12 +43,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 from eval.provenance import device_info  # noqa: E402
 
 # A noisy neighbour: random bursts (50-500 ms) of compute, of cache-evicting memory traffic, or of nothing.
 NEIGHBOUR = """
 import random, time, torch
-from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 torch.set_num_threads(1)
 rng = random.Random({seed})
 a = torch.randn(384, 384); big = torch.empty(16 * 2**20); dst = torch.empty_like(big)
