@@ -19,18 +19,19 @@ from eval import results
 from eval.method_notes import method_notes
 from eval.results import Reference
 from eval.runner import LazyMetrics, Runner, RunnerSettings, RunSummary
-from eval.store import UnitStore, claim_run_dir, finish_run_dir
+from eval.store import DiskFullError, UnitStore, as_disk_full, claim_run_dir, disk_full, finish_run_dir
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experiment")
+EXIT_DISK_FULL = 4  # the disk (or quota) filled up: stopped at the first failed write, finished units kept
 
 
 def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
     """Run what the composed config asks for and print its outcome; returns the exit status (0 ok, 1 failed
     units or a latency regression, 2 a configuration or set-up error (or a pre-flight check found something
-    missing), 3 no comparable gate reference)."""
+    missing), 3 no comparable gate reference, 4 the disk is full)."""
     if cfg.get("check"):  # +check=true: pre-flight only (eval/check.py): what is missing, estimated run time
         from eval.check import preflight
 
@@ -48,6 +49,9 @@ def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
     except ConfigError as exc:  # configuration or set-up problem: nothing was computed
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except DiskFullError as exc:
+        print(disk_full_message(exc, Path(str(cfg.results_root))), file=sys.stderr)
+        return EXIT_DISK_FULL
     if cfg.report.get("print", True) and (summary.run_dir / "summary.md").is_file():
         print((summary.run_dir / "summary.md").read_text())
     print(f"results: {summary.run_dir}")
@@ -101,12 +105,17 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
 
     if methods and (long := long_prompt_note((v.name, v.prompt) for v in videos)):
         notes.append(long)  # said once per run: a warning now, a note above the report's tables
-    results.write_header(
-        run_dir,
-        provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
-        references=refs,
-        notes=notes,
-    )
+    try:
+        results.write_header(
+            run_dir,
+            provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
+            references=refs,
+            notes=notes,
+        )
+    except OSError as exc:
+        if disk_full(exc):
+            raise _stopped_by_full_disk(run_dir, exc) from exc
+        raise
     settings = RunnerSettings.from_config(
         {**OmegaConf.to_container(cfg.runner, resolve=True), "seed": cfg.seed}
     )
@@ -128,6 +137,8 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     except KeyboardInterrupt:
         finish_run_dir(run_dir, "interrupted")
         raise
+    except DiskFullError as exc:
+        raise _stopped_by_full_disk(run_dir, exc) from exc.__cause__
     except BaseException:
         finish_run_dir(run_dir, "failed")
         raise
@@ -135,14 +146,50 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     if cfg.report.enabled:
         from eval.report import build_report
 
-        build_report(
-            [run_dir],
-            run_dir,
-            compare_to=cfg.report.get("compare_to"),
-            seed=int(cfg.seed),
-            reference_methods=list(cfg.report.get("reference_methods") or []),
-        )
+        try:
+            build_report(
+                [run_dir],
+                run_dir,
+                compare_to=cfg.report.get("compare_to"),
+                seed=int(cfg.seed),
+                reference_methods=list(cfg.report.get("reference_methods") or []),
+            )
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            full = as_disk_full(exc)
+            full.run_dir, full.stage = run_dir, "report"  # the tables are whole: only the report is missing
+            raise full from exc
     return summary
+
+
+def _stopped_by_full_disk(run_dir: Path, exc: BaseException) -> DiskFullError:
+    """Mark the run folder ``disk_full`` (status.json; INCOMPLETE stays) and return the error to raise."""
+    full = exc if isinstance(exc, DiskFullError) else as_disk_full(exc)
+    full.run_dir, full.stage = run_dir, "run"
+    try:
+        finish_run_dir(run_dir, "disk_full", {"error": f"{full.strerror}: {full.filename}"})
+    except OSError as again:  # not even room to rewrite status.json in place: INCOMPLETE still says it
+        log.error("could not mark %s disk_full: %s", run_dir, again)
+    return full
+
+
+def disk_full_message(exc: DiskFullError, results_root: Path) -> str:
+    """What a full disk stopped, what is kept, and how to go on."""
+    where = f" writing {exc.filename}" if exc.filename else ""
+    run_dir = getattr(exc, "run_dir", None)
+    if getattr(exc, "stage", "") == "report":
+        return (
+            f"error: disk full ({exc.strerror}){where}: the run's tables in {run_dir} are complete, its report "
+            f"is not; free space and rebuild it with `python -m eval.report {run_dir}`"
+        )
+    kept = len(list((results_root / "units").glob("*/*/unit.json")))
+    return (
+        f"error: disk full ({exc.strerror}){where}: the run stopped at the first write that failed instead of "
+        f"computing units it could not keep. The {kept} finished unit(s) under {results_root / 'units'} are kept; "
+        f"free space (or set results_root=...) and run the same command again to resume from them. Run folder: "
+        f"{run_dir} (status.json: disk_full, marked INCOMPLETE); exit status {EXIT_DISK_FULL}"
+    )
 
 
 def available(group: str, extra_dirs: list[Path] = ()) -> list[str]:

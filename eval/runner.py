@@ -30,7 +30,7 @@ from eval.datasets.base import Video, VideoReadError, empty_frames, shown
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
-from eval.store import DamagedError, UnitStore, content_key, fault_point
+from eval.store import DamagedError, UnitStore, as_disk_full, content_key, disk_full, fault_point
 from eval.timing import MemoryProbe, StreamRecord, run_stream, summarise, warm_up
 from eval.validate import ConfigError
 
@@ -219,6 +219,9 @@ class Runner:
         todo = [(m, v) for m in self.method_cfgs for v in self.videos]
         self.clips = DecodedClips(self.settings.decode_cache_mb, Counter(clip_key(v) for _, v in todo))
         bar = tqdm(todo, desc="units", unit="unit", disable=not self.progress, dynamic_ncols=True)
+        stopped: BaseException | None = (
+            None  # what ended the loop early: raised again once the tables are written
+        )
         try:
             for k, (method_name, video) in enumerate(bar):
                 bar.set_postfix_str(f"{method_name} / {video.name}")
@@ -226,11 +229,16 @@ class Runner:
                 self.clips.release(video)
                 if k + 1 == len(todo) or todo[k + 1][0] != method_name:
                     self._release(method_name)  # one model in memory at a time
+        except BaseException as exc:  # noqa: BLE001 - an interrupt, a full disk, a set-up error: raised below
+            stopped = (
+                as_disk_full(exc) if disk_full(exc) else exc
+            )  # a full disk: stop, every later unit is lost
         finally:
             bar.close()
             for name in list(self._built):
                 self._release(name)
             self.clips.clear()
+        try:
             # the run's tables come from the store (every unit that did not fail is there), not from tables kept
             # per unit: those small buffers, alive between every unit's large transient ones, fragmented the heap
             # and the process grew by ~50 MB per 100 units (benchmarks/scale.py, tests/test_runner_memory.py)
@@ -240,6 +248,14 @@ class Runner:
             if videos is None:
                 videos = pd.DataFrame(columns=VIDEO_COLUMNS)
             self._write_run_tables(units, frames, videos)
+        except Exception as exc:
+            if stopped is None and disk_full(exc):
+                raise as_disk_full(exc) from exc
+            if stopped is None:
+                raise
+            log.error("the run's tables could not be written either: %s: %s", type(exc).__name__, exc)
+        if stopped is not None:
+            raise stopped
         return RunSummary(self.run_dir, units, frames, videos)
 
     def _release(self, name: str) -> None:
@@ -367,6 +383,8 @@ class Runner:
         except (KeyboardInterrupt, MetricSetupError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad unit must not stop the run
+            if disk_full(exc):  # ... but a full disk stops it: every later unit would be computed and lost
+                raise
             reason = shown(f"{type(exc).__name__}: {exc}")  # stored and logged: UTF-8 whatever the file names
             log.error("unit %s / %s failed: %s", method_name, video.name, reason)
             if method_name in self._built:

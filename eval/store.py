@@ -17,6 +17,7 @@ changes metrics re-scores the kept outputs instead of running the method again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -64,6 +65,39 @@ def fault_point(name: str) -> None:
 _fault_counts: dict[str, int] = {}
 
 
+class DiskFullError(OSError):
+    """The disk (or the quota) is full: the run stops at the first failed write instead of computing units it cannot
+    keep; every unit finished before it is kept (exit status 4, eval/cli.py)."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or what caused it, is ENOSPC / EDQUOT (pyarrow and PyAV raise their own types: their
+    message is read too)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def as_disk_full(exc: BaseException) -> DiskFullError:
+    """A :class:`DiskFullError` naming the file whose write found the disk full (from ``exc`` or its causes)."""
+    cause: BaseException | None = exc
+    while cause is not None and not (
+        isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+    ):
+        cause = cause.__cause__ or cause.__context__
+    code = cause.errno if isinstance(cause, OSError) else errno.ENOSPC
+    name = getattr(cause, "filename", None) or getattr(exc, "filename", None)
+    out = DiskFullError(code, os.strerror(code), name)
+    out.__cause__ = exc
+    return out
+
+
 def _publish(tmp: str, path: Path) -> None:
     """Move a finished temporary file into place with the permissions a plain ``open`` would give it (mkstemp
     creates files 0600; results are meant to be read by the group/others the user's umask allows)."""
@@ -74,14 +108,25 @@ def _publish(tmp: str, path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        _name(exc, path)
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name(exc, path)
         raise
+
+
+def _name(exc: BaseException, path: Path) -> None:
+    """Name the file a failed write was for (a bare ``write()`` error names none)."""
+    if isinstance(exc, OSError) and not exc.filename:
+        exc.filename = str(path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -114,13 +159,18 @@ class DamagedError(ValueError):
 
 def atomic_write_parquet(path: Path, df: pd.DataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        _name(exc, path)
+        raise
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name(exc, path)
         raise
 
 
@@ -273,7 +323,7 @@ def _damage(d: Path, record_name: str) -> str | None:
 
 
 # -- run folders ----------------------------------------------------------------------------------------------------
-# {"status": running|complete|interrupted|failed, "pid", "host", "started", "finished"}
+# {"status": running|complete|interrupted|failed|disk_full, "pid", "host", "started", "finished", ...}
 RUN_STATUS = "status.json"
 # present until the run finished writing its tables and report: a killed run keeps it
 INCOMPLETE = "INCOMPLETE"
@@ -307,8 +357,9 @@ def claim_run_dir(run_dir: str | Path) -> Path:
     raise RuntimeError(f"could not claim a run folder next to {base}")
 
 
-def finish_run_dir(run_dir: str | Path, status: str) -> None:
-    """Record how the run ended; ``complete`` also removes the ``INCOMPLETE`` mark."""
+def finish_run_dir(run_dir: str | Path, status: str, extra: dict | None = None) -> None:
+    """Record how the run ended (``extra``: what else to say, e.g. the signal or the error); ``complete`` also
+    removes the ``INCOMPLETE`` mark."""
     import time
 
     d = Path(run_dir)
@@ -316,6 +367,15 @@ def finish_run_dir(run_dir: str | Path, status: str) -> None:
         record = json.loads((d / RUN_STATUS).read_text())
     except (OSError, ValueError):
         record = {}
-    atomic_write_json(d / RUN_STATUS, {**record, "status": status, "finished": time.time()})
+    record = {**record, **(extra or {}), "status": status, "finished": time.time()}
+    try:
+        atomic_write_json(d / RUN_STATUS, record)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        # a full disk has no room for a new file: the status is rewritten in place, in the block it already has
+        with open(d / RUN_STATUS, "r+b") as f:
+            f.write(json.dumps(record, sort_keys=True).encode())
+            f.truncate()
     if status == "complete":
         (d / INCOMPLETE).unlink(missing_ok=True)

@@ -95,3 +95,64 @@ def test_a_damaged_kept_stream_is_run_again_not_rescored(tmp_path, caplog):
         s = run(tmp_path, *keep, more, name="b")
     assert [u.status for u in s.units] == ["ok", "ok"], [u.status for u in s.units]  # not "rescored"
     assert sum("outputs.npy does not match" in r.getMessage() for r in caplog.records) == 2
+
+
+@pytest.mark.parametrize(
+    "keep",
+    [
+        # kept outputs: the full disk is met inside the unit (it became an error row and every later unit was
+        # computed and thrown away, then the run crashed writing its tables with status.json still "running")
+        ["runner.keep_outputs=true"],
+        pytest.param([], marks=pytest.mark.slow),  # slow: the same stop, met writing the unit's own files
+    ],
+)
+def test_a_full_disk_stops_at_the_first_failed_write_keeps_finished_units_and_exits_4(
+    tmp_path, run_py, monkeypatch, keep
+):
+    import errno
+
+    import eval.store
+
+    log = tmp_path / "computed.log"
+    args = [
+        "method=[]",
+        "+method.slow._target_=tests.reliability.helpers.SlowLogged",
+        f"+method.slow.log={log}",
+        "+method.slow.delay=0",
+        "runner.warmup_frames=0",
+        *[a for a in RUN if not a.startswith("method=")],
+        "dataset.num_videos=4",
+        f"results_root={tmp_path / 'results'}",
+        *keep,
+    ]
+    publish, writes = eval.store._publish, []
+
+    def full_after_the_first_unit(tmp, path):
+        if any(w.name == "unit.json" for w in writes):  # the disk fills up once one unit is finished
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(path)
+        publish(tmp, path)
+
+    monkeypatch.setattr(eval.store, "_publish", full_after_the_first_unit)
+    r = run_py("run_eval.py", *args, f"hydra.run.dir={tmp_path / 'full'}")
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert (
+        "disk full (No space left on device) writing " in r.stderr
+        and "run the same command again" in r.stderr
+    )
+    assert "exit status 4" in r.stderr
+    assert len(log.read_text().splitlines()) == 2  # the unit that hit the full disk, then nothing more
+    status = json.loads((tmp_path / "full" / "status.json").read_text())
+    assert status["status"] == "disk_full" and "No space left" in status["error"], status
+    assert (tmp_path / "full" / "INCOMPLETE").exists()
+    from eval.store import UnitStore
+
+    store = UnitStore(tmp_path / "results")
+    (done,) = [p.parent.name for p in (tmp_path / "results" / "units").glob("*/*/unit.json")]
+    assert store.damage(done) is None  # the finished unit is whole
+    monkeypatch.setattr(eval.store, "_publish", publish)  # space again: the same command resumes
+    r = run_py("run_eval.py", *args, f"hydra.run.dir={tmp_path / 'again'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    statuses = pd.read_parquet(tmp_path / "again" / "units.parquet").status.tolist()
+    assert sorted(statuses) == ["cached", "ok", "ok", "ok"], statuses
+    assert len(log.read_text().splitlines()) == 5
