@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 venv: $(STAMP)
 
 # torch/torchvision are pinned first: a bare `torch` requirement can pull a different (multi-GB) build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q torch==2.14.1 torchvision==0.29.1

@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from eval import results
 from eval.method_notes import method_notes
+from eval.paths import CONF_DIR
 from eval.results import Reference
 from eval.runner import LazyMetrics, Runner, RunnerSettings, RunSummary
 from eval.store import DiskFullError, UnitStore, as_disk_full, claim_run_dir, disk_full, finish_run_dir
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experiment")
 EXIT_DISK_FULL = 4  # the disk (or quota) filled up: stopped at the first failed write, finished units kept
 

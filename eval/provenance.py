@@ -29,7 +29,13 @@ PACKAGES = (
 
 
 def git_state(repo: Path | None = None) -> dict:
-    repo = repo or Path(__file__).resolve().parent.parent
+    """The checkout's commit; none for an installed package (its version is in ``packages``): site-packages may lie
+    inside some other repository, whose commit is not this code's."""
+    from eval.paths import CHECKOUT, PACKAGE_ROOT
+
+    if repo is None and not CHECKOUT:
+        return {"commit": None, "dirty": None}
+    repo = repo or PACKAGE_ROOT
 
     def git(*args: str) -> str:
         return subprocess.run(

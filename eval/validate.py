@@ -339,7 +339,9 @@ def check_methods(cfg: Any) -> list[Problem]:
 
 
 def _method_dirs() -> list[Path]:
-    dirs = [Path(__file__).resolve().parent.parent / "conf" / "method"]  # then Hydra's search path, if any
+    from eval.paths import CONF_DIR
+
+    dirs = [CONF_DIR / "method"]  # then Hydra's search path, if any
     try:
         from hydra.core.hydra_config import HydraConfig
 

@@ -62,11 +62,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eval.paths import CONF_DIR
+
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "live2diff" / "assets" / "tiny_trained.safetensors"
-DEFAULT_MODEL_CFG = ROOT / "conf" / "model" / "tiny.yaml"
+DEFAULT_MODEL_CFG = CONF_DIR / "model" / "tiny.yaml"
 
 PROMPTS = [
     "a watercolor painting of colourful shapes",
@@ -650,7 +652,7 @@ def write_strip(
 
     from eval.datasets.synthetic import generate_clip
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"method=[{','.join(methods)}]"])
     clip = generate_clip(24, 64, 64, seed=0).frames
     prompt = cfg.dataset.prompt_list[0]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 
-#: conf/model/ of this checkout (the package is installed editable: ``pip install -e .``)
-MODEL_CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "model"
+from eval.paths import CONF_DIR
+
+#: conf/model/ of this checkout, or of the installed package (eval/paths.py)
+MODEL_CONF_DIR = CONF_DIR / "model"
 
 #: keys every model config must set (what the builders read without a default)
 REQUIRED = ("size", "unet", "text_encoder", "vae", "depth", "mapping_channels")
