@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from eval import results
+from eval.frame_size import frame_size, frame_size_notes
 from eval.method_notes import method_notes
 from eval.paths import CONF_DIR
 from eval.results import Reference
@@ -105,10 +106,15 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
 
     if methods and (long := long_prompt_note((v.name, v.prompt) for v in videos)):
         notes.append(long)  # said once per run: a warning now, a note above the report's tables
+    size = frame_size(cfg)  # the model's own (model.resolution) or set (dataset.size): said in a note
+    notes += frame_size_notes(size)
     try:
         results.write_header(
             run_dir,
-            provenance=provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
+            provenance={
+                **provenance(resolved, seed=int(cfg.seed), device=str(cfg.hardware.device)),
+                "frame_size": size,
+            },
             references=refs,
             notes=notes,
         )

@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eval.datasets.builtin_prompts import is_builtin, load_builtin
+from eval.frame_size import follows_model
 from eval.metrics.weights import local_path
 
 SEED_MAX = 2**32 - 1  # numpy's and most generators' seed range
@@ -151,9 +152,15 @@ def check_dataset(ds: Any) -> list[Problem]:
     v = _get(ds, "max_videos")
     if v is not None and (not _is_int(v) or v < 1):
         out.append(Problem("dataset.max_videos", v, "must be an integer >= 1, or null for all"))
-    size = _get(ds, "size")
-    if size is not None:
+    following = follows_model(ds)  # dataset.size is model.resolution's: check_resolution checks that key
+    try:
+        size = _get(ds, "size")
         size = list(size) if isinstance(size, ListConfig | list | tuple) else size
+    except Exception as exc:  # noqa: BLE001 - an interpolation that cannot be resolved
+        size = None
+        if not following:
+            out.append(Problem("dataset.size", _raw(ds, "size"), _reason(exc)))
+    if size is not None and not following:
         if (
             not isinstance(size, list)
             or len(size) != 2
@@ -198,6 +205,34 @@ def check_dataset(ds: Any) -> list[Problem]:
             )
         )
     return out
+
+
+def check_resolution(cfg: Any) -> list[Problem]:
+    """``model.resolution``: the model's own frame size in pixels, the default of ``dataset.size`` (folder, DAVIS)."""
+    model = _get(cfg, "model")
+    if not isinstance(model, DictConfig):
+        return []
+    follows = follows_model(_get(cfg, "dataset"))
+    fix = "set it in the model's YAML (conf/model/*.yaml), or choose the frame size with dataset.size=[H,W]"
+    if "resolution" not in model.keys():
+        return [Problem("model.resolution", "not set", f"dataset.size follows it: {fix}")] if follows else []
+    r = _get(model, "resolution")
+    if not _is_int(r) or r < 8 or r % 8:
+        return [
+            Problem(
+                "model.resolution",
+                r,
+                f"must be the model's frame size in pixels, a multiple of 8 >= 8; {fix}",
+            )
+        ]
+    return []
+
+
+def _raw(cfg: Any, key: str) -> Any:
+    """A value as written (interpolations unresolved)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=False).get(key)
+    return cfg.get(key) if isinstance(cfg, dict) else None
 
 
 def check_videos(cfg: Any, min_size: int = 8, listed: list | None = None) -> list[Problem]:
@@ -424,7 +459,8 @@ def validate(cfg: DictConfig, *, videos: bool = True, listed: list | None = None
     if isinstance(model, DictConfig):
         problems += check_paths("model", model)
     problems += check_hardware(cfg)
-    if videos and not any(p.key.startswith("dataset") for p in problems):
+    problems += check_resolution(cfg)
+    if videos and not any(p.key.startswith(("dataset", "model.resolution")) for p in problems):
         problems += check_videos(cfg, listed=listed)
     if problems:
         raise ConfigError(problems)

@@ -39,13 +39,28 @@ def machine_differences(ref: dict, now: dict) -> list[str]:
     ]
 
 
+def _measured_model(model: dict | None) -> dict | None:
+    """A model config without ``resolution``: that key only supplies ``dataset.size``'s default, and the frame size
+    measured is in the setup's resolved dataset already."""
+    if not isinstance(model, dict):
+        return model
+    return {k: v for k, v in model.items() if k != "resolution"}
+
+
+def config_hash(method_cfg: dict | None) -> str:
+    """What identifies a gated method's config in the reference (its ``model`` node as :func:`_measured_model`)."""
+    if isinstance(method_cfg, dict) and "model" in method_cfg:
+        method_cfg = {**method_cfg, "model": _measured_model(method_cfg["model"])}
+    return content_key(method_cfg)
+
+
 def setup_of(cfg: DictConfig | dict) -> dict:
     """The part of the config that defines the measurement (not the methods, not the tolerances)."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     gate = c.get("gate") or {}
     return {
         "dataset": c.get("dataset"),
-        "model": c.get("model"),
+        "model": _measured_model(c.get("model")),
         "hardware": c.get("hardware"),
         "gate": {
             k: gate.get(k)
@@ -75,7 +90,7 @@ def make_reference(
                 "calibration": t.calibration,
                 "calibration_calls": t.calls,
                 "pass_ratios": t.pass_ratios or [t.ratio],
-                "config_hash": content_key(method_cfgs.get(name)),
+                "config_hash": config_hash(method_cfgs.get(name)),
             }
             for name, t in timings.items()
         },

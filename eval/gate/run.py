@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.gate.calibration import CALIBRATIONS
 from eval.gate.measure import CLOCKS, MethodTiming, measure, resolve_clock
 from eval.gate.reference import (
+    config_hash,
     load_reference,
     machine_differences,
     make_reference,
@@ -254,7 +255,7 @@ def _annotate(verdicts: list[Verdict], retried: dict[str, list[float]], ref: dic
                 f"close or failing: measured {len(retried[v.method])}x (ratios {ratios}), median of all repetitions"
             )
         r = ref.get("methods", {}).get(v.method, {})
-        if v.status != "missing" and r and r.get("config_hash") != content_key(method_cfgs.get(v.method)):
+        if v.status != "missing" and r and r.get("config_hash") != config_hash(method_cfgs.get(v.method)):
             notes.append("method config changed since the reference")
         v.note = "; ".join(notes)
 
