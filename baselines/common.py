@@ -140,7 +140,16 @@ class LatentStreamMethod:
         self.delta = float(delta)
         self.negative_prompt = str(negative_prompt)
         self._prepared = False
+        self.compiled = None  # the compiled UNet of the steady stream call (:meth:`compile`)
         self.reset()
+
+    def compile(self, cuda_graphs: bool = True, fullgraph: bool = True, backend: str = "inductor", **kw) -> None:
+        """``torch.compile`` the steady stream call: one graph for the UNet call of a full stream batch (fixed
+        shapes once the batch is full), reused for every later call; the calls that fill the batch and drain it
+        stay eager. On CUDA with ``cuda_graphs`` the graph is replayed as a CUDA graph."""
+        if "mode" not in kw and backend == "inductor":
+            kw["mode"] = "reduce-overhead" if cuda_graphs and self.device.type == "cuda" else "default"
+        self.compiled = torch.compile(self.comps.unet, fullgraph=fullgraph, backend=backend, dynamic=False, **kw)
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -222,7 +231,9 @@ class LatentStreamMethod:
         """Noise prediction for ``latents`` (one row per frame in ``rows``, unless ``embeds`` [B, L, D] gives each
         of B rows its own prompt: CFG's extra negative rows)."""
         emb = self.prompt_embeds.expand(latents.shape[0], -1, -1) if embeds is None else embeds
-        return self.comps.unet(latents, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
+        steady = self.compiled is not None and self.stream_batch and len(rows) == self.n_steps
+        unet = self.compiled if steady else self.comps.unet
+        return unet(latents, timesteps, encoder_hidden_states=emb, return_dict=False)[0]
 
     def predict(self, x_t: Tensor, timesteps: Tensor, rows: list[InFlight]) -> tuple[Tensor, Tensor | None]:
         """(text-conditioned prediction, negative prediction for the rows that have one: all, the first, none)."""

@@ -79,12 +79,27 @@ class TemporalAttentionState:
     key_id: int = -1  # a small integer naming `key` (cheap to look up once per layer)
     key_ids: dict = field(default_factory=dict)
     aligned: bool = False  # stream mode: consecutive steps, one write slot (one slice write per layer)
+    # stream mode, known on the host (no device read): every row at the same slot positions / query position,
+    # every slot filled
+    same_pos: bool = False
+    same_qpos: bool = False
+    all_valid: bool = False
     memo: dict = field(default_factory=dict)
     _current: tuple | None = None
+    # capture mode (:meth:`StreamAttentionController.capture`): the processors read only ``static`` — the same
+    # tensors every call, rewritten in place before the UNet call — and no Python value that changes per call, so
+    # one steady stream call compiles to one graph (``torch.compile(fullgraph=True)``, CUDA graphs) and replays it
+    capture: bool = False
+    static: tuple[Tensor, ...] | None = None  # like :meth:`tensors`: pos [nb, L], qpos, bias, steps, slots
 
     def tensors(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
         """``(slot positions [nb, L], query positions [nb], additive bias [nb, L], steps [nb], write slots [nb])``
-        on ``device``."""
+        on ``device`` (capture mode: the static tensors holding them)."""
+        if self.capture:
+            return self.static
+        return self.tensors_eager(device, dtype)
+
+    def tensors_eager(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
         cur = self._current
         if cur is not None and cur[0] is self.key and cur[1] == device and cur[2] == dtype:
             return cur[3]
@@ -109,9 +124,14 @@ class StreamTemporalAttnProcessor:
     devices keep three projections (no extra copy of the weights in GPU memory)."""
 
     def __init__(
-        self, state: TemporalAttentionState, cache: LayerKVCache, pos_module: DeferredPositionalEmbedding
+        self,
+        state: TemporalAttentionState,
+        cache: LayerKVCache,
+        pos_module: DeferredPositionalEmbedding,
+        attn: nn.Module | None = None,
     ):
         self.state, self.cache, self.pos_module = state, cache, pos_module
+        self.attn = attn  # the layer it serves (capture mode prepares it before the UNet call)
         self._key: tuple | None = None
         self._pe_proj: tuple[Tensor, Tensor, Tensor] | None = None
         self._fused: Tensor | None = None  # CPU: [W_q * scale; W_k; W_v]
@@ -146,14 +166,14 @@ class StreamTemporalAttnProcessor:
         self._prepare(attn, like)
         return self._pe_proj
 
-    @torch.compiler.disable  # Python state that changes every call: a graph break, not a recompile per call
     def __call__(
         self, attn, hidden_states: Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs
     ):
         if encoder_hidden_states is not None:
             raise ValueError("temporal attention is self-attention; got encoder_hidden_states")
         st = self.state
-        self._prepare(attn, hidden_states)
+        if not torch.compiler.is_compiling():  # compiled: prepared by the controller (weight versions are host state)
+            self._prepare(attn, hidden_states)
         if st.mode == "full":
             out = self._full(attn, hidden_states)
         elif st.mode == "stream":
@@ -220,6 +240,8 @@ class StreamTemporalAttnProcessor:
         d = c // h
         cache = self.cache
         cache.ensure(hw, h, d, x.device, x.dtype)
+        if st.capture:
+            return self._stream_vector_static(attn, x, n_rows, nb, hw, h, c)
         q_bias, q_add, kpe, vpe, bias = self._position_operands(attn, nb, h, d)
         qkv = torch.addmm(q_bias, self._fused, x.view(n_rows, c).t()).view(3, h, d, nb, hw)
         q = qkv[0]  # [h, d, nb, hw]
@@ -244,6 +266,26 @@ class StreamTemporalAttnProcessor:
         out = attn.to_out[0](out.view(c, n_rows).t())  # [nb*hw, C]
         return attn.to_out[1](out.view(n_rows, 1, c))
 
+    def _stream_vector_static(self, attn, x: Tensor, n_rows: int, nb: int, hw: int, h: int, c: int) -> Tensor:
+        """The vector kernel over the state's static tensors only (capture mode): every row's slot positions, query
+        position, write slot and empty-slot bias are read from device tensors, so the same code (and the same
+        compiled graph) serves every ring state; the position operands are gathered per call instead of memoised."""
+        pos, qpos, bias, steps, slots = self.state.static
+        d = c // h
+        _, k_pe, v_pe = self._pe_proj
+        L = pos.shape[1]
+        qkv = torch.mm(self._fused, x.view(n_rows, c).t()).view(3, h, d, nb, hw)
+        q = qkv[0] + self._q_pe_scaled[qpos].t().reshape(h, d, nb, 1)  # [h, d, nb, hw]
+        self.cache.write_rows_vector(steps, slots, qkv[1:])
+        keys, values = self.cache.steps_view(self.state.steps)  # [h, L, d, nb, hw]
+        kpe = k_pe[pos].reshape(nb, L, h, d).permute(0, 2, 1, 3)  # [nb, h, L, d]
+        vpe = v_pe[pos].reshape(nb, L, h, d).permute(0, 2, 3, 1)  # [nb, h, d, L]
+        scores = (keys * q[:, None]).sum(2) + torch.einsum("nhld,hdnp->hlnp", kpe, q)
+        w = (scores + bias.t().reshape(1, L, nb, 1)).softmax(1)  # [h, L, nb, hw]
+        out = (values * w[:, :, None]).sum(1) + torch.einsum("nhdl,hlnp->hdnp", vpe, w)
+        out = attn.to_out[0](out.reshape(c, n_rows).t())  # [nb*hw, C]
+        return attn.to_out[1](out.view(n_rows, 1, c))
+
     def _position_operands(self, attn, nb: int, h: int, d: int) -> tuple:
         """``(q bias [3C, 1] or 0, per-row q term [h, d, nb, 1] or None, W_k pe[pos] [h, L, d] (or [nb, h, L, d]
         when the steps' positions differ), (W_v pe[pos])^T [h, d, L] (or [nb, h, d, L]), additive slot bias
@@ -256,7 +298,7 @@ class StreamTemporalAttnProcessor:
         pos, qpos, bias, _, _ = st.tensors(self._fused.device, self._fused.dtype)
         _, k_pe, v_pe = self._pe_proj
         L, c = pos.shape[1], h * d
-        if bool((pos == pos[0]).all()):
+        if st.same_pos:
             pos = pos[:1]
         kpe = k_pe[pos].reshape(-1, L, h, d).permute(0, 2, 1, 3).contiguous()  # [n, h, L, d]
         vpe = v_pe[pos].reshape(-1, L, h, d).permute(0, 2, 3, 1).contiguous()  # [n, h, d, L]
@@ -265,11 +307,11 @@ class StreamTemporalAttnProcessor:
         q_pe = self._q_pe_scaled[qpos]  # [nb, C]
         q_bias = torch.zeros(3 * c, 1, dtype=q_pe.dtype, device=q_pe.device)
         q_add = None
-        if bool((qpos == qpos[0]).all()):
+        if st.same_qpos:
             q_bias[:c, 0] = q_pe[0]
         else:
             q_add = q_pe.t().reshape(h, d, nb, 1)
-        slot_bias = None if bool((bias == 0).all()) else bias.t().reshape(1, L, nb, 1)
+        slot_bias = None if st.all_valid else bias.t().reshape(1, L, nb, 1)
         if len(self._memo) > 64:  # bounded: a stream cycles through few ring states
             self._memo.clear()
         got = self._memo[st.key_id] = (q_bias, q_add, kpe, vpe, slot_bias)
@@ -355,6 +397,9 @@ class StreamAttentionController:
         st.aligned = slots.count(slots[0]) == len(slots) and steps == list(
             range(steps[0], steps[0] + len(steps))
         )
+        st.same_pos = all(p == pos_rows[0] for p in pos_rows)
+        st.same_qpos = all(q == qpos[0] for q in qpos)
+        st.all_valid = all(all(v) for v in valid_rows)
         st.host = (
             None
             if (st.key, "host") in st.memo
@@ -366,10 +411,49 @@ class StreamAttentionController:
                 torch.tensor(slots, dtype=torch.long),
             )
         )
+        if st.capture:
+            self._stage(len(steps))
         try:
             yield
         finally:
             self._clear()
+
+    # -- capture mode ----------------------------------------------------------------------------------------
+    def capture(self, on: bool = True) -> None:
+        """Capture mode: each stream call's index tensors are written in place into static tensors (allocated
+        once per batch size, marked as static addresses for CUDA graphs) that the processors read, and the
+        processors' weight-derived operands are refreshed here, before the UNet call, not inside it. A steady
+        stream call then has no Python value that changes from call to call: ``torch.compile(unet,
+        fullgraph=True)`` traces it once and replays it for every ring state."""
+        self.state.capture = bool(on)
+        self._static = {}
+
+    def _stage(self, nb: int) -> None:
+        w = self.processors[0].attn.to_q.weight
+        for p in self.processors:
+            p._prepare(p.attn, w)
+        st = self.state
+        src = st.tensors_eager(w.device, w.dtype)
+        key = (nb, w.device, w.dtype)
+        static = self._static.get(key)
+        if static is None:
+            static = tuple(t.clone() for t in src)
+            for t in static:
+                torch._dynamo.mark_static_address(t)
+            self._static[key] = static
+        else:
+            for dst, t in zip(static, src):
+                dst.copy_(t)
+        st.static = static
+        for p in self.processors:  # the storage the compiled call writes in place (CUDA graphs: fixed addresses)
+            for t in (p.cache.kv, p.cache.k, p.cache.v):
+                if t is not None and not hasattr(t, "_dynamo_static_input_type"):
+                    torch._dynamo.mark_static_address(t)
+
+    def ready(self) -> bool:
+        """Every layer's cache has its storage (allocated by the first call that writes it): a call that would
+        allocate one is not a steady call, and is not run compiled."""
+        return all(p.cache.k is not None for p in self.processors)
 
     def _clear(self) -> None:
         st = self.state
@@ -454,7 +538,7 @@ def install_stream_attention(
                 ):
                     raise ValueError("temporal attention projections with bias: W·pe cannot be deferred")
                 proc = StreamTemporalAttnProcessor(
-                    state, LayerKVCache(n_steps, window, kernel), block.pos_embed
+                    state, LayerKVCache(n_steps, window, kernel), block.pos_embed, attn
                 )
                 attn.set_processor(proc)
                 processors.append(proc)

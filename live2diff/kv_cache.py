@@ -176,6 +176,11 @@ class LayerKVCache:
             for i, (step, slot) in enumerate(zip(steps, slots)):
                 self.kv[:, :, slot, :, step] = kv[:, :, :, i]
 
+    def write_rows_vector(self, steps: Tensor, slots: Tensor, kv: Tensor) -> None:
+        """``vector`` kernel, index tensors (capture mode): row ``i``'s keys and values (``kv[:, :, :, i]`` of
+        ``[2, h, d, nb, h*w]``) go to ``(steps[i], slots[i])``; one in-place op whatever the rows' slots."""
+        self.kv[:, :, slots, :, steps] = kv.permute(3, 0, 1, 2, 4)
+
     def write_rows(self, steps: Tensor, slots: Tensor, k: Tensor, v: Tensor) -> None:
         """``sdpa`` kernel, stream call: row ``i`` of ``k``, ``v`` (``[nb*h*w, 1, C]``, rows major) goes to
         ``(steps[i], slots[i])``. One in-place op per tensor, whatever the number of rows."""

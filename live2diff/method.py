@@ -10,7 +10,7 @@ from torch import Tensor
 
 from live2diff.components import build_components
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
-from live2diff.pipeline import Live2DiffStream, compile_unet
+from live2diff.pipeline import Live2DiffStream
 from live2diff.similar_filter import SimilarFrameSkipper
 
 
@@ -74,8 +74,8 @@ class Live2DiffMethod:
                 mod = getattr(self.components, name, None)
                 if mod is not None:
                     mod.to(memory_format=torch.channels_last)
-        if compile:  # opt-in (hardware.compile): see live2diff.pipeline.compile_unet
-            compile_unet(self.components, cuda_graphs=cuda_graphs)
+        if compile:  # opt-in (hardware.compile): see live2diff.pipeline.Live2DiffStream.compile
+            self.stream.compile(cuda_graphs=cuda_graphs)
         self.lookahead = self.stream.lookahead
         # pushes until the streaming path runs with a full stream batch (or, re-run windows, a full window); the
         # runner's untimed warm-up covers them (eval.interface)

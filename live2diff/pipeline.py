@@ -23,7 +23,7 @@ pushed, so a run is a pure function of (weights, frames, prompt, seed) on a give
 Device work per frame (GPU path): the schedule's constants and the stream call's step indices live on the device
 (no host-to-device copy per call besides the frame itself), the temporal attention reads its cache through SDPA
 (:mod:`live2diff.attention`), and outputs stay on the device until the driver copies each emitted frame once.
-:func:`compile_unet` is the opt-in ``torch.compile`` of the UNet (``hardware.compile``).
+:meth:`Live2DiffStream.compile` is the opt-in ``torch.compile`` of the steady stream call (``hardware.compile``).
 """
 
 from __future__ import annotations
@@ -123,6 +123,7 @@ class Live2DiffStream:
             comps.unet, self.n_steps, window=self.window, warmup=self.warmup
         )
         self.depth_injector = _DepthInjector(comps.unet)
+        self.compiled = None  # the compiled UNet of the steady stream call (:meth:`compile`)
         self.prompt_embeds: Tensor | None = None
         self.reset()
 
@@ -204,13 +205,15 @@ class Live2DiffStream:
             img = F.interpolate(img, (self.height, self.width), mode="bilinear", align_corners=False)
         return list(img)  # left on the device: the driver copies every method's emissions to the CPU
 
-    def _unet(self, x: Tensor, timesteps: Tensor, depth_feat: Tensor | None) -> Tensor:
-        """``x``: ``[B, 4, F, h, w]``; ``depth_feat``: ``[B*F, C0, h, w]`` in (b, f) order, or None."""
+    def _unet(self, x: Tensor, timesteps: Tensor, depth_feat: Tensor | None, steady: bool = False) -> Tensor:
+        """``x``: ``[B, 4, F, h, w]``; ``depth_feat``: ``[B*F, C0, h, w]`` in (b, f) order, or None. ``steady``:
+        a full stream batch, run by the compiled UNet when there is one."""
         b, _, f = x.shape[:3]
         emb = self.prompt_embeds.expand(b * f, -1, -1)
+        unet = self.compiled if steady and self.compiled is not None and self.ctl.ready() else self.comps.unet
         self.depth_injector.feat = depth_feat
         try:
-            return self.comps.unet(x, timesteps.to(x.device), emb).sample
+            return unet(x, timesteps.to(x.device), emb, return_dict=False)[0]
         finally:
             self.depth_injector.feat = None
 
@@ -251,8 +254,9 @@ class Live2DiffStream:
         step_t = self._step_index.get(tuple(steps))
         if step_t is None:
             step_t = self._step_index[tuple(steps)] = torch.tensor(steps, device=self.comps.device)
+        steady = self.stream_batch and len(rows) == self.n_steps
         with self.ctl.stream(steps):
-            eps = self._unet(x[:, :, None], self.schedule.timesteps[step_t], feats)[:, :, 0]
+            eps = self._unet(x[:, :, None], self.schedule.timesteps[step_t], feats, steady)[:, :, 0]
         x0 = self.schedule.denoise(x, eps, step_t)
         out: list[tuple[int, Tensor]] = []
         keep: list[_InFlight] = []
@@ -269,18 +273,18 @@ class Live2DiffStream:
     def cache_bytes(self) -> int:
         return self.ctl.cache_bytes()
 
+    def compile(self, cuda_graphs: bool = True, fullgraph: bool = True, backend: str = "inductor", **kw) -> None:
+        """``torch.compile`` the steady stream call (``hardware.compile=true``): one graph for the UNet call of a
+        full stream batch, every temporal attention inside it (capture mode: the ring's state is in tensors written
+        before the call, :meth:`StreamAttentionController.capture`), traced once and reused for every later call.
+        The warm-up clip, the calls filling the stream batch and those draining it at ``flush`` (other shapes, a
+        few calls per video) stay eager rather than each compiling a graph of its own. On CUDA with
+        ``cuda_graphs`` the graph is replayed as a CUDA graph (``mode="reduce-overhead"``)."""
+        if "mode" not in kw and backend == "inductor":
+            kw["mode"] = "reduce-overhead" if cuda_graphs and self.comps.device.type == "cuda" else "default"
+        # diffusers logs (logger.info) when the latent is not a multiple of the UNet's stride: no graph break for it
+        from diffusers.models.unets import unet_motion_model
 
-def compile_unet(comps: Components, cuda_graphs: bool = True) -> None:
-    """``torch.compile`` the UNet in place (``hardware.compile=true``), after :func:`install_stream_attention`.
-
-    The temporal-attention processors stay eager (a graph break each): their Python state (mode, ring slots) changes
-    every call and would otherwise recompile the graph; everything between them (resnets, spatial transformers,
-    feed-forwards, norms) is compiled, one graph per input shape (warm-up clip, stream batch, draining batch). On
-    CUDA with ``cuda_graphs`` the compiled parts are replayed as CUDA graphs (``mode="reduce-overhead"``); the
-    shapes of a stream are static, so each shape is captured once. Elsewhere CUDA graphs do not exist and plain
-    ``default`` mode is used."""
-    mode = "reduce-overhead" if cuda_graphs and comps.device.type == "cuda" else "default"
-    # one shared code object (e.g. a resnet's forward) serves every resolution level x every call shape: the
-    # default limit of 8 compiled variants would silently fall back to eager for some of them
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    comps.unet = torch.compile(comps.unet, mode=mode, dynamic=False)
+        torch._dynamo.config.ignore_logging_functions.add(unet_motion_model.logger.info)
+        self.ctl.capture(True)
+        self.compiled = torch.compile(self.comps.unet, fullgraph=fullgraph, backend=backend, dynamic=False, **kw)

@@ -77,7 +77,7 @@ def test_compiled_unet_equals_eager():
     eager = _run(_method(), clip)
     t0 = time.perf_counter()
     m = _method(compile=True)
-    assert type(m.components.unet).__name__ == "OptimizedModule"
+    assert type(m.stream.compiled).__name__ == "OptimizedModule"
     compiled = _run(m, clip)
     elapsed = time.perf_counter() - t0
     assert sorted(compiled) == sorted(eager)
