@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from live2diff import train_tiny
-from live2diff.components import build_components
-from tests.conftest import compose
+from live2diff.components import build_components, trained
+from tests.conftest import ROOT, compose
 
 
 def _tiny_args(**kw):
@@ -31,7 +31,7 @@ def test_model_tiny_loads_the_shipped_weights_and_a_24_frame_run_reconstructs_th
     from eval.metrics.warp_error import WarpError
 
     cfg = compose(["method=[live2diff]", "model=tiny"])
-    path = train_tiny.resolve_trained_path(cfg.model.weights.trained)
+    path = trained.resolve_trained_path(cfg.model.weights.trained)
     assert path.is_file() and path.stat().st_size < 16e6
     method = instantiate(cfg.method.live2diff)
     from safetensors.torch import load_file
@@ -117,7 +117,7 @@ def test_training_is_reproducible_and_the_file_round_trips(tmp_path):
     a, hist_a, _ = train_tiny.train(args)
     b, hist_b, _ = train_tiny.train(args)
     assert [h["loss"] for h in hist_a] == [h["loss"] for h in hist_b]
-    sa, sb = train_tiny.trainable_state(a), train_tiny.trainable_state(b)
+    sa, sb = trained.trainable_state(a), trained.trainable_state(b)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     motion = [k for k in sa if "motion_modules" in k and "proj_out.weight" in k]
     assert motion and any(sa[k].abs().sum() > 0 for k in motion)  # the video stage trained the motion modules
@@ -125,11 +125,11 @@ def test_training_is_reproducible_and_the_file_round_trips(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # switched on for training only
 
     path = tmp_path / "w.safetensors"
-    train_tiny.save_weights(a, path, {"command": "test"})
+    trained.save_trained(a, path, {"command": "test"})
     cfg = train_tiny.load_model_cfg()
     cfg["weights"]["trained"] = str(path)
     loaded = build_components(cfg)
-    for k, v in train_tiny.trainable_state(loaded).items():
+    for k, v in trained.trainable_state(loaded).items():
         torch.testing.assert_close(v, sa[k].to(torch.float16).float(), rtol=0, atol=0)
 
 
@@ -167,7 +167,7 @@ def test_the_command_gives_the_same_file_in_two_processes(tmp_path):
             [sys.executable, "-m", "live2diff.train_tiny", *argv, "--out", str(out)],
             check=True,
             env=env,
-            cwd=train_tiny.ROOT,
+            cwd=ROOT,
             capture_output=True,
         )
         meta = json.loads(out.with_suffix(".json").read_text())

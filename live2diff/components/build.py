@@ -15,6 +15,7 @@ from live2diff.components.config import WEIGHT_KEYS, get, parse_dtype, resolve_m
 from live2diff.components.depth import DepthEstimator, MappingNetwork, build_depth
 from live2diff.components.schedule import build_scheduler
 from live2diff.components.text import build_text
+from live2diff.components.trained import load_trained, resolve_trained_path
 from live2diff.components.unet import build_unet
 from live2diff.components.vae import build_vae
 from live2diff.components.weights import DESCRIPTIONS, RANDOM, check_path, weight_plan
@@ -79,8 +80,6 @@ def build_components(
     device, dtype = torch.device(device), parse_dtype(dtype)
     if cfg["weights"].get("trained") and str(cfg["weights"]["trained"]).lower() not in ("random", "none"):
         # the project's own tiny weights (python -m live2diff.train_tiny), shipped in the repo: found from anywhere
-        from live2diff.train_tiny import resolve_trained_path
-
         cfg["weights"]["trained"] = str(resolve_trained_path(cfg["weights"]["trained"]))
     for k in WEIGHT_KEYS:  # a missing file is named first: the most specific error
         v = (cfg["weights"] or {}).get(k)
@@ -142,8 +141,6 @@ def build_components(
     if (
         paths["trained"] is not None
     ):  # a full state dict for this model (every component but a weight-free VAE)
-        from live2diff.train_tiny import load_trained
-
         load_trained(paths["trained"], comps)
     for m in comps.modules().values():
         m.eval().requires_grad_(False)
