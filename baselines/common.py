@@ -40,6 +40,9 @@ from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 log = logging.getLogger(__name__)
 
 NOISE_MODES = ("fixed", "per_frame")
+#: the index of a row that is not a frame of the stream (StreamV2V's placeholder rows and repeated first frame):
+#: advanced like any row, never decoded nor emitted
+NOT_EMITTED = -1
 CFG_TYPES = ("none", "full", "self", "initialize")
 
 
@@ -307,7 +310,8 @@ class LatentStreamMethod:
         keep: deque[InFlight] = deque()
         for r, (row, x0_r) in enumerate(zip(rows, x0.split(1))):
             if row.step == self.n_steps - 1:
-                done.append((row, x0_r))
+                if row.index >= 0:
+                    done.append((row, x0_r))
                 continue
             row.step += 1
             row.latent = self.schedule.add_noise(x0_r, self.noise(row.index, row.step), row.step)

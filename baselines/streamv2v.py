@@ -1,15 +1,30 @@
 """StreamV2V (Liang et al., 2024; github.com/Jeff-LiangF/streamv2v) as a StreamMethod: StreamDiffusion's stream
 batch plus a **feature bank** that carries appearance from earlier frames.
 
-* **Extended self-attention**: in every spatial self-attention layer, the queries of the current frame attend to its
-  own keys/values *and* to the banked keys/values of earlier frames (at the same denoising step).
+* **Extended self-attention**: in every spatial self-attention layer, the queries of each batch row attend to its
+  own keys/values *and* to the banked keys/values of its denoising step.
 * **Feature fusion**: in the layers named by ``fusion_layers`` (the reference: ``up_blocks.0``, ``up_blocks.1``,
   ``mid_block``), each output token is blended with its nearest banked output token when their cosine similarity
   reaches ``fusion_threshold``: ``out = (1 - s) * out + s * nearest``.
-* **Bank update**: every ``update_interval``-th frame is written. ``update: fifo`` keeps the last ``bank_size``
-  written frames (oldest evicted); ``update: tome`` (the reference's default) keeps one entry per layer and step and
-  merges each new frame into it by random bipartite token merging (ToMe, ratio 0.5), so it stays one frame's worth
-  of tokens. Either way the bank is bounded: at most ``bank_size`` frames of tokens per layer and step.
+* **Bank update** (``bank_write``):
+
+  - ``calls`` (default, the authors' code: ``CachedSTXFormersAttnProcessor``): every ``update_interval``-th *UNet
+    call*, counted from the stream's first call (which writes), writes *all* the call's rows — row ``j`` is frame
+    ``c - j`` at step ``j`` — into step ``j``'s bank. The stream batch is full from the first call, as the reference's
+    zero-initialised stream buffer: steps ``1 .. n-1`` start as zero latents ("placeholder rows"), which are
+    denoised like any row (and written into the bank at the first call), never emitted.
+  - ``frames`` (this project's earlier rule, a named variant): every ``update_interval``-th *frame* is written at
+    each of its steps; the batch grows from one row, no placeholder rows.
+
+  ``update: fifo`` keeps the last ``bank_size`` writes (oldest evicted); ``update: tome`` (the reference's default)
+  keeps one entry per layer and step and merges each write into it by random bipartite token merging (ToMe, ratio
+  0.5), so it stays one frame's worth of tokens. Either way the bank is bounded: at most ``bank_size`` frames of
+  tokens per layer and step. ToMe's random split is ``bank.draw(layer, step, key, n_tokens)`` (a permutation;
+  ``key`` = the call number, or the frame index under ``frames``): by default a function of (seed, key, step,
+  layer) — the reference draws it from torch's global RNG — and a differential test injects the reference's draws.
+* **First frame repeated** (``first_frame_repeats``): the reference's vid2vid script pushes the first frame
+  ``batch_size`` (= ``len(t_index_list)``) times before its loop; here the first ``push`` after ``prepare`` runs
+  those UNet calls first (outputs discarded, time counted in that push), then the frame itself.
 
 Everything is done by an attention processor on the diffusers UNet (no fork of its code).
 """
@@ -17,6 +32,7 @@ Everything is done by an attention processor on the diffusers UNet (no fork of i
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from baselines.common import InFlight
+from baselines.common import NOT_EMITTED, InFlight
 from baselines.streamdiffusion import StreamDiffusion
+from eval.interface import Emission
 
 UPDATE_RULES = ("fifo", "tome")
+BANK_WRITES = ("calls", "frames")
 
 
 @dataclass
@@ -48,7 +66,10 @@ class FeatureBank:
     update: str = "tome"
     seed: int = 0
     entries: dict[tuple[str, int], deque[BankEntry]] = field(default_factory=dict)
-    # set by the method before each UNet call, one item per batch row:
+    # ToMe's random split: (layer, step, key, n_tokens) -> a permutation of n_tokens (None: seeded_permutation)
+    draw: Callable[[str, int, int, int], Tensor] | None = None
+    # set by the method before each UNet call, one item per batch row: its step, its draw key (the call number or
+    # the frame index, per bank_write) and whether it is written
     steps: list[int] = field(default_factory=list)
     indices: list[int] = field(default_factory=list)
     write: list[bool] = field(default_factory=list)
@@ -59,8 +80,17 @@ class FeatureBank:
     def add(self, layer: str, step: int, entry: BankEntry, index: int) -> None:
         q = self.entries.setdefault((layer, step), deque(maxlen=self.size))
         if self.update == "tome" and q:
-            entry = tome_merge(q.pop(), entry, _key(self.seed, index, step, layer))
+            old = q.pop()
+            n = old.keys.shape[0] + entry.keys.shape[0]
+            perm = (self.draw or self.seeded_permutation)(layer, step, index, n)
+            entry = tome_merge(old, entry, perm)
         q.append(entry)
+
+    def seeded_permutation(self, layer: str, step: int, index: int, n: int) -> Tensor:
+        """The default split: a function of (seed, key, step, layer) only, so a stream is reproducible under its
+        seed whatever ran before (the reference draws from torch's global RNG instead)."""
+        g = torch.Generator().manual_seed(_key(self.seed, index, step, layer))
+        return torch.randperm(n, generator=g)
 
     def clear(self) -> None:
         self.entries.clear()
@@ -81,18 +111,31 @@ def _key(*parts: Any) -> int:
     return h
 
 
-def tome_merge(old: BankEntry, new: BankEntry, seed: int) -> BankEntry:
-    """Random bipartite soft matching over the tokens of both entries, keyed on the keys: a random half (src) is
-    averaged into its most similar token of the other half (dst); the dst tokens are the merged entry."""
+def tome_nearest(keys: Tensor, perm: Tensor) -> Tensor:
+    """ToMe's matching: for each src token (``perm``'s first half) the position, in dst (the second half, in
+    ``perm``'s order), of its most cosine-similar token."""
+    r = keys.shape[0] // 2
+    metric = F.normalize(keys.float(), dim=-1)
+    return (metric[perm[:r]] @ metric[perm[r:]].T).argmax(dim=-1)
+
+
+def tome_merge(old: BankEntry, new: BankEntry, perm: Tensor, nearest: Tensor | None = None) -> BankEntry:
+    """Random bipartite soft matching over the tokens of [old; new], keyed on the keys (the reference's
+    ``random_bipartite_soft_matching``, ratio 0.5): ``perm``'s first half (src) is averaged into its most similar
+    token of the second half (dst, in ``perm``'s order; ``nearest`` gives that match, default
+    :func:`tome_nearest`); the dst tokens are the merged entry."""
     keys = torch.cat([old.keys, new.keys])
     values = torch.cat([old.values, new.values])
     outputs = torch.cat([old.outputs, new.outputs])
     n = keys.shape[0]
+    if perm.shape != (n,):
+        raise ValueError(
+            f"tome_merge: the split must be a permutation of {n} tokens, got shape {tuple(perm.shape)}"
+        )
     r = n // 2
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(keys.device)
+    perm = perm.to(keys.device, torch.long)
     src, dst = perm[:r], perm[r:]
-    metric = F.normalize(keys.float(), dim=-1)
-    nearest = (metric[src] @ metric[dst].T).argmax(dim=-1)
+    nearest = tome_nearest(keys, perm) if nearest is None else nearest.to(keys.device, torch.long)
 
     def merge(x: Tensor) -> Tensor:
         idx = nearest[:, None].expand(-1, x.shape[1])
@@ -238,6 +281,10 @@ def _padded(per_row: list[list[Tensor]], like: Tensor) -> tuple[Tensor | None, l
 
 
 class StreamV2V(StreamDiffusion):
+    #: the settings with which this class computes what the authors' code computes; any other value is a variant of
+    #: ours, named in the report header (eval.method_notes)
+    reference_settings = {"bank_write": "calls"}
+
     def __init__(
         self,
         model: Any = "tiny",
@@ -253,6 +300,8 @@ class StreamV2V(StreamDiffusion):
         bank_size: int = 1,
         update: str = "tome",
         update_interval: int = 4,
+        bank_write: str = "calls",
+        first_frame_repeats: int | str = 0,
         fusion: bool = True,
         fusion_strength: float = 0.8,
         fusion_threshold: float = 0.98,
@@ -267,14 +316,38 @@ class StreamV2V(StreamDiffusion):
             )
         if update not in UPDATE_RULES:
             raise ValueError(f"update must be one of {UPDATE_RULES}, got {update!r}")
+        if bank_write not in BANK_WRITES:
+            raise ValueError(f"bank_write must be one of {BANK_WRITES}, got {bank_write!r}")
         if int(bank_size) < 1 or int(update_interval) < 1:
             raise ValueError("bank_size and update_interval must be >= 1")
         if update == "tome" and int(bank_size) != 1:
             raise ValueError(
                 "update=tome keeps one merged entry per layer and step: set bank_size: 1 (or update: fifo)"
             )
+        n_steps = len(t_index_list)
+        # the reference's vid2vid script: `for _ in range(stream.batch_size)`
+        if first_frame_repeats == "batch_size":
+            first_frame_repeats = n_steps
+        if (
+            not isinstance(first_frame_repeats, int)
+            or isinstance(first_frame_repeats, bool)
+            or first_frame_repeats < 0
+        ):
+            raise ValueError(
+                f"first_frame_repeats must be an int >= 0 or 'batch_size' (= len(t_index_list)), got "
+                f"{first_frame_repeats!r}"
+            )
+        if first_frame_repeats and similar_image_filter:
+            raise ValueError(
+                "first_frame_repeats with similar_image_filter: the reference's filter would skip the repeated first "
+                "frame, which is not reproduced here; set one of them off"
+            )
         self.bank = FeatureBank(int(bank_size), update)
         self.update_interval = int(update_interval)
+        self.bank_write = bank_write
+        self.first_frame_repeats = int(first_frame_repeats)
+        self.calls = 0
+        self._repeat_first = False
         super().__init__(
             model,
             device,
@@ -303,19 +376,46 @@ class StreamV2V(StreamDiffusion):
                 procs[name] = proc
         self.comps.unet.set_attn_processor(procs)
 
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**super().info, "bank_write": self.bank_write}
+
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
         super().prepare(prompt, height=height, width=width, seed=seed)
         self.bank.seed = int(seed)
+        self._repeat_first = self.first_frame_repeats > 0
+        # the reference's stream buffer: zeros at steps 1..n-1 before any frame
+        if self.bank_write == "calls":
+            zeros = torch.zeros(self.latent_shape, device=self.device, dtype=self.comps.dtype)
+            for step in range(1, self.n_steps):
+                stock = torch.zeros_like(zeros) if self.use_rcfg else None
+                self.in_flight.append(InFlight(NOT_EMITTED, zeros.clone(), step, stock))
 
     def reset(self) -> None:
         super().reset()
+        self.calls = 0
+        self._repeat_first = False
         if getattr(self, "bank", None) is not None:
             self.bank.clear()
+
+    def push(self, index: int, frame: Tensor) -> list[Emission]:
+        # the reference's vid2vid script pushes its first frame batch_size times before its loop
+        if self._repeat_first:
+            self._repeat_first = False
+            for _ in range(self.first_frame_repeats):
+                self.in_flight.appendleft(self.start(NOT_EMITTED, frame))
+                self.advance()  # emits nothing: these rows, and the placeholders they push out, are not frames
+        return super().push(index, frame)
 
     def unet(
         self, latents: Tensor, timesteps: Tensor, rows: list[InFlight], embeds: Tensor | None = None
     ) -> Tensor:
         self.bank.steps = [r.step for r in rows]
-        self.bank.indices = [r.index for r in rows]
-        self.bank.write = [r.index % self.update_interval == 0 for r in rows]
+        if self.bank_write == "calls":
+            self.bank.indices = [self.calls] * len(rows)
+            self.bank.write = [self.calls % self.update_interval == 0] * len(rows)
+        else:
+            self.bank.indices = [r.index for r in rows]
+            self.bank.write = [r.index >= 0 and r.index % self.update_interval == 0 for r in rows]
+        self.calls += 1
         return super().unet(latents, timesteps, rows, embeds)

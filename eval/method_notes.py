@@ -1,9 +1,10 @@
 """Notes for the report header that say how the methods of a run were set up, so a table never hides an unequal
 comparison: a method whose denoising setting differs from the shared ``diffusion:`` block, each method's noise
-schedule, and methods whose per-call time is not a streaming speed.
+schedule, methods whose per-call time is not a streaming speed, and methods run as a variant of the authors' code.
 
 Generic over methods: it reads the resolved method configs (keys the ``diffusion:`` block shares, the stated
-``noise_schedule``) and one class attribute (``offline_reference``), never a concrete method name.
+``noise_schedule``) and two class attributes (``offline_reference``; ``reference_settings``: the values with which
+the class reproduces the authors' code), never a concrete method name.
 """
 
 from __future__ import annotations
@@ -49,27 +50,46 @@ def schedule_note(methods: dict[str, dict], model: dict) -> str | None:
     return "Noise schedule (betas) per method: " + ", ".join(parts) if parts else None
 
 
+def _method_class(name: str, mcfg: dict) -> type | None:
+    from hydra.utils import get_class
+
+    target = mcfg.get("_target_")
+    if not target:
+        return None
+    try:
+        return get_class(target)
+    except Exception:  # noqa: BLE001 - the run reports an unbuildable method itself
+        log.debug("cannot import %s for %s", target, name)
+        return None
+
+
 def offline_notes(methods: dict[str, dict]) -> list[str]:
     """Methods that declare ``offline_reference = True``: most pushes only buffer, one push runs a whole window, so
     the per-call time (and steady-state FPS) is not their speed."""
-    from hydra.utils import get_class
-
     notes = []
     for name, mcfg in methods.items():
-        target = mcfg.get("_target_")
-        if not target:
-            continue
-        try:
-            cls = get_class(target)
-        except Exception:  # noqa: BLE001 - the run reports an unbuildable method itself
-            log.debug("cannot import %s for %s", target, name)
-            continue
-        if getattr(cls, "offline_reference", False):
+        if getattr(_method_class(name, mcfg), "offline_reference", False):
             notes.append(
                 f"{name} is an offline reference (each output waits for the windows around it): its per-call time is "
                 "bursty, so per-call p50 and steady-state FPS are not its speed; read throughput and end-to-end "
                 "latency"
             )
+    return notes
+
+
+def variant_notes(methods: dict[str, dict]) -> list[str]:
+    """A note per method whose config sets a key of its class's ``reference_settings`` to another value: it runs
+    our variant, not the authors' computation."""
+    notes = []
+    for name, mcfg in methods.items():
+        ref = getattr(_method_class(name, mcfg), "reference_settings", None) or {}
+        diffs = [
+            f"{k}={_fmt(mcfg[k])} (the authors' code: {_fmt(v)})"
+            for k, v in ref.items()
+            if k in mcfg and mcfg[k] != v
+        ]
+        if diffs:
+            notes.append(f"{name} runs a variant of the authors' code: " + "; ".join(diffs))
     return notes
 
 
@@ -79,4 +99,4 @@ def method_notes(methods: dict[str, dict], shared: dict[str, Any], model: dict) 
     s = schedule_note(methods, model)
     if s:
         notes.append(s)
-    return notes + offline_notes(methods)
+    return notes + offline_notes(methods) + variant_notes(methods)

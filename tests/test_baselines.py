@@ -289,16 +289,21 @@ def test_feature_bank_stays_bounded_over_80_frames(update, size):
     assert len(m.bank.entries) == n_layers * 2  # one queue per self-attention layer and denoising step
 
 
-def test_feature_bank_changes_later_frames_only(clip):
-    """Frame 0 meets an empty bank, so it equals plain stream batch; later frames attend to banked frames. (The
-    tiny random model's decoder damps the effect to ~1e-6, hence exact comparisons; the arithmetic of the
-    processor is checked below.)"""
+@pytest.mark.parametrize("bank_write", ["frames", "calls"])
+def test_feature_bank_changes_later_frames_only(clip, bank_write):
+    """Under ``frames`` frame 0 meets an empty bank, so it equals plain stream batch; later frames attend to banked
+    frames. Under ``calls`` (the reference's rule) the first call writes the zero-initialised buffer's placeholder
+    rows, which frame 0 reads at its later steps: it differs from plain stream batch too. (The tiny random model's
+    decoder damps the effect to ~1e-6, hence exact comparisons; the arithmetic of the processor is checked below.)"""
     plain, _ = run(StreamDiffusion(cfg_type="none", similar_image_filter=False), clip)
-    v2v, _ = run(StreamV2V(update="fifo", bank_size=2, update_interval=1, fusion=False), clip)
-    assert torch.equal(v2v[0], plain[0])
+    kw = dict(update="fifo", bank_size=2, update_interval=1, bank_write=bank_write)
+    v2v, _ = run(StreamV2V(**kw, fusion=False), clip)
+    assert torch.equal(v2v[0], plain[0]) == (bank_write == "frames")
     assert not torch.equal(v2v[4], plain[4])
-    fused, _ = run(StreamV2V(update="fifo", bank_size=2, update_interval=1, fusion_threshold=-1.0), clip)
-    assert torch.equal(fused[0], v2v[0]) and not torch.equal(fused[4], v2v[4]), "feature fusion has no effect"
+    fused, _ = run(StreamV2V(**kw, fusion_threshold=-1.0), clip)
+    assert not torch.equal(fused[4], v2v[4]), "feature fusion has no effect"
+    if bank_write == "frames":
+        assert torch.equal(fused[0], v2v[0])
 
 
 @pytest.mark.parametrize("fuse", [False, True])
@@ -327,11 +332,45 @@ def test_extended_self_attention_and_fusion_arithmetic(fuse):
 
 
 def test_update_interval_writes_every_nth_frame(clip):
-    m = StreamV2V(update="fifo", bank_size=8, update_interval=3)
+    m = StreamV2V(update="fifo", bank_size=8, update_interval=3, bank_write="frames")
     run(m, clip)  # 8 frames: 0, 3 and 6 are written (at every step)
     assert m.bank.max_entries() == 3
     m.reset()
     assert m.bank.max_entries() == 0
+
+
+def test_update_interval_writes_every_nth_call_with_all_its_rows(clip):
+    """The reference's rule: calls 0, 3, 6, 9 write every row they hold. 8 frames, 3 steps: calls 0-7 hold all three
+    steps (placeholder rows at first), flush call 8 holds steps 1-2, call 9 step 2 only."""
+    m = StreamV2V(update="fifo", bank_size=8, update_interval=3, t_index_list=[30, 36, 42])
+    run(m, clip)
+    assert m.calls == 10
+    layer = next(iter(m.bank.entries))[0]
+    assert [len(m.bank.get(layer, step)) for step in range(3)] == [3, 3, 4]
+    m.reset()
+    assert m.bank.max_entries() == 0 and m.calls == 0
+
+
+def test_placeholder_rows_and_repeated_first_frame_emit_nothing(clip):
+    """bank_write=calls: the first call already holds n rows (frame 0 + zero placeholders); first_frame_repeats=k
+    runs k calls with frame 0 before it. Neither adds an output: frames 0..7 come out once each, at the usual lag."""
+    m = StreamV2V(t_index_list=[30, 40, 45], first_frame_repeats="batch_size")
+    assert m.first_frame_repeats == 3
+    sizes = []
+    unet = m.unet
+    m.unet = lambda x, *a, **k: sizes.append(x.shape[0]) or unet(x, *a, **k)
+    _, when = run(m, clip)
+    assert when == [2, 3, 4, 5, 6, 7, 8, 8] and sizes == [3] * 3 + [3] * 8 + [2, 1]
+    assert m.calls == 3 + 8 + 2
+
+
+def test_streamv2v_refuses_settings_it_does_not_reproduce():
+    with pytest.raises(ValueError, match="bank_write"):
+        StreamV2V(bank_write="steps")
+    with pytest.raises(ValueError, match="first_frame_repeats"):
+        StreamV2V(first_frame_repeats="twice")
+    with pytest.raises(ValueError, match="similar_image_filter"):
+        StreamV2V(first_frame_repeats=2, similar_image_filter=True)
 
 
 @pytest.mark.parametrize("sizes,max_calls", [((1, 1, 1), 1), ((2, 1, 0), 3)])
@@ -397,13 +436,11 @@ def test_tome_merge_averages_each_source_token_into_its_nearest_destination():
     g = torch.Generator().manual_seed(0)
     old, new = (BankEntry(*(torch.randn(6, 4, generator=g) for _ in range(3))) for _ in range(2))
     seed = 3
-    merged = tome_merge(old, new, seed=seed)
+    perm = FeatureBank(seed=seed).seeded_permutation("layer", 0, 5, 12)  # the default random split
+    merged = tome_merge(old, new, perm)
     keys = torch.cat([old.keys, new.keys])
     fields = {f: torch.cat([getattr(old, f), getattr(new, f)]) for f in ("keys", "values", "outputs")}
     n = keys.shape[0]
-    perm = torch.randperm(
-        n, generator=torch.Generator().manual_seed(seed)
-    )  # the random split tome_merge draws
     src, dst = perm[: n // 2].tolist(), perm[n // 2 :].tolist()
     unit = keys / keys.norm(dim=-1, keepdim=True)
     members = {d: [d] for d in dst}
@@ -415,9 +452,11 @@ def test_tome_merge_averages_each_source_token_into_its_nearest_destination():
         want = torch.stack([x[members[d]].mean(0) for d in dst])
         torch.testing.assert_close(getattr(merged, f), want, msg=f"merged {f} are not the token means")
     assert merged.keys.shape == (6, 4)
-    torch.testing.assert_close(
-        merged.keys, tome_merge(old, new, seed=seed).keys
-    )  # deterministic under the seed
+    again = FeatureBank(seed=seed).seeded_permutation("layer", 0, 5, 12)
+    assert torch.equal(again, perm), "the default split is a function of (seed, key, step, layer)"
+    assert not torch.equal(FeatureBank(seed=seed).seeded_permutation("layer", 1, 5, 12), perm)
+    with pytest.raises(ValueError, match="permutation of 12"):
+        tome_merge(old, new, perm[:6])
 
 
 # ------------------------------------------------------------------------------------------ AnimateDiff window

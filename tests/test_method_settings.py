@@ -21,12 +21,22 @@ def diffusion_methods(cfg: dict) -> dict[str, dict]:
     return {n: m for n, m in cfg["method"].items() if "t_index_list" in m}
 
 
+#: configs that reproduce one of the authors' scripts, steps included: they pin their own t_index_list (and the
+#: report header names the override, test_report_notes_name_every_override_and_schedule)
+PINNED_STEPS = {"streamv2v_vid2vid": [30, 35, 40, 45]}  # Jeff-LiangF/streamv2v vid2vid/main.py
+
+
 def test_every_diffusion_method_takes_the_shared_setting():
     cfg = resolved([f"method=[{','.join(METHODS)}]", "diffusion.t_index_list=[25,34,43]"])
     methods = diffusion_methods(cfg)
     assert len(methods) >= 10, sorted(methods)
-    assert {n: m["t_index_list"] for n, m in methods.items()} == {n: [25, 34, 43] for n in methods}
-    for name in METHODS:  # no method file hard-codes its own t_index_list
+    assert {n: m["t_index_list"] for n, m in methods.items()} == {
+        n: PINNED_STEPS.get(n, [25, 34, 43]) for n in methods
+    }
+    notes = "\n".join(override_notes(methods, cfg["diffusion"]))
+    for name in PINNED_STEPS:
+        assert f"{name} overrides the shared denoising setting: t_index_list" in notes
+    for name in set(METHODS) - set(PINNED_STEPS):  # no other method file hard-codes its own t_index_list
         text = (CONF / "method" / f"{name}.yaml").read_text()
         assert "t_index_list: [" not in text, f"{name}.yaml repeats t_index_list instead of ${{diffusion...}}"
 
@@ -48,6 +58,7 @@ def test_paper_experiments_set_one_t_index_list_for_all(name):
         ("live2diff_window", "live2diff", {"warmup", "attention"}),
         ("streamdiffusion_ssf", "streamdiffusion", {"similar_image_filter"}),
         ("streamv2v_fifo", "streamv2v", {"bank_size", "update", "update_interval"}),
+        ("streamv2v_vid2vid", "streamv2v", {"t_index_list", "first_frame_repeats"}),
     ],
 )
 def test_variants_inherit_their_base(variant, base, keys):
@@ -83,6 +94,17 @@ def test_report_notes_name_every_override_and_schedule():
     assert any(n.startswith("animatediff_window is an offline reference") for n in notes)
     # equal settings: no override note at all
     assert override_notes({"a": {"t_index_list": [1, 2]}, "b": {}}, {"t_index_list": [1, 2]}) == []
+    assert not any("variant of the authors' code" in n for n in notes)
+
+
+def test_report_notes_name_a_variant_of_the_authors_code():
+    """A key of a class's ``reference_settings`` set to another value (StreamV2V's bank written per frame, ours)
+    is named in the report header; the reference's own value is not."""
+    cfg = resolved(["method=[streamv2v,streamv2v_fifo]", "method.streamv2v.bank_write=frames"])
+    notes = method_notes(cfg["method"], cfg["diffusion"], cfg["model"])
+    assert [n for n in notes if "variant" in n] == [
+        "streamv2v runs a variant of the authors' code: bank_write=frames (the authors' code: calls)"
+    ]
 
 
 def _alpha_sqrt(schedule: str, t: int) -> float:
