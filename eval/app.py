@@ -5,8 +5,9 @@ own config folders join through ``hydra.searchpath=[file://DIR]`` — and hands 
 
 Exit status: 0 when every unit succeeded, 1 when some failed (their reasons are in the report), 2 for a
 configuration or set-up error (a bad command line or setting, a missing file: nothing was computed), 4 when the
-disk filled up (stopped at the first failed write, finished units kept; re-run to resume). With ``gate.enabled`` (``experiment=ci_latency``) the latency gate instead: 1 on a regression, 3 without a comparable
-reference; ``--update-reference`` rewrites the reference. With ``+check=true`` only the pre-flight check
+disk filled up (stopped at the first failed write, finished units kept; re-run to resume), 130 / 143 when stopped
+by Ctrl-C / SIGTERM (the folder marked interrupted, the finished units in its tables). With ``gate.enabled``
+(``experiment=ci_latency``) the latency gate instead: 1 on a regression, 3 without a comparable reference; ``--update-reference`` rewrites the reference. With ``+check=true`` only the pre-flight check
 (eval/check.py): exit 2 when a weight file, video or prompt is missing (nothing is built), else 0 with a run-time
 estimate per method.
 """
@@ -32,7 +33,16 @@ _started: list[bool] = []  # the task function ran: a SystemExit before it is Hy
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
     _started.append(True)
-    _codes.append(cli.main(cfg))
+    try:
+        _codes.append(cli.main(cfg))
+    # Ctrl-C or SIGTERM (eval/cli.py): the folder is marked interrupted, the tables hold the finished units
+    except KeyboardInterrupt as exc:
+        what = str(exc) or "interrupted by SIGINT"
+        print(
+            f"{what}: the run folder is marked interrupted; run the same command again to resume",
+            file=sys.stderr,
+        )
+        _codes.append(getattr(exc, "exit_code", 128 + 2))  # as a shell reports SIGTERM (143) / SIGINT (130)
 
 
 def run() -> None:

@@ -7,9 +7,13 @@ checks the arguments before Hydra sees them.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -27,6 +31,32 @@ log = logging.getLogger(__name__)
 
 GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experiment")
 EXIT_DISK_FULL = 4  # the disk (or quota) filled up: stopped at the first failed write, finished units kept
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM sends on preemption and time-out, and ``kill``'s default), handled as Ctrl-C is: the
+    finished units are kept, the run's tables written from them, the folder marked ``interrupted``."""
+
+    exit_code = 128 + signal.SIGTERM  # as a shell reports a process ended by SIGTERM
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread (once: a second SIGTERM during the
+    clean-up is ignored, SLURM's SIGKILL follows anyway). Elsewhere than the main thread, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated(f"terminated by {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(cfg: DictConfig, run_dir: Path | None = None) -> int:
@@ -139,9 +169,16 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
         progress=progress,
     )
     try:
-        summary = runner.run()
-    except KeyboardInterrupt:
-        finish_run_dir(run_dir, "interrupted")
+        with sigterm_as_interrupt():
+            summary = runner.run()
+    except KeyboardInterrupt as exc:
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        finish_run_dir(run_dir, "interrupted", {"signal": signal_name})
+        log.warning(
+            "interrupted (%s): finished units are kept and in %s's tables; run the same command again to resume",
+            signal_name,
+            run_dir,
+        )
         raise
     except DiskFullError as exc:
         raise _stopped_by_full_disk(run_dir, exc) from exc.__cause__

@@ -156,3 +156,55 @@ def test_a_full_disk_stops_at_the_first_failed_write_keeps_finished_units_and_ex
     statuses = pd.read_parquet(tmp_path / "again" / "units.parquet").status.tolist()
     assert sorted(statuses) == ["cached", "ok", "ok", "ok"], statuses
     assert len(log.read_text().splitlines()) == 5
+
+
+def test_sigterm_is_handled_like_ctrl_c_in_a_real_process(tmp_path):
+    """SIGTERM (SLURM's preemption and time-out signal) to a real ``run_eval.py``: the folder says interrupted
+    (it said "running", with a dead pid), the finished units are in its tables, a re-run resumes from them. The
+    only test of a real signal to a run (the fast suite's second real process, as the crash test's)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    args = [
+        f"results_root={tmp_path / 'results'}",
+        "method=[]",
+        "+method.slow._target_=tests.reliability.helpers.SlowLogged",
+        f"+method.slow.log={tmp_path / 'computed.log'}",
+        "+method.slow.delay=0.2",
+        "runner.warmup_frames=0",
+        "dataset.num_videos=3",
+        "dataset.num_frames=4",
+        "metrics=none",
+        "report.enabled=false",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "LIVE2DIFF_BENCH_FAULT"}
+    cmd = [sys.executable, "run_eval.py", *args, f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "results" / "units").glob("*/*/unit.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "terminated by SIGTERM" in err
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGTERM", status
+    assert (tmp_path / "run" / "INCOMPLETE").exists()
+    units = pd.read_parquet(tmp_path / "run" / "units.parquet")
+    finished = {
+        json.loads(p.read_text())["key"] for p in (tmp_path / "results" / "units").glob("*/*/unit.json")
+    }
+    assert len(units) >= 1 and set(units.key) <= finished and set(units.status) <= {"ok"}
+    resumed = run_config(tmp_path, *args[1:], name="resumed", fresh=True)
+    assert sorted(u.status for u in resumed.units) == sorted(
+        ["cached"] * len(finished) + ["ok"] * (3 - len(finished))
+    )
