@@ -7,9 +7,9 @@ Exit status: 0 when every unit succeeded, 1 when some failed (their reasons are 
 configuration or set-up error (a bad command line or setting, a missing file: nothing was computed), 4 when the
 disk filled up (stopped at the first failed write, finished units kept; re-run to resume), 130 / 143 when stopped
 by Ctrl-C / SIGTERM (the folder marked interrupted, the finished units in its tables). With ``gate.enabled``
-(``experiment=ci_latency``) the latency gate instead: 1 on a regression, 3 without a comparable reference; ``--update-reference`` rewrites the reference. With ``+check=true`` only the pre-flight check
-(eval/check.py): exit 2 when a weight file, video or prompt is missing (nothing is built), else 0 with a run-time
-estimate per method.
+(``experiment=ci_latency``) the latency gate instead: 1 on a regression, 3 without a comparable reference;
+``--update-reference`` rewrites the reference. With ``+check=true`` only the pre-flight check (eval/check.py): exit
+2 when a weight file, video or prompt is missing (nothing is built), else 0 with a run-time estimate per method.
 """
 
 from __future__ import annotations
