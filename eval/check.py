@@ -26,7 +26,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from eval.metrics.weights import local_path
+from eval.weights import local_path
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from eval.metrics.weights import local_path
+from eval.weights import local_path
 
 CHUNK = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".npz", ".pkl")

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from eval.datasets.builtin_prompts import is_builtin, load_builtin
 from eval.frame_size import follows_model
-from eval.metrics.weights import local_path
+from eval.weights import local_path
 
 SEED_MAX = 2**32 - 1  # numpy's and most generators' seed range
 LIVE_POLICIES = ("drop", "latest", "queue")

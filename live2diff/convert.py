@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from eval.metrics.weights import MissingWeightsError, load_state_dict
+from eval.weights import MissingWeightsError, load_state_dict
 
 log = logging.getLogger(__name__)
 

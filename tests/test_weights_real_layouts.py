@@ -173,7 +173,7 @@ def test_motion_checkpoint_reports_unexpected_keys_by_name(tmp_path):
 def test_refused_pickle_names_the_convert_command_which_works(tmp_path):
     """Finding: a pickle torch.load(weights_only=True) refuses gets a message with the remedy, and the remedy (the
     project's convert-to-safetensors command) produces a file the loader reads."""
-    from eval.metrics import weights as shared
+    from eval import weights as shared
     from tests.conftest_live2diff import tiny_components
 
     c = tiny_components(fresh=True)
@@ -184,7 +184,7 @@ def test_refused_pickle_names_the_convert_command_which_works(tmp_path):
     path = tmp_path / "train_save.ckpt"
     torch.save({"state_dict": sd, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)  # a pickled object
     with pytest.raises(
-        UnsafeCheckpointError, match=r"weights_only=True.*python -m eval\.metrics\.weights to-safetensors"
+        UnsafeCheckpointError, match=r"weights_only=True.*python -m eval\.weights to-safetensors"
     ):
         convert.load_reference_checkpoint(path, c.unet, c.depth_mapper)
     out = tmp_path / "train_save.safetensors"

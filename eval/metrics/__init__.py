@@ -1,7 +1,7 @@
 """Quality metrics (torchmetrics ``Metric`` subclasses) and their registry, built from ``conf/metrics``.
 
 ``VideoMetric`` is imported on first use: importing torchmetrics (and torchvision through it) takes seconds, and a
-run whose units are all cached, or code that needs only ``eval.metrics.weights``, never uses it."""
+run whose units are all cached never uses it."""
 
 __all__ = ["VideoMetric"]
 

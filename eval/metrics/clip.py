@@ -32,7 +32,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from eval.metrics.base import VideoMetric
-from eval.metrics.weights import resolve_weights
+from eval.weights import resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _activation(
     model_name: str, path: str, config_key: str, quick_gelu: bool | None
 ) -> tuple[str, dict | None]:
     """The architecture name for these weights, and their state dict when they are in OpenAI's layout."""
-    from eval.metrics.weights import read_checkpoint, unwrap_state_dict
+    from eval.weights import read_checkpoint, unwrap_state_dict
 
     openai_sd = None
     if not path.endswith(".pt"):  # OpenAI's own .pt is a TorchScript archive: open_clip reads it itself

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from eval.depth import DPTDepth
 from eval.metrics.base import VideoMetric
 
 log = logging.getLogger(__name__)
@@ -59,19 +60,6 @@ class TinyDepthNet(nn.Module):
     def forward(self, images01: Tensor) -> Tensor:
         d = self.net(images01 * 2 - 1)
         return F.interpolate(d, size=images01.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-
-
-class DPTDepth(nn.Module):
-    """transformers' DPT (MiDaS DPT-Hybrid / DPT-Large) behind one call: ``[B,3,H,W]`` in [0,1] -> ``[B,H,W]``.
-    Also Live2Diff's depth branch (live2diff/components/depth.py imports it; eval never imports live2diff)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images01: Tensor) -> Tensor:
-        x = (images01 - 0.5) / 0.5  # DPT's image processor normalises with mean=std=0.5
-        return self.model(pixel_values=x).predicted_depth
 
 
 _CACHE: dict[tuple, nn.Module] = {}

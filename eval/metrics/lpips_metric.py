@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from eval.metrics.base import VideoMetric
-from eval.metrics.weights import load_state_dict
+from eval.weights import load_state_dict
 
 log = logging.getLogger(__name__)
 

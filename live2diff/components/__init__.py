@@ -1,7 +1,7 @@
 """The diffusion components Live2Diff and the baselines run on, one module per component:
 
 * :mod:`.config`   — the model config (``conf/model/*.yaml`` is the only source of sizes), dtypes
-* :mod:`.weights`  — weight paths and the state-dict reader (shared with :mod:`eval.metrics.weights`)
+* :mod:`.weights`  — weight paths and the state-dict reader (shared with :mod:`eval.weights`)
 * :mod:`.trained`  — the project's trained tiny weights file (``model.weights.trained``): load, save
 * :mod:`.text`     — CLIP text encoder, tokenizer, :func:`encode_prompt`
 * :mod:`.vae`      — TAESD / KL / pixel VAE, :func:`vae_encode`, :func:`vae_decode`

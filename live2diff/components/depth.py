@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.metrics.depth_error import DPTDepth  # the one DPT wrapper (the depth_error metric's)
+from eval.depth import DPTDepth  # the one DPT wrapper (the depth_error metric's too)
 from live2diff.components.config import get
 from live2diff.components.vae import vae_encode
 

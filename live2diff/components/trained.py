@@ -29,8 +29,8 @@ def trainable_state(comps) -> dict[str, Tensor]:
 
 def resolve_trained_path(path: str | Path) -> Path:
     """``model.weights.trained`` as given, or relative to the repository (the shipped file) when it is not found
-    relative to the working directory (the one rule for weight paths: :func:`eval.metrics.weights.local_path`)."""
-    from eval.metrics.weights import local_path
+    relative to the working directory (the one rule for weight paths: :func:`eval.weights.local_path`)."""
+    from eval.weights import local_path
 
     return local_path(path)
 

@@ -1,5 +1,5 @@
 """Weight paths of ``model.weights``: existence checks with the config key in the error, and the state-dict
-reader (the one shared with the metrics: :mod:`eval.metrics.weights`)."""
+reader (the one shared with the metrics: :mod:`eval.weights`)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 from torch import Tensor
 
-from eval.metrics.weights import (
+from eval.weights import (
     MissingWeightsError,
     UnsafeCheckpointError,
     read_checkpoint,
     unwrap_state_dict,
 )
-from eval.metrics.weights import load_state_dict as _shared_load
+from eval.weights import load_state_dict as _shared_load
 
 __all__ = [
     "MissingWeightsError",

@@ -163,8 +163,8 @@ def test_crafted_pickles_are_refused(tmp_path, monkeypatch):
     weights with ``weights_only=True``."""
     import torch
 
-    from eval.metrics.weights import load_state_dict
     from eval.store import UnitStore, _record_digest, sha256
+    from eval.weights import load_state_dict
 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("EVIL_MARKER", str(marker))

@@ -1,10 +1,13 @@
-"""Reading weight files from local paths: the one loader shared by the metrics and the diffusion components.
+"""Reading weight files from local paths: one loader for the metrics, the harness and the diffusion components.
+
+A neutral module, not a metric: the metrics, validation, the pre-flight check, the cache key and the model's
+components (``live2diff/components/``, ``live2diff/convert.py``) all read weights through it.
 
 Nothing is downloaded. Pickles are read with ``torch.load(weights_only=True)`` only; a checkpoint that needs more
 than that (an old training save with pickled objects) is refused with the command that converts it, once, to
 safetensors — run only on a file you trust::
 
-    python -m eval.metrics.weights to-safetensors model.ckpt model.safetensors
+    python -m eval.weights to-safetensors model.ckpt model.safetensors
 
 Training saves wrap their weights in many ways; :func:`load_state_dict` accepts the common ones (a nested
 ``state_dict`` / ``model`` / ``module`` entry, a ``module.`` prefix from DataParallel/DDP, metadata entries such as
@@ -26,24 +29,22 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from eval.paths import PACKAGE_ROOT
+
 log = logging.getLogger(__name__)
 
-CONVERT_COMMAND = "python -m eval.metrics.weights to-safetensors {path} {out}"
+CONVERT_COMMAND = "python -m eval.weights to-safetensors {path} {out}"
 _WRAPPERS = ("state_dict", "model", "module", "model_state_dict", "net")
-
-
-#: the checkout this package runs from: relative weight paths that do not exist from the working directory are read
-#: from here (the files the project ships, e.g. ``live2diff/assets/tiny_trained.safetensors``)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def local_path(value: str | os.PathLike) -> Path:
     """A configured weights path as a :class:`Path`: ``~`` expanded; a relative path that does not exist from the
-    working directory but does inside the project checkout is the project's file. Every reader of weight paths
-    (loaders, config validation, the pre-flight check, the cache key) resolves them here, so they agree."""
+    working directory but does under :data:`eval.paths.PACKAGE_ROOT` (a checkout's root or site-packages) is the
+    project's file (e.g. ``live2diff/assets/tiny_trained.safetensors``). Every reader of weight paths (loaders,
+    config validation, the pre-flight check, the cache key) resolves them here, so they agree."""
     p = Path(value).expanduser()
-    if not p.is_absolute() and not p.exists() and (PROJECT_ROOT / p).exists():
-        return PROJECT_ROOT / p
+    if not p.is_absolute() and not p.exists() and (PACKAGE_ROOT / p).exists():
+        return PACKAGE_ROOT / p
     return p
 
 
@@ -139,7 +140,7 @@ def convert_to_safetensors(src: str | Path, dst: str | Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.metrics.weights", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.weights", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     conv = sub.add_parser("to-safetensors", help="convert a trusted .ckpt/.pth/.bin pickle to .safetensors")
     conv.add_argument("src", type=Path)
