@@ -40,7 +40,7 @@ from baselines.common import latent_size, seeded_noise
 from eval.interface import Emission
 from live2diff.attention import temporal_blocks
 from live2diff.attention import use_frame_groupnorm as frame_groupnorm
-from live2diff.models import (
+from live2diff.components import (
     MissingWeightsError,
     build_components,
     depth_latents,

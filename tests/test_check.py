@@ -42,12 +42,14 @@ EXPECTED_KEYS = (
 
 
 def test_lists_everything_missing_and_builds_nothing(incomplete, monkeypatch):
-    import live2diff.models
+    import live2diff.components.build
 
     def forbidden(*a, **k):
         raise AssertionError("a model was built during the pre-flight check")
 
-    monkeypatch.setattr(live2diff.models, "build_components", forbidden)
+    # every build_components call builds its UNet first (a patched build_components would not reach the names
+    # the methods imported)
+    monkeypatch.setattr(live2diff.components.build, "build_unet", forbidden)
     monkeypatch.setattr(check, "probe", forbidden)
     lines: list[str] = []
     assert check.preflight(compose([*incomplete, "+check=true"]), out=lines.append) == 2

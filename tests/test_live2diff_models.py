@@ -7,13 +7,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from live2diff.convert import (
-    convert_reference_state_dict,
-    fuse_lora_state_dict,
-    load_reference_checkpoint,
-    to_reference_state_dict,
-)
-from live2diff.models import (
+from live2diff.components import (
     MissingWeightsError,
     build_components,
     build_unet2d,
@@ -22,6 +16,12 @@ from live2diff.models import (
     resolve_model_cfg,
     vae_decode,
     vae_encode,
+)
+from live2diff.convert import (
+    convert_reference_state_dict,
+    fuse_lora_state_dict,
+    load_reference_checkpoint,
+    to_reference_state_dict,
 )
 from tests.conftest import model_cfg
 from tests.conftest_live2diff import tiny_cfg, tiny_components
@@ -60,7 +60,7 @@ def test_tests_build_what_make_eval_builds():
 
     yaml = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "tiny_random.yaml"), resolve=True)
     assert resolve_model_cfg("tiny_random") == resolve_model_cfg(yaml) == resolve_model_cfg(tiny_cfg(0))
-    assert not hasattr(__import__("live2diff.models").models, "PRESETS")
+    assert not hasattr(__import__("live2diff.components").components, "PRESETS")
 
 
 def test_build_is_deterministic_per_seed():
