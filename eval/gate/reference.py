@@ -97,15 +97,52 @@ def make_reference(
     }
 
 
+class UnusableReference(ValueError):
+    """The reference file cannot be used: unreadable or truncated, another schema, or its set-up fields do not
+    hash to the ``setup_hash`` it records (edited by hand, or damaged). The gate exits 3 (no comparable
+    reference), never 1 (a regression), and says so before measuring anything."""
+
+
 def load_reference(path: Path) -> dict | None:
+    """The reference at ``path`` (None when there is none), checked whole: JSON, schema, the fields the verdict
+    reads, and its ``setup_hash`` recomputed from its own ``setup``; :class:`UnusableReference` naming what is wrong."""
     path = Path(path)
     if not path.is_file():
         return None
-    ref = json.loads(path.read_text())
+    fix = "regenerate it with --update-reference (or restore the committed file)"
+    try:
+        ref = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnusableReference(f"{path}: unreadable ({exc}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise UnusableReference(
+            f"{path}: not valid JSON at line {exc.lineno} ({exc.msg}): truncated or damaged; {fix}"
+        ) from None
+    if not isinstance(ref, dict):
+        raise UnusableReference(f"{path}: a reference is a JSON object, this is a {type(ref).__name__}; {fix}")
     if ref.get("schema") != REFERENCE_SCHEMA:
-        raise ValueError(
+        raise UnusableReference(
             f"{path}: reference schema {ref.get('schema')!r}, this code reads {REFERENCE_SCHEMA}; "
             "regenerate it with --update-reference"
+        )
+    missing = [
+        k for k in ("setup", "setup_hash", "methods", "machine") if not isinstance(ref.get(k), (dict, str))
+    ]
+    if missing:
+        raise UnusableReference(f"{path}: lacks {', '.join(missing)}; {fix}")
+    bad = [
+        name
+        for name, m in ref["methods"].items()
+        if not isinstance(m, dict)
+        or not isinstance(m.get("ratio"), (int, float))
+        or isinstance(m["ratio"], bool)
+    ]
+    if bad:
+        raise UnusableReference(f"{path}: methods {bad} have no numeric ratio; {fix}")
+    if content_key(ref["setup"]) != ref["setup_hash"]:
+        raise UnusableReference(
+            f"{path}: its setup fields do not hash to its setup_hash (edited by hand, or damaged), so what it "
+            f"was measured with is unknown; {fix}"
         )
     return ref
 

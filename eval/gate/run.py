@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.gate.calibration import CALIBRATIONS
 from eval.gate.measure import CLOCKS, MethodTiming, measure, resolve_clock
 from eval.gate.reference import (
+    UnusableReference,
     config_hash,
     load_reference,
     machine_differences,
@@ -103,6 +104,15 @@ class _Gate:
         return outcome
 
 
+def _finish_unmeasured(lines: list[str], result: dict, run_dir: Path | None) -> GateOutcome:
+    """Exit 3 (no comparable reference) before anything is built or measured."""
+    outcome = GateOutcome(EXIT_NO_REFERENCE, "\n".join(lines))
+    if run_dir is not None:
+        atomic_write_json(Path(run_dir) / "gate.json", {**result, "exit_code": outcome.code})
+        (Path(run_dir) / "gate.md").write_text(outcome.text + "\n")
+    return outcome
+
+
 def calibration_of(g: DictConfig, method: str) -> str:
     """The yardstick a method is divided by: ``gate.calibrations[method]``, else ``gate.calibration``."""
     per = g.get("calibrations") or {}
@@ -144,10 +154,7 @@ def _build(cfg: DictConfig) -> _Gate:
     from hydra.utils import instantiate
 
     g = cfg.gate
-    if cfg.hardware.get("threads"):
-        torch.set_num_threads(int(cfg.hardware.threads))
-    device = str(cfg.hardware.get("device", "cpu"))
-    clock_name = resolve_clock(str(g.get("clock", "auto")), device, torch.get_num_threads())
+    device, clock_name = _clock(cfg)
     method_cfgs = {
         str(k): OmegaConf.to_container(v, resolve=True) for k, v in (cfg.get("method") or {}).items()
     }
@@ -168,6 +175,14 @@ def _build(cfg: DictConfig) -> _Gate:
     return _Gate(g, methods, method_cfgs, streams, device, clock_name, repeats, int(cfg.seed))
 
 
+def _clock(cfg: DictConfig) -> tuple[str, str]:
+    """The device and the clock the gate times with (the thread count set first: the clock depends on it)."""
+    if cfg.hardware.get("threads"):
+        torch.set_num_threads(int(cfg.hardware.threads))
+    device = str(cfg.hardware.get("device", "cpu"))
+    return device, resolve_clock(str(cfg.gate.get("clock", "auto")), device, torch.get_num_threads())
+
+
 def _reference_timings(gate: _Gate, first: dict[str, MethodTiming]) -> dict[str, MethodTiming]:
     """The reference's own error shifts every later comparison, so it is the median of several passes, each
     measured exactly as a gate run measures (same k, so the same estimator)."""
@@ -182,33 +197,35 @@ def _reference_timings(gate: _Gate, first: dict[str, MethodTiming]) -> dict[str,
     return chosen
 
 
-def _comparable(gate: _Gate, ref: dict | None, setup: dict, machine: dict, ref_path: Path, cfg) -> bool:
-    """Whether the reference can be compared with; says why not (or what differs) in the gate's text."""
+def _comparable(
+    lines: list[str], g, ref: dict | None, setup: dict, machine: dict, ref_path: Path, cfg
+) -> bool:
+    """Whether the reference can be compared with; says why not (or what differs) in the gate's ``lines``."""
     if ref is None:
-        gate.lines.append(
+        lines.append(
             f"NO REFERENCE at {ref_path}: create it with `python run_eval.py "
             f"experiment={cfg.get('experiment_name', 'ci_latency')} --update-reference` and commit it"
         )
         return False
     if ref.get("setup_hash") != content_key(setup):
         diffs = setup_differences(ref.get("setup", {}), setup)
-        gate.lines.append(
+        lines.append(
             "SET-UP MISMATCH: the reference was measured with a different set-up, so its ratios are not "
             "comparable (not compared). Differences:"
         )
-        gate.lines += [f"  - {d}" for d in diffs or ["(set-up hash differs)"]]
-        gate.lines.append(
+        lines += [f"  - {d}" for d in diffs or ["(set-up hash differs)"]]
+        lines.append(
             "Regenerate the reference deliberately with --update-reference if the change is intended."
         )
         return False
     machine_diffs = machine_differences(ref.get("machine", {}), machine)
     if machine_diffs:
-        gate.lines.append(
+        lines.append(
             "MACHINE DIFFERS from the reference's (ratios transfer between machines only approximately):"
         )
-        gate.lines += [f"  - {d}" for d in machine_diffs]
-        if str(gate.g.get("on_machine_mismatch", "warn")) == "fail":
-            gate.lines.append("not compared (gate.on_machine_mismatch=fail)")
+        lines += [f"  - {d}" for d in machine_diffs]
+        if str(g.get("on_machine_mismatch", "warn")) == "fail":
+            lines.append("not compared (gate.on_machine_mismatch=fail)")
             return False
     return True
 
@@ -264,12 +281,33 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
     """Measure the selected methods and compare with (or, with ``gate.update_reference``, rewrite) the reference."""
     from eval.provenance import device_info, git_state
 
-    gate = _build(cfg)
-    g = gate.g
+    g = cfg.gate
+    device, clock_name = _clock(cfg)
     setup = setup_of(cfg)
-    setup["gate"]["clock"] = gate.clock_name
-    machine = device_info(gate.device)
+    setup["gate"]["clock"] = clock_name
+    machine = device_info(device)
     update = bool(g.get("update_reference", False))
+    ref_path = Path(str(g.reference))
+    names = [str(k) for k in (cfg.get("method") or {})]
+    repeats = int(g.get("reference_repeats") or g.repeats) if update else int(g.repeats)
+    lines = [
+        f"Latency gate — reference {ref_path}",
+        f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
+        f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {device}); "
+        f"clock={clock_name}, median of {repeats} repetitions, ratio = {_ratio_words(g, names)}",
+    ]
+    result = {"setup_hash": content_key(setup), "machine": machine}
+    ref = None
+    if not update:  # the reference is read and checked before the minutes of measurement, not after them
+        try:
+            ref = load_reference(ref_path)
+        except UnusableReference as exc:
+            lines.append(f"UNUSABLE REFERENCE (not compared, nothing measured): {exc}")
+            return _finish_unmeasured(lines, result, run_dir)
+        if not _comparable(lines, g, ref, setup, machine, ref_path, cfg):
+            return _finish_unmeasured(lines, result, run_dir)
+    gate = _build(cfg)
+    gate.lines, gate.result = lines, result
     log.info(
         "gate: %d method(s) x %d video(s), %d repetitions, clock=%s",
         len(gate.methods),
@@ -278,14 +316,6 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         gate.clock_name,
     )
     timings = gate.measure(gate.methods)
-    ref_path = Path(str(g.reference))
-    gate.lines += [
-        f"Latency gate — reference {ref_path}",
-        f"machine: {machine['cpu']} ({machine['cpu_count']} CPUs, "
-        f"torch {machine['torch']}, {machine['torch_threads']} thread(s), {gate.device}); "
-        f"clock={gate.clock_name}, median of {gate.repeats} repetitions, ratio = {_ratio_words(g, list(gate.methods))}",
-    ]
-    gate.result = {"setup_hash": content_key(setup), "machine": machine}
     if update:
         timings = _reference_timings(gate, timings)
         gate.result["timings"] = {k: asdict(t) for k, t in timings.items()}
@@ -298,9 +328,6 @@ def run_gate(cfg: DictConfig, run_dir: Path | None = None) -> GateOutcome:
         gate.lines.append(format_table(rows))
         return gate.finish(EXIT_OK, rows, timings, run_dir)
     gate.result["timings"] = {k: asdict(t) for k, t in timings.items()}
-    ref = load_reference(ref_path)
-    if not _comparable(gate, ref, setup, machine, ref_path, cfg):
-        return gate.finish(EXIT_NO_REFERENCE, [], timings, run_dir)
     retried = _retry_unsure(gate, timings, gate.judge(timings, ref))
     verdicts = gate.judge(timings, ref)
     _annotate(verdicts, retried, ref, gate.method_cfgs)

@@ -208,3 +208,65 @@ def test_sigterm_is_handled_like_ctrl_c_in_a_real_process(tmp_path):
     assert sorted(u.status for u in resumed.units) == sorted(
         ["cached"] * len(finished) + ["ok"] * (3 - len(finished))
     )
+
+
+def _reference_damages():
+    def truncated(ref, path):
+        path.write_text(json.dumps(ref)[:300])
+
+    def other_schema(ref, path):
+        path.write_text(json.dumps({**ref, "schema": 99}))
+
+    def setup_edited(
+        ref, path
+    ):  # the hash left as it was: the recorded set-up no longer says what was measured
+        ref["setup"]["dataset"]["num_frames"] = 8
+        path.write_text(json.dumps(ref))
+
+    def ratio_not_a_number(ref, path):
+        ref["methods"]["busy"]["ratio"] = "fast"
+        path.write_text(json.dumps(ref))
+
+    return {
+        "truncated": (truncated, "not valid JSON"),
+        "other_schema": (other_schema, "reference schema 99"),
+        "setup_edited": (setup_edited, "do not hash to its setup_hash"),
+        "ratio_not_a_number": (ratio_not_a_number, "no numeric ratio"),
+    }
+
+
+@pytest.mark.parametrize("damage", list(_reference_damages()))
+def test_an_unusable_gate_reference_exits_3_before_anything_is_measured(tmp_path, monkeypatch, damage):
+    """A truncated or other-schema reference exited 1 (read by CI as a regression) after the minutes of
+    measurement; one whose set-up fields were edited passed."""
+    import torch
+
+    from eval import cli
+    from eval.gate import EXIT_NO_REFERENCE, EXIT_OK
+    from eval.gate import run as gate_run
+    from tests.test_gate import _cfg, timing
+
+    measured = []
+
+    def measure(methods, streams, **kw):
+        measured.append(sorted(methods))
+        return {k: timing(2.0) for k in methods}
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(gate_run, "measure", measure)
+    try:
+        assert cli.main(_cfg(tmp_path, update_reference="true"), tmp_path / "r0") == EXIT_OK
+        assert cli.main(_cfg(tmp_path), tmp_path / "r1") == EXIT_OK  # the intact reference is compared
+        ref = json.loads((tmp_path / "ref.json").read_text())
+        fn, said = _reference_damages()[damage]
+        fn(ref, tmp_path / "ref.json")
+        measured.clear()
+        monkeypatch.setattr(
+            gate_run, "_build", lambda cfg: pytest.fail("built methods for an unusable reference")
+        )
+        out = gate_run.run_gate(_cfg(tmp_path), tmp_path / "r2")
+    finally:
+        torch.set_num_threads(threads)
+    assert out.code == EXIT_NO_REFERENCE and "UNUSABLE REFERENCE" in out.text and said in out.text, out.text
+    assert measured == []
+    assert json.loads((tmp_path / "r2" / "gate.json").read_text())["exit_code"] == EXIT_NO_REFERENCE
