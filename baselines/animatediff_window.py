@@ -38,8 +38,7 @@ from torch import Tensor, nn
 
 from baselines.common import latent_size, seeded_noise
 from eval.interface import Emission
-from live2diff.attention import temporal_blocks
-from live2diff.attention import use_frame_groupnorm as frame_groupnorm
+from live2diff.attention import temporal_blocks, use_frame_groupnorm
 from live2diff.components import (
     MissingWeightsError,
     build_components,
@@ -56,11 +55,11 @@ log = logging.getLogger(__name__)
 MOTION_KEY = "model.weights.animatediff_motion"
 
 
-def use_frame_groupnorm(unet: nn.Module) -> int:
+def install_frame_groupnorm(unet: nn.Module) -> int:
     """Replace every motion module's GroupNorm with :class:`FrameGroupNorm` (same parameters); returns how many."""
     n = 0
     for _, tm in temporal_blocks(unet):
-        frame_groupnorm(tm)
+        use_frame_groupnorm(tm)
         n += 1
     if not n:
         raise ValueError("animatediff_window: the UNet has no motion modules")
@@ -125,7 +124,7 @@ class AnimateDiffWindow:
             scheduler=scheduler_with_betas(comps.scheduler, noise_schedule),
         )
         self.noise_schedule = schedule_name(self.comps.scheduler)
-        use_frame_groupnorm(self.comps.unet)
+        install_frame_groupnorm(self.comps.unet)
         self._depth_feat: Tensor | None = None
         if self.use_depth:
             self.comps.unet.conv_in.register_forward_hook(self._add_depth)

@@ -40,9 +40,10 @@ CONFIG_KEY = "metrics.depth_error.weights"
 RANDOM_NOTE = "random depth net — not comparable"
 
 
-class TinyDepthNet(nn.Module):
-    """Random stand-in for MiDaS: ``[B, 3, S, S]`` in [0, 1] -> ``[B, S, S]``; a few strided convs so that its output
-    depends on a neighbourhood (structure), not on single pixels."""
+class RandomDepthNet(nn.Module):
+    """The metric's random stand-in for MiDaS: ``[B, 3, S, S]`` in [0, 1] -> ``[B, S, S]``; a few strided convs so
+    that its output depends on a neighbourhood (structure), not on single pixels. (Not the model's depth stand-in,
+    :class:`live2diff.components.depth.TinyDepthNet`, which conditions the tiny model.)"""
 
     def __init__(self, channels: int = 8):
         super().__init__()
@@ -88,7 +89,7 @@ def load_depth_net(weights: str | None, device: str = "cpu", config_key: str = C
                 log.warning("depth_error: no weights given (%s); using a tiny random depth net", config_key)
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
-                    net = TinyDepthNet()
+                    net = RandomDepthNet()
             _CACHE[key] = net.eval().to(device)
         return _CACHE[key]
 

@@ -4,7 +4,8 @@
 to [-1, 1] (``normalize=True``), at the frames' own resolution, spatially averaged; the video's value is the mean
 over frames. Weights come from one local file holding the trunk and the linear layers (build it with
 ``python -m eval.metrics.convert_lpips_weights``); nothing is downloaded. Without that file the metric refuses to
-start, so the default metric set leaves it out (``conf/metrics/paper.yaml`` includes it).
+start, so the default metric set leaves it out (``+metrics/add=lpips`` or ``+metrics/add=paper`` adds it:
+``conf/metrics/add/``).
 """
 
 from __future__ import annotations
