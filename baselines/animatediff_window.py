@@ -18,6 +18,7 @@ temporal attention approximates.
 * **Depth**: off by default (AnimateDiff has no depth input); ``depth: true`` adds Live2Diff's depth latent after
   ``conv_in`` (for Live2Diff's depth-fine-tuned weights). Stated in ``info["depth"]``.
 * **Noise schedule**: AnimateDiff's inference configs (``beta_schedule: linear``).
+* **Prompt encoding**: ``clip_skip: 0``, the text encoder's final layer, as AnimateDiff's ``_encode_prompt``.
 
 Offline by nature: a frame's output waits for the windows around it at every step, so ``lookahead`` (computed from
 window, stride and the number of steps) is large, most pushes only VAE-encode and a few run whole windows — the
@@ -47,6 +48,7 @@ from live2diff.components import (
     make_lcm_schedule,
     vae_decode,
     vae_encode,
+    with_clip_skip,
 )
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 
@@ -96,6 +98,7 @@ def window_lookahead(window: int, stride: int, n_steps: int) -> int:
 class AnimateDiffWindow:
     initial_block = 0
     offline_reference = True  # bursty per-call time: the report must not show its steady-state FPS as a speed
+    reference_settings = {"clip_skip": 0}  # any other value is named in the report header (eval.method_notes)
 
     def __init__(
         self,
@@ -108,10 +111,12 @@ class AnimateDiffWindow:
         num_inference_steps: int = 50,
         noise_schedule: str | None = "linear",
         depth: bool | str = False,
+        clip_skip: int | None = 0,
     ) -> None:
         if isinstance(depth, str):
             depth = depth.lower() not in ("none", "off", "false", "no")
-        comps = build_components(model, device, dtype)
+        # guoyww/AnimateDiff's _encode_prompt takes text_encoder(...)[0]: the final layer (clip_skip 0)
+        comps = with_clip_skip(build_components(model, device, dtype), clip_skip)
         weights = (comps.cfg or {}).get("weights") or {}
         self.motion_weights = self._load_motion(comps, weights)
         if depth and (comps.depth is None or comps.depth_mapper is None):
@@ -178,6 +183,7 @@ class AnimateDiffWindow:
         """How this method ran, recorded per unit for the report."""
         return {
             "noise_schedule": self.noise_schedule,
+            "clip_skip": self.comps.clip_skip,
             "offline_reference": True,
             "motion_weights": self.motion_weights,
             "depth": self.use_depth,

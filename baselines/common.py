@@ -34,6 +34,7 @@ from live2diff.models import (
     make_lcm_schedule,
     vae_decode,
     vae_encode,
+    with_clip_skip,
 )
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 
@@ -105,6 +106,12 @@ class LatentStreamMethod:
       noise_schedule: the betas LCM runs on — "scaled_linear" (SD1.5's, what StreamDiffusion and StreamV2V take
         from the pipeline), "linear" (Live2Diff's DDIM kwargs) or "model" (the model config's scheduler as is);
         the resolved name is ``self.noise_schedule`` (recorded per unit for the report).
+      renoise: True = between steps a frame's clean estimate is noised to the next timestep with that step's noise
+        (LCM multistep); False = only scaled by the next step's sqrt(alpha_bar), no noise added (StreamDiffusion's
+        ``do_add_noise=False``, its vid2vid example).
+      clip_skip: how the prompt is encoded (:func:`live2diff.components.encode_prompt`): 0 = the text encoder's
+        final layer (what StreamDiffusion, StreamV2V and diffusers' img2img pipeline do); None = the model
+        config's ``clip_skip``.
     """
 
     lookahead = 0
@@ -125,12 +132,14 @@ class LatentStreamMethod:
         num_inference_steps: int = 50,
         negative_prompt: str = "",
         noise_schedule: str | None = "model",
+        renoise: bool = True,
+        clip_skip: int | None = None,
     ) -> None:
         if noise not in NOISE_MODES:
             raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
         if cfg_type not in CFG_TYPES:
             raise ValueError(f"cfg_type must be one of {CFG_TYPES}, got {cfg_type!r}")
-        self.comps = build_image_components(model, device, dtype, noise_schedule)
+        self.comps = with_clip_skip(build_image_components(model, device, dtype, noise_schedule), clip_skip)
         self.noise_schedule = schedule_name(self.comps.scheduler)
         self.device = self.comps.device
         self.schedule: LCMSchedule = make_lcm_schedule(
@@ -142,6 +151,7 @@ class LatentStreamMethod:
         self.guidance_scale = float(guidance_scale)
         self.delta = float(delta)
         self.negative_prompt = str(negative_prompt)
+        self.renoise = bool(renoise)
         self._prepared = False
         self.compiled = None  # the compiled UNet of the steady stream call (:meth:`compile`)
         self.reset()
@@ -179,7 +189,11 @@ class LatentStreamMethod:
     @property
     def info(self) -> dict[str, Any]:
         """How this method runs, recorded per unit for the report."""
-        return {"noise_schedule": self.noise_schedule, "offline_reference": self.offline_reference}
+        return {
+            "noise_schedule": self.noise_schedule,
+            "clip_skip": self.comps.clip_skip,
+            "offline_reference": self.offline_reference,
+        }
 
     # -- StreamMethod -------------------------------------------------------------------------------------------
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
@@ -314,7 +328,10 @@ class LatentStreamMethod:
                     done.append((row, x0_r))
                 continue
             row.step += 1
-            row.latent = self.schedule.add_noise(x0_r, self.noise(row.index, row.step), row.step)
+            if self.renoise:
+                row.latent = self.schedule.add_noise(x0_r, self.noise(row.index, row.step), row.step)
+            else:  # do_add_noise=False: the clean estimate scaled to the next timestep, no noise
+                row.latent = self.schedule._c(self.schedule.alpha_sqrt, row.step, x0_r) * x0_r
             if self.use_rcfg:
                 row.stock = self.noise(row.index, row.step) + delta_x[r : r + 1]
             keep.append(row)

@@ -14,7 +14,10 @@ class PerFrameImg2Img(LatentStreamMethod):
 
     ``noise="per_frame"`` (default) draws fresh noise per frame, as independent img2img calls do; ``"fixed"``
     reuses one noise tensor per step for every frame. ``noise_schedule`` defaults to SD1.5's ``scaled_linear`` (an
-    img2img call of the SD1.5 pipeline with LCM-LoRA)."""
+    img2img call of the SD1.5 pipeline with LCM-LoRA); ``clip_skip: 0`` encodes the prompt with the text encoder's
+    final layer, as that pipeline does without a ``clip_skip`` argument."""
+
+    reference_settings = {"clip_skip": 0}  # any other value is named in the report header (eval.method_notes)
 
     def __init__(
         self,
@@ -26,6 +29,7 @@ class PerFrameImg2Img(LatentStreamMethod):
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,
         noise_schedule: str | None = "scaled_linear",
+        clip_skip: int | None = 0,
     ) -> None:
         super().__init__(
             model,
@@ -38,4 +42,5 @@ class PerFrameImg2Img(LatentStreamMethod):
             guidance_scale=guidance_scale,
             num_inference_steps=num_inference_steps,
             noise_schedule=noise_schedule,
+            clip_skip=clip_skip,
         )

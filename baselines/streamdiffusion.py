@@ -14,6 +14,22 @@
   (seed, frame index), so the skip pattern is reproducible under the seed.
 * **Noise schedule**: SD1.5's ``scaled_linear`` betas by default, as the reference builds its LCM scheduler from
   the pipeline's scheduler config.
+* **Prompt encoding**: ``clip_skip: 0`` (the text encoder's final layer), as the reference's ``prepare`` calls the
+  pipeline's ``encode_prompt`` without a clip skip; the model config's ``clip_skip`` (2, Live2Diff's) is not used.
+* **Re-noising** (``renoise``, the reference's ``do_add_noise``): True (the reference's default) noises each
+  frame's clean estimate to the next step with that step's ``init_noise``; False only scales it by the next step's
+  sqrt(alpha_bar) (its vid2vid example, ``conf/method/streamdiffusion_vid2vid.yaml``).
+
+Where this differs from the reference, on purpose:
+
+* With a KL VAE (``model.vae.kind: kl``) the reference *samples* the posterior with its generator
+  (``retrieve_latents``' default); this project takes the posterior mean, so a frame's latent does not depend on a
+  generator's position. TAESD (the reference wrapper's default, and this project's) has no posterior: no difference.
+* The similarity filter returns a skipped frame at once; the reference ``time.sleep(inference_time_ema)`` first,
+  so the ``*_ssf`` rows' FPS is higher than the reference's would be.
+
+``tests/test_reference_streamdiffusion.py`` runs the authors' code (``streamdiffusion==0.1.1``) on the same
+weights, frames and noise and checks that the frames agree (``docs/reference_equivalence.md``).
 """
 
 from __future__ import annotations
@@ -30,6 +46,10 @@ __all__ = ["SimilarImageFilter", "StreamDiffusion"]
 
 
 class StreamDiffusion(LatentStreamMethod):
+    #: the settings with which this class computes what the authors' code computes; any other value is a variant of
+    #: ours, named in the report header (eval.method_notes). renoise true and false are both the authors' settings.
+    reference_settings = {"clip_skip": 0}
+
     def __init__(
         self,
         model: Any = "tiny",
@@ -47,6 +67,8 @@ class StreamDiffusion(LatentStreamMethod):
         num_inference_steps: int = 50,
         negative_prompt: str = "",
         noise_schedule: str | None = "scaled_linear",
+        renoise: bool = True,
+        clip_skip: int | None = 0,
     ) -> None:
         self.filter = (
             SimilarFrameSkipper(similar_image_filter_threshold, similar_image_filter_max_skip_frame)
@@ -66,6 +88,8 @@ class StreamDiffusion(LatentStreamMethod):
             num_inference_steps=num_inference_steps,
             negative_prompt=negative_prompt,
             noise_schedule=noise_schedule,
+            renoise=renoise,
+            clip_skip=clip_skip,
         )
 
     def reset(self) -> None:

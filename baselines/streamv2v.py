@@ -283,7 +283,7 @@ def _padded(per_row: list[list[Tensor]], like: Tensor) -> tuple[Tensor | None, l
 class StreamV2V(StreamDiffusion):
     #: the settings with which this class computes what the authors' code computes; any other value is a variant of
     #: ours, named in the report header (eval.method_notes)
-    reference_settings = {"bank_write": "calls"}
+    reference_settings = {"bank_write": "calls", "clip_skip": 0}
 
     def __init__(
         self,
@@ -308,6 +308,7 @@ class StreamV2V(StreamDiffusion):
         fusion_layers: list[str] | tuple[str, ...] = ("up_blocks.0", "up_blocks.1", "mid_block"),
         num_inference_steps: int = 50,
         noise_schedule: str | None = "scaled_linear",
+        clip_skip: int | None = 0,
     ) -> None:
         if cfg_type in ("full", "initialize") and float(guidance_scale) > 1.0:
             raise ValueError(
@@ -363,6 +364,7 @@ class StreamV2V(StreamDiffusion):
             similar_image_filter_max_skip_frame=similar_image_filter_max_skip_frame,
             num_inference_steps=num_inference_steps,
             noise_schedule=noise_schedule,
+            clip_skip=clip_skip,  # the reference's prepare calls pipe.encode_prompt without a clip skip
         )
         procs = {}
         for name, proc in self.comps.unet.attn_processors.items():

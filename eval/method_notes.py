@@ -1,10 +1,12 @@
 """Notes for the report header that say how the methods of a run were set up, so a table never hides an unequal
 comparison: a method whose denoising setting differs from the shared ``diffusion:`` block, each method's noise
-schedule, methods whose per-call time is not a streaming speed, and methods run as a variant of the authors' code.
+schedule and prompt encoding (CLIP skip), methods whose per-call time is not a streaming speed, methods run as a
+variant of the authors' code, and where every method departs from its reference code the same way (VAE posterior,
+similarity filter pacing).
 
 Generic over methods: it reads the resolved method configs (keys the ``diffusion:`` block shares, the stated
-``noise_schedule``) and two class attributes (``offline_reference``; ``reference_settings``: the values with which
-the class reproduces the authors' code), never a concrete method name.
+``noise_schedule`` / ``clip_skip`` / ``similar_image_filter``) and two class attributes (``offline_reference``;
+``reference_settings``: the values with which the class reproduces the authors' code), never a concrete method name.
 """
 
 from __future__ import annotations
@@ -63,6 +65,51 @@ def _method_class(name: str, mcfg: dict) -> type | None:
         return None
 
 
+def clip_skip_note(methods: dict[str, dict], model: dict) -> str | None:
+    """How each method encodes its prompt: ``clip_skip`` k takes the text encoder's output k layers before the last
+    (then its final layer norm), 0 the final layer; a method's ``clip_skip: null`` takes ``model.clip_skip``."""
+    parts = []
+    for name, mcfg in methods.items():
+        if "clip_skip" not in mcfg:
+            continue
+        k = mcfg["clip_skip"]
+        parts.append(f"{name} {model.get('clip_skip', 2)} (model.clip_skip)" if k is None else f"{name} {k}")
+    if not parts:
+        return None
+    return (
+        "Prompt encoding, CLIP skip per method (0 = the text encoder's final layer, as StreamDiffusion's, "
+        "StreamV2V's, diffusers' img2img and AnimateDiff's code; 2 = Live2Diff's configs): "
+        + ", ".join(parts)
+    )
+
+
+def reference_departure_notes(methods: dict[str, dict], model: dict) -> list[str]:
+    """What this project does differently from every reference's code, the same for each method: the KL posterior
+    is taken at its mean (the references sample it with their generator), and the similarity filter does not
+    sleep on a skipped frame (the references ``time.sleep(inference_time_ema)``)."""
+    notes = []
+    diffusion = [n for n, m in methods.items() if "t_index_list" in m]
+    if diffusion:
+        kind = str((model.get("vae") or {}).get("kind", "tiny"))
+        this_run = (
+            "this run's VAE is kl: its latents differ from the references' by that draw"
+            if kind == "kl"
+            else f"this run's VAE ({kind}) has no posterior: no difference"
+        )
+        notes.append(
+            "VAE encoding: frames are encoded to the KL posterior's mean; the references (StreamDiffusion, "
+            f"StreamV2V, Live2Diff) sample it with their generator (diffusers' retrieve_latents) — {this_run}"
+        )
+    ssf = [n for n, m in methods.items() if m.get("similar_image_filter") is True]
+    if ssf:
+        notes.append(
+            f"Similarity filter ({', '.join(ssf)}): a skipped frame is emitted at once, while the references "
+            "(StreamDiffusion, Live2Diff) sleep inference_time_ema before returning it, so these rows' FPS is "
+            "higher than the reference code would show"
+        )
+    return notes
+
+
 def offline_notes(methods: dict[str, dict]) -> list[str]:
     """Methods that declare ``offline_reference = True``: most pushes only buffer, one push runs a whole window, so
     the per-call time (and steady-state FPS) is not their speed."""
@@ -96,7 +143,7 @@ def variant_notes(methods: dict[str, dict]) -> list[str]:
 def method_notes(methods: dict[str, dict], shared: dict[str, Any], model: dict) -> list[str]:
     """All of the above, for ``notes.json``. ``methods``/``shared``/``model``: resolved plain containers."""
     notes = override_notes(methods, shared)
-    s = schedule_note(methods, model)
-    if s:
-        notes.append(s)
-    return notes + offline_notes(methods) + variant_notes(methods)
+    for s in (schedule_note(methods, model), clip_skip_note(methods, model)):
+        if s:
+            notes.append(s)
+    return notes + offline_notes(methods) + variant_notes(methods) + reference_departure_notes(methods, model)

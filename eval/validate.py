@@ -341,6 +341,21 @@ def check_t_index_list(key: str, node: Any) -> list[Problem]:
     return []
 
 
+def check_clip_skip(key: str, node: Any, model: Any) -> list[Problem]:
+    """A method's ``clip_skip``: null (the model config's) or an integer the text encoder can give."""
+    if "clip_skip" not in node:
+        return []
+    v = _get(node, "clip_skip")
+    n = _get(_get(model, "text_encoder"), "num_hidden_layers")
+    if v is None:
+        return []
+    if not _is_int(v) or v < 0 or (_is_int(n) and v >= n):
+        bound = f" below the text encoder's {n} layers" if _is_int(n) else ""
+        fix = f"null (model.clip_skip) or an integer >= 0{bound}: 0 = the final layer, 2 = Live2Diff's"
+        return [Problem(f"{key}.clip_skip", v, f"must be {fix}")]
+    return []
+
+
 def check_methods(cfg: Any) -> list[Problem]:
     methods = _get(cfg, "method")
     if not methods:
@@ -370,6 +385,7 @@ def check_methods(cfg: Any) -> list[Problem]:
         if obj is not None:
             out += check_params(key, node, obj)
         out += check_t_index_list(key, node)
+        out += check_clip_skip(key, node, _get(cfg, "model"))
     return out
 
 

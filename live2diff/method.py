@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from live2diff.components import build_components
+from live2diff.components import build_components, with_clip_skip
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 from live2diff.pipeline import Live2DiffStream
 from live2diff.similar_filter import SimilarFrameSkipper
@@ -47,13 +47,15 @@ class Live2DiffMethod:
         similar_image_filter_threshold: float = 0.98,
         similar_image_filter_max_skip_frame: int = 10,
         noise_schedule: str | None = "linear",
+        clip_skip: int | None = None,
     ):
         if threads:
             torch.set_num_threads(int(threads))
         if isinstance(depth, str):
             depth = depth.lower() not in ("none", "off", "false", "no")
         self.device = torch.device(device)
-        comps = build_components(model, self.device, dtype)
+        # clip_skip None: the model config's (2, as the reference's configs); a method-level value overrides it
+        comps = with_clip_skip(build_components(model, self.device, dtype), clip_skip)
         # the reference's LCM runs on its DDIM kwargs' linear betas (live2diff/noise_schedule.py)
         self.components = dataclasses.replace(
             comps, scheduler=scheduler_with_betas(comps.scheduler, noise_schedule)
@@ -102,7 +104,11 @@ class Live2DiffMethod:
     @property
     def info(self) -> dict[str, Any]:
         """How this method runs, recorded per unit for the report."""
-        return {"noise_schedule": self.noise_schedule, "offline_reference": False}
+        return {
+            "noise_schedule": self.noise_schedule,
+            "clip_skip": self.components.clip_skip,
+            "offline_reference": False,
+        }
 
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:
         self.seed = int(seed)

@@ -23,7 +23,10 @@ def diffusion_methods(cfg: dict) -> dict[str, dict]:
 
 #: configs that reproduce one of the authors' scripts, steps included: they pin their own t_index_list (and the
 #: report header names the override, test_report_notes_name_every_override_and_schedule)
-PINNED_STEPS = {"streamv2v_vid2vid": [30, 35, 40, 45]}  # Jeff-LiangF/streamv2v vid2vid/main.py
+PINNED_STEPS = {
+    "streamv2v_vid2vid": [30, 35, 40, 45],  # Jeff-LiangF/streamv2v vid2vid/main.py
+    "streamdiffusion_vid2vid": [35, 45],  # cumulo-autumn/StreamDiffusion examples/vid2vid/main.py
+}
 
 
 def test_every_diffusion_method_takes_the_shared_setting():
@@ -57,6 +60,7 @@ def test_paper_experiments_set_one_t_index_list_for_all(name):
         ("live2diff_nowarmup", "live2diff", {"warmup"}),
         ("live2diff_window", "live2diff", {"warmup", "attention"}),
         ("streamdiffusion_ssf", "streamdiffusion", {"similar_image_filter"}),
+        ("streamdiffusion_vid2vid", "streamdiffusion", {"t_index_list", "renoise", "similar_image_filter"}),
         ("streamv2v_fifo", "streamv2v", {"bank_size", "update", "update_interval"}),
         ("streamv2v_vid2vid", "streamv2v", {"t_index_list", "first_frame_repeats"}),
     ],
@@ -92,6 +96,12 @@ def test_report_notes_name_every_override_and_schedule():
         "animatediff_window linear"
     ]
     assert any(n.startswith("animatediff_window is an offline reference") for n in notes)
+    skips = [n for n in notes if n.startswith("Prompt encoding")]
+    assert len(skips) == 1 and skips[0].endswith(
+        ": live2diff 2 (model.clip_skip), streamdiffusion 0, streamv2v 0, animatediff_window 0"
+    ), skips
+    assert any(n.startswith("VAE encoding: frames are encoded to the KL posterior's mean") for n in notes)
+    assert not any(n.startswith("Similarity filter") for n in notes)  # no filter in this run
     # equal settings: no override note at all
     assert override_notes({"a": {"t_index_list": [1, 2]}, "b": {}}, {"t_index_list": [1, 2]}) == []
     assert not any("variant of the authors' code" in n for n in notes)
@@ -118,23 +128,88 @@ def _alpha_sqrt(schedule: str, t: int) -> float:
 
 
 @pytest.mark.parametrize(
-    "name,schedule",
+    "name,schedule,clip_skip",
     [
-        ("streamdiffusion", "scaled_linear"),
-        ("streamv2v", "scaled_linear"),
-        ("per_frame_img2img", "scaled_linear"),
-        ("animatediff_window", "linear"),
-        ("live2diff", "linear"),
+        ("streamdiffusion", "scaled_linear", 0),
+        ("streamv2v", "scaled_linear", 0),
+        ("per_frame_img2img", "scaled_linear", 0),
+        ("animatediff_window", "linear", 0),
+        ("live2diff", "linear", 2),
     ],
 )
-def test_each_method_runs_on_its_references_betas(name, schedule):
+def test_each_method_runs_on_its_references_betas_and_prompt_encoding(name, schedule, clip_skip):
+    """Betas, and the CLIP layer the prompt is read from: the baselines' reference code calls the text encoder
+    without a skip (0), Live2Diff's configs take clip_skip 2 (the model config's, which its YAML leaves to it)."""
     from hydra.utils import instantiate
+
+    from live2diff.models import encode_prompt
 
     cfg = compose([f"method=[{name}]"])
     m = instantiate(cfg.method[name], _convert_="all")
     assert m.noise_schedule == schedule
+    assert m.info["clip_skip"] == clip_skip
+    comps = m.components if hasattr(m, "components") else m.comps
+    ids = comps.tokenizer("a cat")
+    out = comps.text_encoder(ids, output_hidden_states=True)
+    norm = getattr(comps.text_encoder, "text_model", comps.text_encoder).final_layer_norm
+    want = out[0] if clip_skip == 0 else norm(out.hidden_states[-3])
+    torch.testing.assert_close(encode_prompt(comps, "a cat"), want, rtol=0, atol=0)
     sched = m.stream.schedule if hasattr(m, "stream") else m.schedule
     want = [_alpha_sqrt(schedule, int(t)) for t in sched.timesteps]
     torch.testing.assert_close(
         sched.alpha_sqrt.double(), torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0
     )
+
+
+def test_a_methods_clip_skip_overrides_the_models_and_bad_values_are_refused():
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from eval.validate import ConfigError, validate
+
+    cfg = compose(["method=[live2diff,streamdiffusion]", "method.live2diff.clip_skip=0", "model.clip_skip=1"])
+    assert instantiate(cfg.method.live2diff, _convert_="all").info["clip_skip"] == 0
+    assert instantiate(cfg.method.streamdiffusion, _convert_="all").info["clip_skip"] == 0
+    notes = method_notes(
+        *(OmegaConf.to_container(cfg[k], resolve=True) for k in ("method", "diffusion", "model"))
+    )
+    assert any(n.endswith(": live2diff 0, streamdiffusion 0") for n in notes), notes
+    cfg = resolved(
+        ["method=[streamdiffusion,streamv2v,per_frame_img2img]", "method.streamdiffusion.clip_skip=2"]
+    )
+    assert [n for n in method_notes(cfg["method"], cfg["diffusion"], cfg["model"]) if "variant" in n] == [
+        "streamdiffusion runs a variant of the authors' code: clip_skip=2 (the authors' code: 0)"
+    ]
+    validate(compose(["method=[streamdiffusion_vid2vid,live2diff]"]), videos=False)
+    n_layers = compose([]).model.text_encoder.num_hidden_layers
+    for bad in (-1, n_layers, "two"):
+        with pytest.raises(ConfigError, match=r"method\.streamdiffusion\.clip_skip"):
+            validate(
+                compose(["method=[streamdiffusion]", f"method.streamdiffusion.clip_skip={bad}"]), videos=False
+            )
+    with pytest.raises(InstantiationException, match="clip_skip must be null"):
+        instantiate(
+            compose(
+                ["method=[streamdiffusion]", "method.streamdiffusion.clip_skip=-1"]
+            ).method.streamdiffusion
+        )
+
+
+def test_reference_departures_are_stated_for_the_runs_they_concern():
+    """The KL posterior (the references sample it, ours takes its mean) and the similarity filter's missing sleep
+    are said in the header, naming whether this run is concerned."""
+    cfg = resolved(["method=[streamdiffusion_ssf,streamdiffusion_vid2vid,live2diff]", "model.vae.kind=kl"])
+    notes = method_notes(cfg["method"], cfg["diffusion"], cfg["model"])
+    vae = [n for n in notes if n.startswith("VAE encoding")]
+    assert len(vae) == 1 and "this run's VAE is kl" in vae[0], vae
+    ssf = [n for n in notes if n.startswith("Similarity filter")]
+    assert ssf == [
+        "Similarity filter (streamdiffusion_ssf, streamdiffusion_vid2vid): a skipped frame is emitted at once, while "
+        "the references (StreamDiffusion, Live2Diff) sleep inference_time_ema before returning it, so these rows' FPS "
+        "is higher than the reference code would show"
+    ]
+    tiny = resolved(["method=[streamdiffusion]"])
+    (vae,) = [
+        n for n in method_notes(tiny["method"], tiny["diffusion"], tiny["model"]) if n.startswith("VAE")
+    ]
+    assert vae.endswith("has no posterior: no difference"), vae

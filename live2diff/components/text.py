@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,28 @@ def build_text(cfg: dict, base: Path | None):
     if base is not None:  # single file: the CLIP text weights live under cond_stage_model.transformer.
         load_ldm_text_encoder(load_state_dict(base, "model.weights.base"), te, base, "model.weights.base")
     return te, OpenClipTokenizer()
+
+
+def with_clip_skip(comps: Any, clip_skip: int | None) -> Any:
+    """``comps`` with a method's own ``clip_skip`` (None: keep the model config's ``model.clip_skip``).
+
+    A method encodes prompts as its reference does: Live2Diff's configs take the penultimate layer (``clip_skip:
+    2`` in the model config), StreamDiffusion / StreamV2V / diffusers' img2img / AnimateDiff call the text encoder
+    without a skip (0: the final layer). A value the text encoder cannot give is refused naming the key."""
+    if clip_skip is None:
+        return comps
+    te = comps.text_encoder
+    n_layers = int(getattr(getattr(te, "config", None), "num_hidden_layers", 0) or 0)
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
+        raise ValueError(f"clip_skip must be null (the model's) or an integer >= 0, got {clip_skip!r}")
+    if n_layers and clip_skip >= n_layers:
+        raise ValueError(
+            f"clip_skip={clip_skip}: the text encoder has {n_layers} layers, so clip_skip must be < {n_layers} "
+            "(0 = the final layer)"
+        )
+    if int(clip_skip) == int(comps.clip_skip or 0):
+        return comps
+    return dataclasses.replace(comps, clip_skip=int(clip_skip))
 
 
 @torch.no_grad()
