@@ -30,7 +30,7 @@ from typing import Any
 
 import pandas as pd
 
-from eval.store import atomic_write_json, atomic_write_parquet
+from eval.store import INCOMPLETE, RUN_STATUS, atomic_write_json, atomic_write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,7 @@ class RunResults:
     strips: list[Path] = field(default_factory=list)
     labels: dict = field(default_factory=dict)  # method label -> the settings that set it apart (merges)
     schema_version: int = SCHEMA_VERSION
+    incomplete: dict = field(default_factory=dict)  # run name -> how it ended, for runs marked INCOMPLETE
 
     @property
     def methods(self) -> list[str]:
@@ -396,18 +397,75 @@ def _read_json(path: Path, default: Any) -> Any:
     return json.loads(path.read_text()) if path.is_file() else default
 
 
+def how_it_ended(run_dir: Path) -> str | None:
+    """For a folder marked ``INCOMPLETE`` (eval/store.py claim_run_dir), what its ``status.json`` says about how the
+    run ended (interrupted by a signal, out of disk, crashed, or killed: "running" with its process gone); None for
+    a run that finished."""
+    d = Path(run_dir)
+    if not (d / INCOMPLETE).exists() and not (d / RUN_STATUS).exists():
+        return None
+    try:
+        st = json.loads((d / RUN_STATUS).read_text())
+    except (OSError, ValueError):
+        st = {}
+    status = st.get("status")
+    if status == "complete" and not (d / INCOMPLETE).exists():
+        return None
+    if status == "running":
+        return f"status.json says running (pid {st.get('pid')} on {st.get('host')}): {_process_state(st)}"
+    detail = st.get("signal") or st.get("error")
+    return f"status.json says {status}" + (f" ({detail})" if detail else "") if status else "no status.json"
+
+
+def _process_state(st: dict) -> str:
+    import os
+    import socket
+
+    pid = st.get("pid")
+    if st.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return "killed, or still running on that host"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "that process is gone: the run was killed"
+    except PermissionError:
+        pass
+    return "that process is alive: the run may still be running"
+
+
+def _not_a_result_folder(d: Path) -> ResultsError:
+    ended = how_it_ended(d)
+    if ended:
+        return ResultsError(
+            f"{d} is a run that did not finish and wrote no tables ({ended}); run the same command again to resume "
+            "it (its finished units are reused), then report it"
+        )
+    return ResultsError(f"{d} is not a result folder (no {VIDEOS}); pass results/<experiment>/<run>")
+
+
 def load_run(run_dir: Path) -> RunResults:
     d = Path(run_dir)
     if not is_run_folder(d):
-        raise ResultsError(f"{d} is not a result folder (no {VIDEOS}); pass results/<experiment>/<run>")
+        raise _not_a_result_folder(d)
     head = _read_json(d / RUN, {"schema_version": 1, "settings": {}})
     version = int(head.get("schema_version", 1))
     if version > SCHEMA_VERSION:
         raise ResultsError(
             f"{d} was written with results schema {version}; this code reads up to {SCHEMA_VERSION} (update it)"
         )
-    if (d / "INCOMPLETE").exists():  # eval/store.py claim_run_dir: the run was killed, crashed or still runs
-        log.warning("%s is marked INCOMPLETE: its tables may lack units (resume the run to complete it)", d)
+    if not isinstance(_read_json(d / PROVENANCE, {}).get("config"), dict):
+        raise ResultsError(
+            f"{d} has no {PROVENANCE} with the run's config: the settings its numbers were computed with are "
+            "unknown, so its rows cannot be told apart from (or merged with) other runs'; restore the file from "
+            "the run, or re-run the command that produced it (its units are reused)"
+        )
+    ended = how_it_ended(d)
+    if ended:
+        log.warning(
+            "%s is marked INCOMPLETE (%s): its tables may lack units (resume the run to complete it)",
+            d,
+            ended,
+        )
     name = d.name
     prov = _read_json(d / PROVENANCE, {})
     tables = {}
@@ -428,13 +486,15 @@ def load_run(run_dir: Path) -> RunResults:
         notes=list(_read_json(d / NOTES, [])),
         strips=sorted((d / STRIPS).glob("*/*.png")),
         schema_version=version,
+        incomplete={name: ended} if ended else {},
     )
 
 
-def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
+def expand_run_dirs(paths: Iterable[Path], unfinished: list[str] | None = None) -> list[Path]:
     """Run folders from the paths a user passes: a run folder as is; a multirun (sweep) folder as its job folders;
     Hydra's own files beside the job folders (``multirun.yaml``, ``.submitit``) skipped, so a shell glob such as
-    ``results/default/multirun_*/*`` works as written."""
+    ``results/default/multirun_*/*`` works as written. A job folder that did not finish and wrote no tables is
+    left out with a warning, and said in ``unfinished`` (the report's header names it)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if is_run_folder(p):
@@ -443,16 +503,29 @@ def expand_run_dirs(paths: Iterable[Path]) -> list[Path]:
             log.info("skipping %s (not a result folder)", p)  # a file, hidden, or a merged report
         elif p.is_dir() and any(is_run_folder(c) for c in p.iterdir()):
             out += sorted((c for c in p.iterdir() if is_run_folder(c)), key=lambda c: (len(c.name), c.name))
+            for c in sorted(p.iterdir()):
+                if c.is_dir() and not is_run_folder(c) and (ended := how_it_ended(c)):
+                    log.warning(
+                        "leaving out %s: a job that did not finish and wrote no tables (%s)", c, ended
+                    )
+                    if unfinished is not None:
+                        unfinished.append(f"{c.name}: did not finish and wrote no tables ({ended})")
         else:
-            raise ResultsError(f"{p} is not a result folder (no {VIDEOS}); pass results/<experiment>/<run>")
+            raise _not_a_result_folder(p)
     if not out:
         raise ResultsError(f"no result folder among {[str(p) for p in paths]}")
     return out
 
 
 def load_runs(paths: Iterable[Path]) -> RunResults:
-    """Load and merge run folders (runs, dataset shards, sweep jobs); see :func:`merge_runs`."""
-    return merge_runs([load_run(p) for p in expand_run_dirs(paths)])
+    """Load and merge run folders (runs, dataset shards, sweep jobs); see :func:`merge_runs`. Sweep jobs that
+    wrote no tables are named in ``incomplete``."""
+    unfinished: list[str] = []
+    run = merge_runs([load_run(p) for p in expand_run_dirs(paths, unfinished)])
+    for line in unfinished:
+        name, _, why = line.partition(": ")
+        run.incomplete.setdefault(name, why)
+    return run
 
 
 # -- merging ------------------------------------------------------------------------------------------------------
@@ -568,6 +641,7 @@ def merge_runs(runs: list[RunResults]) -> RunResults:
         strips=[p for r in runs for p in r.strips],
         labels=labels,
         schema_version=min(r.schema_version for r in runs),
+        incomplete={k: v for r in runs for k, v in r.incomplete.items()},
     )
 
 

@@ -5,7 +5,8 @@ shards or a sweep merged) without re-running anything::
 
 ``RESULT_DIR`` is a run folder or a multirun folder (its job folders are merged). Writes ``summary.md``,
 ``report.html`` (self-contained, images inlined), ``per_method.csv``, ``per_video.csv``, ``paired.csv`` and PNG plots
-into ``--out`` (default: the first result dir).
+into ``--out``; without it, one run folder's report is rebuilt in that folder, and the merged report of several goes
+to a new folder ``merged_<time>`` beside the first (never over a run's own report).
 
 Layout: ``stats.py`` (t intervals, sign-flip tests, Holm), ``sections.py`` (each section built once, as data),
 ``render.py`` (one markdown and one HTML renderer), ``plots.py``. The run folder is read through ``eval.results``.
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "dirs", nargs="+", type=Path, help="result folders (runs, shards, multirun folders) to merge"
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the first result folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: a single run's own folder; for several, a new merged_<time> folder beside them)",
+    )
     p.add_argument("--compare-to", default="identity", help="reference method of the paired comparison")
     p.add_argument(
         "--reference-methods",
@@ -65,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run_dirs = results.expand_run_dirs(args.dirs)
+        out = args.out or (run_dirs[0] if len(run_dirs) == 1 else new_report_dir(run_dirs[0].parent))
         summary = build_report(
-            run_dirs,
-            args.out or run_dirs[0],
+            args.dirs,
+            out,
             args.compare_to or None,
             reference_methods=[m for m in args.reference_methods.split(",") if m],
         )
@@ -75,5 +82,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}")
         return 2
     print(summary.read_text())
+    if args.out is None and len(run_dirs) > 1:
+        print(
+            f"merged report of {len(run_dirs)} run folders written to a new folder, {out} (each run's own report is "
+            "left as it was; --out DIR picks the folder)"
+        )
     print(f"report: {summary.parent / 'report.html'}")
     return 0
+
+
+def new_report_dir(parent: Path) -> Path:
+    """A folder of its own for a merged report, ``parent/merged_<time>`` (``_2`` ... when taken)."""
+    import time
+
+    base = Path(parent) / f"merged_{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    for n in range(1, 1000):
+        d = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            continue
+    raise results.ResultsError(f"no free folder name next to {base}; pass --out DIR")

@@ -258,8 +258,15 @@ def header_section(ctx: Context) -> Section:
     units = ctx.run.units
     n_videos = units["video"].nunique() if not units.empty else 0
     blocks: list = [
-        Text(f"Runs: {', '.join(ctx.run.runs)} — {n_videos} videos, {len(ctx.methods)} methods."),
+        # first: a table from a run that did not finish lacks the units it did not reach
+        Text(
+            f"INCOMPLETE — {name} did not finish ({why}): these tables lack the units it did not reach; run the "
+            "same command again to resume it, then rebuild this report",
+            note=True,
+        )
+        for name, why in ctx.run.incomplete.items()
     ]
+    blocks.append(Text(f"Runs: {', '.join(ctx.run.runs)} — {n_videos} videos, {len(ctx.methods)} methods."))
     for note in ctx.run.all_notes():
         blocks.append(Text(note, note=True))
     for m, bad in ctx.nonfinite.items():

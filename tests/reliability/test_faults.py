@@ -270,3 +270,66 @@ def test_an_unusable_gate_reference_exits_3_before_anything_is_measured(tmp_path
     assert out.code == EXIT_NO_REFERENCE and "UNUSABLE REFERENCE" in out.text and said in out.text, out.text
     assert measured == []
     assert json.loads((tmp_path / "r2" / "gate.json").read_text())["exit_code"] == EXIT_NO_REFERENCE
+
+
+def test_report_never_overwrites_a_run_and_refuses_unknown_or_killed_folders(tmp_path, run_py):
+    import shutil
+    import subprocess
+
+    from eval.store import claim_run_dir
+
+    a, b = (run(tmp_path, name=n).run_dir for n in ("a", "b"))
+    own = (a / "per_method.csv").read_bytes() if (a / "per_method.csv").exists() else None
+    (a / "summary.md").write_text("a's own report\n")
+    r = run_py("-m", "eval.report", str(a), str(b))
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert (a / "summary.md").read_text() == "a's own report\n"  # it was overwritten with the merged report
+    assert ((a / "per_method.csv").read_bytes() if own is not None else None) == own
+    (merged,) = tmp_path.glob("merged_*")
+    assert f"written to a new folder, {merged}" in r.stdout and (merged / "summary.md").is_file()
+    assert (
+        run_py("-m", "eval.report", str(b)).returncode == 0 and (b / "summary.md").is_file()
+    )  # its own folder
+
+    c = tmp_path / "c"
+    shutil.copytree(b, c)
+    (c / "provenance.json").unlink()  # its methods were split into rows of unknown settings
+    r = run_py("-m", "eval.report", str(a), str(c), "--out", str(tmp_path / "ac"))
+    assert r.returncode == 2 and f"{c} has no provenance.json" in r.stdout, r.stdout
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    killed = claim_run_dir(tmp_path / "killed")  # what a SIGKILLed run leaves: status running, no tables
+    status = json.loads((killed / "status.json").read_text())
+    (killed / "status.json").write_text(json.dumps({**status, "pid": gone.pid}))
+    r = run_py("-m", "eval.report", str(killed))
+    assert r.returncode == 2 and "did not finish and wrote no tables" in r.stdout, r.stdout
+    assert "the run was killed" in r.stdout and "not a result folder" not in r.stdout
+
+
+def test_a_report_of_an_unfinished_run_says_so_at_the_top(tmp_path, run_py):
+    import shutil
+
+    from eval.store import claim_run_dir, finish_run_dir
+
+    a, b = (run(tmp_path, name=n).run_dir for n in ("a", "b"))
+    killed = claim_run_dir(tmp_path / "killed")
+    d = run(tmp_path, name="stopped").run_dir  # tables written, then marked as a SIGTERM leaves it
+    (d / "INCOMPLETE").write_text("x")
+    finish_run_dir(d, "interrupted", {"signal": "SIGTERM"})
+    r = run_py("-m", "eval.report", str(a), str(d), "--out", str(tmp_path / "ad"))
+    assert r.returncode == 0, r.stdout[-2000:]
+    top = (tmp_path / "ad" / "summary.md").read_text().splitlines()[:4]
+    assert any(
+        "INCOMPLETE — stopped did not finish (status.json says interrupted (SIGTERM))" in x for x in top
+    ), top
+
+    sweep = (
+        tmp_path / "sweep"
+    )  # a multirun folder with one job killed: named at the top, not silently left out
+    shutil.copytree(b, sweep / "0")
+    shutil.copytree(killed, sweep / "1")
+    r = run_py("-m", "eval.report", str(sweep), "--out", str(tmp_path / "sw"))
+    assert r.returncode == 0, r.stdout[-2000:]
+    top = (tmp_path / "sw" / "summary.md").read_text().splitlines()[:4]
+    assert any("INCOMPLETE — 1 did not finish" in x and "wrote no tables" in x for x in top), top
