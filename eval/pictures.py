@@ -12,12 +12,16 @@ each method, frames at most ``SBS_HEIGHT`` pixels high, at the video's frame rat
 Both are assembled from small per-unit files kept with the unit (``xt_input.png`` + ``xt.png``; ``sbs_input.mp4`` +
 ``sbs.mp4``), so a resumed run draws them too. A unit cached before a picture was requested lacks its file: that
 method's column is left out with a warning (``runner.resume=false`` recomputes it).
+
+The unit's frame strip (input over output, ``runner.save_strips``: :func:`frame_strip_png`) and the mp4 writer every
+video here and ``runner.save_videos`` use (:func:`write_mp4`) live here too.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import math
 import tempfile
 from pathlib import Path
 
@@ -65,8 +69,6 @@ def _small(frames: Tensor) -> Tensor:
 
 
 def _mp4_bytes(frames: Tensor, fps: float) -> bytes:
-    from eval.runner import write_mp4
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "v.mp4"
         write_mp4(path, frames, fps)
@@ -177,8 +179,6 @@ def _xt_figure(run_dir: Path, video: str, entries: list[tuple[str, Path]]) -> li
 
 
 def _sbs_video(run_dir: Path, video: str, entries: list[tuple[str, Path]], fps: float) -> list[Path]:
-    from eval.runner import write_mp4
-
     have = [(m, f) for m, f in entries if (f / "sbs.mp4").is_file() and (f / "sbs_input.mp4").is_file()]
     _missing("side-by-side video", video, [m for m, f in entries if (m, f) not in have])
     if not have:
@@ -191,3 +191,55 @@ def _sbs_video(run_dir: Path, video: str, entries: list[tuple[str, Path]], fps: 
     out = Path(run_dir) / "side_by_side" / f"{video}.mp4"
     write_mp4(out, torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255, fps)
     return [out]
+
+
+def frame_strip_png(
+    inputs: Tensor, outputs: Tensor | list[Tensor], k: int = 6, max_height: int = 96
+) -> bytes:
+    """Input frames on top, outputs below, ``k`` evenly spaced frames, as PNG bytes. Each frame is scaled down to
+    ``max_height`` first (antialiased bilinear), so the strip costs the same at 64 px and at 512 px."""
+    from PIL import Image
+
+    n = inputs.shape[0]
+    idx = sorted({round(x) for x in np.linspace(0, n - 1, min(k, n))})
+    h, w = inputs.shape[-2:]
+    size = (max_height, max(1, int(w * max_height / h))) if h > max_height else (h, w)
+
+    def small(frame: Tensor) -> Tensor:
+        frame = frame.clamp(0, 1)
+        if size == (h, w):
+            return frame
+        return F.interpolate(frame[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+    top = torch.cat([small(inputs[i]) for i in idx], dim=-1)
+    bottom = torch.cat([small(outputs[i]) for i in idx], dim=-1)
+    grid = torch.cat([top, bottom], dim=-2).clamp_(0, 1)
+    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_LEVEL)
+    return buf.getvalue()
+
+
+def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
+    """Encode ``[T, 3, H, W]`` frames as H.264 (MPEG-4 part 2 when no H.264 encoder is available)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
+    tmp = path.with_suffix(".tmp.mp4")
+    rate = max(1, int(round(fps))) if math.isfinite(fps) else 25
+    with av.open(str(tmp), mode="w") as container:
+        try:
+            stream = container.add_stream("libx264", rate=rate)
+        except Exception:  # noqa: BLE001 - encoder availability depends on the FFmpeg build
+            stream = container.add_stream("mpeg4", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for a in arr:
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")
+            ):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)

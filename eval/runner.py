@@ -8,9 +8,7 @@ video, a method error, a contract violation) becomes an error row with its reaso
 from __future__ import annotations
 
 import gc
-import io
 import logging
-import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -349,7 +347,9 @@ class Runner:
             return [note]
         outputs = torch.stack(rec.outputs)
         outputs = torch.nan_to_num(outputs, nan=0.0, posinf=1.0, neginf=0.0).clamp(0, 1)
-        write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
+        pictures.write_mp4(
+            results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps
+        )
         return []
 
     def _compute(self, method_name: str, video: Video, key: str) -> UnitResult:
@@ -541,9 +541,11 @@ class Runner:
         )
         files = {}
         if self.settings.save_strips:
-            files["strip.png"] = frame_strip_png(frames, outputs, self.settings.strip_frames)
+            files["strip.png"] = pictures.frame_strip_png(frames, outputs, self.settings.strip_frames)
         if self.settings.save_videos:
-            write_mp4(results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps)
+            pictures.write_mp4(
+                results.output_video_path(self.run_dir, method_name, video.name), outputs, video.fps
+            )
         s = self.settings
         files.update(
             pictures.unit_files(
@@ -576,57 +578,3 @@ class Runner:
                 side_by_side=self.settings.side_by_side,
                 fps={v.name: v.fps for v in self.videos},
             )
-
-
-def frame_strip_png(
-    inputs: Tensor, outputs: Tensor | list[Tensor], k: int = 6, max_height: int = 96
-) -> bytes:
-    """Input frames on top, outputs below, ``k`` evenly spaced frames, as PNG bytes. Each frame is scaled down to
-    ``max_height`` first (antialiased bilinear), so the strip costs the same at 64 px and at 512 px."""
-    from PIL import Image
-
-    n = inputs.shape[0]
-    idx = sorted({round(x) for x in np.linspace(0, n - 1, min(k, n))})
-    h, w = inputs.shape[-2:]
-    size = (max_height, max(1, int(w * max_height / h))) if h > max_height else (h, w)
-
-    def small(frame: Tensor) -> Tensor:
-        frame = frame.clamp(0, 1)
-        if size == (h, w):
-            return frame
-        return torch.nn.functional.interpolate(
-            frame[None], size=size, mode="bilinear", antialias=True, align_corners=False
-        )[0]
-
-    top = torch.cat([small(inputs[i]) for i in idx], dim=-1)
-    bottom = torch.cat([small(outputs[i]) for i in idx], dim=-1)
-    grid = torch.cat([top, bottom], dim=-2).clamp_(0, 1)
-    img = Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=pictures.PNG_LEVEL)
-    return buf.getvalue()
-
-
-def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
-    """Encode ``[T, 3, H, W]`` frames as H.264 (MPEG-4 part 2 when no H.264 encoder is available)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
-    tmp = path.with_suffix(".tmp.mp4")
-    rate = max(1, int(round(fps))) if math.isfinite(fps) else 25
-    with av.open(str(tmp), mode="w") as container:
-        try:
-            stream = container.add_stream("libx264", rate=rate)
-        except Exception:  # noqa: BLE001 - encoder availability depends on the FFmpeg build
-            stream = container.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for a in arr:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")
-            ):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp.replace(path)
