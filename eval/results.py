@@ -146,7 +146,8 @@ SYSTEM_METRICS = _table(
         "system",
         notes=(
             "per unit (eval/timing.py MemoryProbe): on GPU the CUDA peak allocated, statistics reset at the start "
-            "of each unit; on CPU the growth of the process RSS over its value at the start of the unit",
+            "of each unit; on CPU the growth of the process's resident high-water mark (VmHWM, reset at the start "
+            "of the unit) over its RSS then",
         ),
     ),
 )
