@@ -30,6 +30,15 @@ from eval.store import DiskFullError, UnitStore, as_disk_full, claim_run_dir, di
 log = logging.getLogger(__name__)
 
 GROUPS = ("method", "dataset", "model", "metrics", "hardware", "gate", "experiment")
+#: how a group's options combine, said after "Unknown <group> ..."
+GROUP_HINTS = {
+    "metrics": (
+        ". Each metric is an option: pick some with a list, metrics=[warp_error,clip_score] (metrics=default: all "
+        "six, metrics=none: no quality metric); add an opt-in one to them with +metrics/add=<name> (lpips, "
+        "streamv2v_compat, paper)"
+    ),
+    "method": ". Pick several with a list: method=[identity,live2diff]",
+}
 EXIT_DISK_FULL = 4  # the disk (or quota) filled up: stopped at the first failed write, finished units kept
 
 
@@ -270,7 +279,7 @@ def check_overrides(argv: list[str]) -> str | None:
             if name not in options:
                 close = difflib.get_close_matches(name, options, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}"
+                return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}" + GROUP_HINTS.get(key, "")
     return None
 
 

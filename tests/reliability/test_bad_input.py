@@ -187,3 +187,42 @@ def test_unpadded_frame_numbers_play_in_numeric_order(tmp_path):
     levels = (v.load()[:, 0, 0, 0] * 255).round().int().tolist()
     assert levels == [20 * i for i in range(1, 12)]
     assert v.meta["source"]["notes"] == []  # 1..11 has no gap
+
+
+def test_single_metrics_are_picked_with_a_list_and_a_typo_says_how(tmp_path, run_py):
+    common = [
+        f"results_root={tmp_path / 'r'}",
+        "method=[identity]",
+        "dataset.num_videos=1",
+        "dataset.num_frames=3",
+    ]
+    common += ["report.enabled=false"]
+    r = run_py("run_eval.py", "metrics=[warp_eror]", *common, f"hydra.run.dir={tmp_path / 'typo'}")
+    assert r.returncode == 2 and "Did you mean 'warp_error'?" in r.stderr, r.stderr
+    assert "metrics=[warp_error,clip_score]" in r.stderr and "+metrics/add=" in r.stderr
+    r = run_py(
+        "run_eval.py",
+        "metrics=[warp_error,warp_error_input]",
+        "metrics.warp_error.flow=farneback",
+        *common,
+        f"hydra.run.dir={tmp_path / 'two'}",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    computed = set(pd.read_parquet(tmp_path / "two" / "videos.parquet").metric)
+    assert {"warp_error", "warp_error_input"} <= computed and not computed & {"clip_score", "frame_diff"}
+    described = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert described["warp_error_input"]["config"]["flow"] == "farneback"  # the input row follows warp_error
+
+
+def test_the_default_metric_set_is_the_six_single_metric_files():
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose
+
+    every = OmegaConf.to_container(compose().metrics, resolve=True)
+    names = ["frame_diff", "warp_error", "warp_error_input", "clip_score", "clip_consistency", "depth_error"]
+    assert list(every) == names
+    one_by_one = {
+        n: OmegaConf.to_container(compose([f"metrics=[{n}]"]).metrics, resolve=True)[n] for n in names
+    }
+    assert one_by_one == every  # alone, each file resolves to what the default set gives it
