@@ -55,35 +55,46 @@ def build(case: G.Case, folders):
 
 
 class Matching:
-    """Our ToMe merges with the reference's matching replayed (see the module docstring); counts what differed."""
+    """Our ToMe merges with the reference's matching replayed (see the module docstring). What differs is collected
+    in ``violations`` (checked after the outputs, so that a wrong mechanism shows its figure): a merge where the
+    reference made none (ours then merges with its own seeded split), or a choice of ours that is not a near-tie."""
 
-    def __init__(self, golden: G.Golden) -> None:
-        self.golden, self.at = golden, None
+    def __init__(self, golden: G.Golden, bank: sv2v.FeatureBank) -> None:
+        self.golden, self.bank, self.at = golden, bank, None
         self.merges = self.choices = self.near_ties = 0
         self.worst = 0.0  # largest similarity gap between our choice and theirs
+        self.violations: list[str] = []
 
     def draw(self, layer: str, step: int, call: int, n: int) -> torch.Tensor:
         self.at = (layer, step, call)
+        if (call, layer) not in self.golden.tome:
+            self.violations.append(
+                f"ours merged at call {call} in {layer}, step {step}; the reference did not"
+            )
+            return self.bank.seeded_permutation(layer, step, call, n)
         return self.golden.draw(layer, step, call, n)
 
     def merge(self, old, new, perm, nearest=None):
         layer, step, call = self.at
-        theirs = self.golden.matched(layer, step, call)
         keys = torch.cat([old.keys, new.keys])
         ours = sv2v.tome_nearest(keys, perm)
+        if (call, layer) not in self.golden.nearest:
+            return sv2v.tome_merge.__wrapped__(old, new, perm, ours)
+        theirs = self.golden.matched(layer, step, call)
         r = keys.shape[0] // 2
         metric = torch.nn.functional.normalize(keys.float(), dim=-1)
         sim = metric[perm[:r]] @ metric[perm[r:]].T
         rows = torch.arange(r)
-        gap = sim[rows, ours] - sim[rows, theirs]
+        gap = (sim[rows, ours] - sim[rows, theirs]).abs()
         self.merges, self.choices = self.merges + 1, self.choices + r
         self.near_ties += int((ours != theirs).sum())
         self.worst = max(self.worst, float(gap.max()))
-        assert float(gap.max()) <= MATCH_TOL, (
-            f"ToMe matching at call {call}, {layer}, step {step}: ours differs from the reference's on "
-            f"{int((gap > MATCH_TOL).sum())} of {r} tokens by up to {float(gap.max()):.2e} in cosine similarity "
-            "(not a near-tie)"
-        )
+        if float(gap.max()) > MATCH_TOL:
+            self.violations.append(
+                f"ToMe matching at call {call}, {layer}, step {step}: ours differs from the reference's on "
+                f"{int((gap > MATCH_TOL).sum())} of {r} tokens by up to {float(gap.max()):.2e} in cosine "
+                "similarity (not a near-tie)"
+            )
         return sv2v.tome_merge.__wrapped__(old, new, perm, theirs)
 
 
@@ -92,7 +103,7 @@ def stream(method, case: G.Case, golden: G.Golden, pushes: int, flush: bool, mon
     matching record."""
     method.prepare(G.PROMPT, height=G.HEIGHT, width=G.WIDTH, seed=case.seed)
     method.init_noise = golden.init_noise.to(method.device, method.comps.dtype)
-    matching = Matching(golden)
+    matching = Matching(golden, method.bank)
     method.bank.draw = matching.draw
     merge = sv2v.tome_merge
     replay = lambda *a, **k: matching.merge(*a, **k)  # noqa: E731
@@ -109,8 +120,9 @@ def stream(method, case: G.Case, golden: G.Golden, pushes: int, flush: bool, mon
         emitted += method.flush()
     monkeypatch.undo()
     assert len(latents) == len(emitted)
-    expected = sum(1 for (call, _) in golden.tome if call < method.calls)
-    assert matching.merges == expected * case.n_steps or flush, (matching.merges, expected)
+    missed = sum(1 for (call, _) in golden.tome if call < method.calls) * case.n_steps - matching.merges
+    if missed and not flush:  # (flush calls hold fewer rows than the reference's drained stream)
+        matching.violations.append(f"ours made {missed} fewer ToMe merges than the reference")
     return {i: (lat, img.float().cpu()) for (i, img), lat in zip(emitted, latents)}, matching
 
 
@@ -141,6 +153,9 @@ def check(case_name: str, fixture, full: bool, monkeypatch):
     pushes = case.frames if full else case.fast_frames  # without flush: frames 0 .. pushes - n_steps come out
     out, matching = stream(method, case, golden, pushes, full, monkeypatch)
     diffs = compare(case, golden, out, case.frames if full else pushes - case.n_steps + 1)
+    assert not matching.violations, (
+        "; ".join(matching.violations[:3]) + f" ({len(matching.violations)} in all)"
+    )
     print(
         f"{case_name}: {len(diffs)} frames, max |ours - theirs| latent {max(d[0] for d in diffs):.2e}, image "
         f"{max(d[1] for d in diffs):.2e}; ToMe: {matching.merges} merges, {matching.choices} choices, "
