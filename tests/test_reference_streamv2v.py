@@ -35,12 +35,9 @@ def fixture(tmp_path_factory):
 
 
 def build(case: G.Case, folders):
-    """Our method as its config composes it, on the fixture. The text encoding is the reference's (CLIP's final
-    layer): the method's own ``clip_skip`` when its config has one, else the model's set to 0."""
-    overrides = [f"method=[{case.method}]", "hardware=cpu", *G.model_overrides(folders)]
-    cfg = compose(overrides)
-    if "clip_skip" not in cfg.method[case.method]:
-        cfg = compose([*overrides, "model.clip_skip=0"])
+    """Our method as its config composes it, on the fixture (its ``clip_skip`` included: the reference's prompt
+    encoding is the text encoder's final layer, ``clip_skip: 0``, checked below with the other settings)."""
+    cfg = compose([f"method=[{case.method}]", "hardware=cpu", *G.model_overrides(folders)])
     mcfg = cfg.method[case.method]
     resolved = OmegaConf.to_container(mcfg, resolve=True)
     for key, want in G.our_settings(case).items():

@@ -190,6 +190,7 @@ def our_settings(case: Case) -> dict[str, Any]:
         "fusion_layers": ["up_blocks.0", "up_blocks.1", "mid_block"],
         "first_frame_repeats": r["first_frame_repeats"],
         "noise_schedule": "scaled_linear",  # LCMScheduler.from_config(pipe.scheduler.config): SD1.5's betas
+        "clip_skip": 0,  # their prepare: pipe.encode_prompt without a clip skip (the text encoder's final layer)
         "similar_image_filter": False,
     }
 
