@@ -447,11 +447,33 @@ def check_paths(key: str, node: Any) -> list[Problem]:
         elif "weight" in sub.lower() and isinstance(v, str) and v:
             if v == "???":
                 out.append(Problem(sub, v, f"required: set {sub}=/path/to/weights"))
+            elif sub.startswith("model.weights.") and v.lower() in ("random", "none"):
+                continue  # a component named random (a LoRA none) on purpose: not a path (check_model_weights)
             elif not local_path(v).exists():
                 out.append(
                     Problem(sub, v, "no such file or folder (nothing is downloaded: give a local path)")
                 )
     return out
+
+
+def check_model_weights(model: Any) -> list[Problem]:
+    """The model's weights plan (live2diff/components/weights.py ``weight_plan``, the one the builder runs): once any
+    real weight is given, every other component is given or named ``random``/``none``, and no weight is given for
+    a component the config does not use. Refused here, before anything runs, not when the first unit builds its
+    method (an error row, exit 1). Read only when a real weight is set: the default tiny model needs no check."""
+    weights = _get(model, "weights") or {}
+    given = {str(k): _get(weights, str(k)) for k in weights}
+    real = [k for k, v in given.items() if v not in (None, "", "???") and str(v).lower() not in ("random", "none")]
+    if not real or real == ["trained"]:
+        return []
+    from live2diff.components.config import resolve_model_cfg
+    from live2diff.components.weights import weight_plan
+
+    try:
+        weight_plan(resolve_model_cfg(OmegaConf.to_container(model, resolve=True)))
+    except Exception as exc:  # noqa: BLE001 - every refusal of the plan is a set-up problem
+        return [Problem("model.weights", {k: given[k] for k in real}, _reason(exc))]
+    return []
 
 
 def check_hardware(cfg: Any) -> list[Problem]:
@@ -474,6 +496,8 @@ def validate(cfg: DictConfig, *, videos: bool = True, listed: list | None = None
     model = _get(cfg, "model")
     if isinstance(model, DictConfig):
         problems += check_paths("model", model)
+        if not any(p.key.startswith("model.weights") for p in problems):  # a missing file is said first
+            problems += check_model_weights(model)
     problems += check_hardware(cfg)
     problems += check_resolution(cfg)
     if videos and not any(p.key.startswith(("dataset", "model.resolution")) for p in problems):

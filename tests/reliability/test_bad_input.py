@@ -226,3 +226,24 @@ def test_the_default_metric_set_is_the_six_single_metric_files():
         n: OmegaConf.to_container(compose([f"metrics=[{n}]"]).metrics, resolve=True)[n] for n in names
     }
     assert one_by_one == every  # alone, each file resolves to what the default set gives it
+
+
+def test_sd15_with_one_real_weight_is_refused_by_validation_exit_2(tmp_path, run_py):
+    """It was refused only when the first unit built its method (an error row, exit 1)."""
+    from eval.validate import ConfigError, validate
+    from tests.conftest import compose
+
+    taesd = tmp_path / "taesd"
+    taesd.mkdir()
+    (taesd / "config.json").write_text("{}")
+    common = ["model=sd15", f"model.weights.taesd={taesd}", "method=[live2diff]", "dataset.num_videos=1"]
+    r = run_py("run_eval.py", *common, f"results_root={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "model.weights={'taesd':" in r.stderr and "model.weights.base=/path (or random)" in r.stderr
+    assert not (tmp_path / "r" / "units").exists()
+    named = [f"model.weights.{k}=random" for k in ("base", "motion", "depth")] + [
+        "model.weights.lcm_lora=none"
+    ]
+    validate(compose([*common, *named]), videos=False)  # every other component named on purpose: fine
+    with pytest.raises(ConfigError, match="model.weights.depth=/path"):
+        validate(compose([*common, *named[:2], named[3]]), videos=False)
