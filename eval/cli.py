@@ -279,7 +279,9 @@ def check_overrides(argv: list[str]) -> str | None:
             if name not in options:
                 close = difflib.get_close_matches(name, options, n=1)
                 hint = f" Did you mean '{close[0]}'?" if close else ""
-                return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}" + GROUP_HINTS.get(key, "")
+                return f"Unknown {key} '{name}'.{hint} Available: {', '.join(options)}" + GROUP_HINTS.get(
+                    key, ""
+                )
     return None
 
 

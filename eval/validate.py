@@ -463,7 +463,9 @@ def check_model_weights(model: Any) -> list[Problem]:
     method (an error row, exit 1). Read only when a real weight is set: the default tiny model needs no check."""
     weights = _get(model, "weights") or {}
     given = {str(k): _get(weights, str(k)) for k in weights}
-    real = [k for k, v in given.items() if v not in (None, "", "???") and str(v).lower() not in ("random", "none")]
+    real = [
+        k for k, v in given.items() if v not in (None, "", "???") and str(v).lower() not in ("random", "none")
+    ]
     if not real or real == ["trained"]:
         return []
     from live2diff.components.config import resolve_model_cfg

@@ -119,7 +119,9 @@ def load_reference(path: Path) -> dict | None:
             f"{path}: not valid JSON at line {exc.lineno} ({exc.msg}): truncated or damaged; {fix}"
         ) from None
     if not isinstance(ref, dict):
-        raise UnusableReference(f"{path}: a reference is a JSON object, this is a {type(ref).__name__}; {fix}")
+        raise UnusableReference(
+            f"{path}: a reference is a JSON object, this is a {type(ref).__name__}; {fix}"
+        )
     if ref.get("schema") != REFERENCE_SCHEMA:
         raise UnusableReference(
             f"{path}: reference schema {ref.get('schema')!r}, this code reads {REFERENCE_SCHEMA}; "

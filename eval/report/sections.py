@@ -260,7 +260,7 @@ def header_section(ctx: Context) -> Section:
     blocks: list = [
         # first: a table from a run that did not finish lacks the units it did not reach
         Text(
-            f"INCOMPLETE — {name} did not finish ({why}): these tables lack the units it did not reach; run the "
+            f"INCOMPLETE — run '{name}' did not finish ({why}): these tables lack the units it did not reach; run the "
             "same command again to resume it, then rebuild this report",
             note=True,
         )

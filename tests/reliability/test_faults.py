@@ -321,7 +321,7 @@ def test_a_report_of_an_unfinished_run_says_so_at_the_top(tmp_path, run_py):
     assert r.returncode == 0, r.stdout[-2000:]
     top = (tmp_path / "ad" / "summary.md").read_text().splitlines()[:4]
     assert any(
-        "INCOMPLETE — stopped did not finish (status.json says interrupted (SIGTERM))" in x for x in top
+        "INCOMPLETE — run 'stopped' did not finish (status.json says interrupted (SIGTERM))" in x for x in top
     ), top
 
     sweep = (
@@ -332,4 +332,4 @@ def test_a_report_of_an_unfinished_run_says_so_at_the_top(tmp_path, run_py):
     r = run_py("-m", "eval.report", str(sweep), "--out", str(tmp_path / "sw"))
     assert r.returncode == 0, r.stdout[-2000:]
     top = (tmp_path / "sw" / "summary.md").read_text().splitlines()[:4]
-    assert any("INCOMPLETE — 1 did not finish" in x and "wrote no tables" in x for x in top), top
+    assert any("INCOMPLETE — run '1' did not finish" in x and "wrote no tables" in x for x in top), top
