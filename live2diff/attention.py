@@ -116,6 +116,12 @@ class TemporalAttentionState:
         return out
 
 
+def _dropout(attn, x: Tensor) -> Tensor:
+    """``attn.to_out[1]`` (dropout), skipped when it is the identity (inference): one module call less per layer."""
+    drop = attn.to_out[1]
+    return drop(x) if drop.training and drop.p > 0 else x
+
+
 class StreamTemporalAttnProcessor:
     """Processor for one temporal self-attention layer (``attn1`` or ``attn2`` of a motion block).
 
@@ -183,7 +189,7 @@ class StreamTemporalAttnProcessor:
         else:
             raise ValueError(f"unknown temporal attention mode '{st.mode}'")
         out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return _dropout(attn, out)
 
     def _heads(self, x: Tensor, heads: int) -> Tensor:
         *lead, n, c = x.shape
@@ -264,7 +270,7 @@ class StreamTemporalAttnProcessor:
         else:
             out += torch.einsum("nhdl,hlnp->hdnp", vpe, w)
         out = attn.to_out[0](out.view(c, n_rows).t())  # [nb*hw, C]
-        return attn.to_out[1](out.view(n_rows, 1, c))
+        return _dropout(attn, out.view(n_rows, 1, c))
 
     def _stream_vector_static(self, attn, x: Tensor, n_rows: int, nb: int, hw: int, h: int, c: int) -> Tensor:
         """The vector kernel over the state's static tensors only (capture mode): every row's slot positions, query

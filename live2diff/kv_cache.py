@@ -124,6 +124,7 @@ class LayerKVCache:
         self.k: Tensor | None = None
         self.v: Tensor | None = None
         self.heads = self.head_dim = self.hw = 0
+        self._views: dict = {}  # views of the storage reused every call (write destinations, step ranges)
 
     def ensure(self, hw: int, heads: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> None:
         if (
@@ -136,6 +137,7 @@ class LayerKVCache:
         ):
             return
         s, w = self.n_steps, self.window
+        self._views = {}
         self.kernel = resolve_kernel(self.requested, device)
         if self.kernel == "vector":
             self.kv = torch.zeros((2, heads, w, head_dim, s, hw), device=device, dtype=dtype)
@@ -170,8 +172,12 @@ class LayerKVCache:
         """``vector`` kernel, stream call: row ``i``'s keys and values (``kv[:, :, :, i]`` of ``[2, h, d, nb,
         h*w]``) go to step ``steps[i]``, slot ``slots[i]``. ``aligned`` (consecutive steps sharing one slot: the
         steady state): one slice assignment for all rows, keys and values together; otherwise one per row."""
-        if aligned:
-            self.kv[:, :, slots[0], :, steps[0] : steps[0] + len(steps)] = kv
+        if aligned:  # the destination view, made once per slot (a stream cycles through the ring's slots)
+            key = (slots[0], steps[0], len(steps))
+            dst = self._views.get(key)
+            if dst is None:
+                dst = self._views[key] = self.kv[:, :, slots[0], :, steps[0] : steps[0] + len(steps)]
+            dst.copy_(kv)
         else:
             for i, (step, slot) in enumerate(zip(steps, slots)):
                 self.kv[:, :, slot, :, step] = kv[:, :, :, i]
@@ -195,7 +201,13 @@ class LayerKVCache:
         dim = 3 if self.kernel == "vector" else 0
         s0 = steps[0]
         if steps == list(range(s0, s0 + len(steps))):
-            return self.k.narrow(dim, s0, len(steps)), self.v.narrow(dim, s0, len(steps))
+            if torch.compiler.is_compiling():  # traced: a view is free, no Python memo inside the graph
+                return self.k.narrow(dim, s0, len(steps)), self.v.narrow(dim, s0, len(steps))
+            key = ("steps", s0, len(steps))
+            got = self._views.get(key)
+            if got is None:
+                got = self._views[key] = (self.k.narrow(dim, s0, len(steps)), self.v.narrow(dim, s0, len(steps)))
+            return got
         idx = torch.tensor(steps, device=self.k.device)
         return self.k.index_select(dim, idx), self.v.index_select(dim, idx)
 
@@ -218,6 +230,7 @@ class LayerKVCache:
 
     def clear(self) -> None:
         self.kv = self.k = self.v = None
+        self._views = {}
         self.heads = self.head_dim = self.hw = 0
 
     @property
