@@ -42,7 +42,15 @@ def _app(cfg: DictConfig) -> None:
             f"{what}: the run folder is marked interrupted; run the same command again to resume",
             file=sys.stderr,
         )
-        _codes.append(getattr(exc, "exit_code", 128 + 2))  # as a shell reports SIGTERM (143) / SIGINT (130)
+        code = getattr(exc, "exit_code", 128 + 2)  # as a shell reports SIGTERM (143) / SIGINT (130)
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            # a submitit job (hydra/launcher=submitit_slurm): returning would record the job as finished, and the
+            # sweep waiting for it would merge an interrupted job while SLURM requeues (preemption, scontrol
+            # requeue) or cancels it. The tables are written: end as SLURM's SIGKILL would, just sooner.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        _codes.append(code)
 
 
 def run() -> None:

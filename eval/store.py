@@ -329,29 +329,63 @@ RUN_STATUS = "status.json"
 INCOMPLETE = "INCOMPLETE"
 
 
+def slurm_attempt() -> dict:
+    """The SLURM job this process runs in and which attempt of it this is (a requeued job runs again under the same
+    ``SLURM_JOB_ID`` with ``SLURM_RESTART_COUNT`` one higher); empty outside SLURM."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT") or 0)}
+
+
+def _earlier_attempt(d: Path, attempt: dict) -> bool:
+    """``d`` was claimed by an earlier attempt of this same SLURM job that did not complete (preempted, timed out,
+    ``scontrol requeue``): this attempt continues in it, so a job keeps one folder however often it is requeued."""
+    if not attempt:
+        return False
+    try:
+        prev = json.loads((d / RUN_STATUS).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        prev.get("slurm_job") == attempt["slurm_job"]
+        and prev.get("status") != "complete"
+        and int(prev.get("slurm_restart") or 0) < attempt["slurm_restart"]
+    )
+
+
 def claim_run_dir(run_dir: str | Path) -> Path:
     """Make ``run_dir`` this run's own: its status file is created exclusively (``O_EXCL``), so a second run that
     was given the same folder (two runs started in the same second) gets ``<run_dir>_2`` (``_3`` ...) instead of
-    overwriting the first one's tables. The folder is marked ``INCOMPLETE`` until :func:`finish_run_dir`."""
+    overwriting the first one's tables. A requeued SLURM job takes its earlier attempt's folder back (its finished
+    units are cached; its tables are rewritten whole at the end). The folder is marked ``INCOMPLETE`` until
+    :func:`finish_run_dir`."""
     import socket
     import time
 
     base = Path(run_dir)
+    attempt = slurm_attempt()
     for n in range(1, 1000):
         d = base if n == 1 else base.with_name(f"{base.name}_{n}")
         d.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(d / RUN_STATUS, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            continue
+            if not _earlier_attempt(d, attempt):
+                continue
+            fd = None
         status = {
             "status": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
             "started": time.time(),
+            **attempt,
         }
-        with os.fdopen(fd, "w") as f:
-            json.dump(status, f)
+        if fd is None:
+            atomic_write_json(d / RUN_STATUS, status)
+        else:
+            with os.fdopen(fd, "w") as f:
+                json.dump(status, f)
         atomic_write_bytes(d / INCOMPLETE, b"this run did not finish (killed, crashed or still running)\n")
         return d
     raise RuntimeError(f"could not claim a run folder next to {base}")

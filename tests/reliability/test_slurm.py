@@ -1,8 +1,9 @@
 """Scale-out on a real SLURM cluster: ``-m hydra/launcher=submitit_slurm`` as a user runs it. The test starts a
 single-node cluster on this machine itself (``.ci/slurm-up``: Debian's slurm-wlm and munge, run as root) and skips,
 saying why, where it cannot. A sweep of dataset shards merges into the tables one local process writes; a job
-requeued mid-run (``scontrol requeue``: what preemption does) starts again and resumes: the finished unit is reused,
-the interrupted one computed again, its lock (held by the killed process) does not block it.
+requeued mid-run (``scontrol requeue``: what preemption does) starts again and resumes in its own folder: the
+finished units are reused, the interrupted one computed again, its lock (held by the killed process) does not block
+it, and the sweep waits for the requeued attempt instead of taking the killed one for finished.
 
 Slow (cluster start-up, sbatch, a requeue that waits out SLURM's credential expiry): the only test of the SLURM
 path; tests/reliability/test_scaleout.py covers shards, merging and the other launchers fast.
@@ -10,6 +11,7 @@ path; tests/reliability/test_scaleout.py covers shards, merging and the other la
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -189,9 +191,16 @@ def test_a_requeued_job_resumes_reusing_finished_units(cluster, tmp_path):
     # the requeued attempt computed the interrupted unit again and the rest, never a unit the first one finished
     assert again == prompts[k - 1 :], lines()
     jobs = _jobs(sweep)
-    (final,) = jobs  # the killed attempt's folder has no tables (it stays INCOMPLETE): never merged
-    killed = sweep / "0"
-    assert final != killed and (killed / "INCOMPLETE").is_file() and not results.is_run_folder(killed)
+    # the killed attempt wrote its finished units' tables at SIGTERM and ended without reporting a result (the
+    # sweep kept waiting); the requeued attempt took the job's folder back and rewrote it whole
+    assert jobs == [sweep / "0"] and not (sweep / "0_2").exists()
+    logs = "".join(f.read_text() for f in (sweep / ".submitit" / job).glob("*_log.*"))
+    assert "terminated by SIGTERM" in logs, logs[-3000:]
+    record = json.loads((sweep / "0" / "status.json").read_text())
+    assert record["status"] == "complete" and record["slurm_job"] == job and record["slurm_restart"] == 1, (
+        record
+    )
+    final = jobs[0]
     status = pd.read_parquet(final / "units.parquet").sort_values("video").status.tolist()
     assert status == ["cached"] * (k - 1) + ["ok"] * (4 - k + 1), status
     local = [a for a in slow if not a.startswith("+method.slow.log")] + [
