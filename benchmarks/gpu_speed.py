@@ -1,5 +1,6 @@
 """Speed of every method where users run it: `model=sd15` shapes (random weights), 512x512, a 2-step
-``t_index_list``, TAESD + depth, float16 on one GPU; eager and ``hardware.compile=true`` side by side.
+``t_index_list``, TAESD + depth, float16 on one GPU; eager and compiled (the steady stream call's UNet compiled
+whole, ``fullgraph=True``, replayed as a CUDA graph) side by side, and Live2Diff with channels-last on and off.
 
 Per method and mode, in one process (methods built one at a time, freed before the next):
 
@@ -12,11 +13,15 @@ Per method and mode, in one process (methods built one at a time, freed before t
   more steady-state pushes (matmuls, convolutions, attention; eager model), x FPS / the card's dense fp16 peak
   (``--peak-tflops`` overrides; none on CPU).
 
+A row that fails records the first line of its error as its status (and prints it) and the run goes on; with
+``--budget-s`` no row starts after that many seconds (rows run in priority order, see :data:`PRIORITY`), so one
+prepared GPU call (``benchmarks/gpu_prepare.sh`` here, ``bash benchmarks/gpu_run.sh`` there) fits its minutes.
+
     python benchmarks/gpu_speed.py                      # GPU: sd15 shapes, 512^2, float16, every method
-    python benchmarks/gpu_speed.py --smoke              # CPU: tiny model, 64^2, float32 (proves the script works)
+    python benchmarks/gpu_speed.py --smoke              # CPU: tiny model, 32^2, float32, 3 methods (~1-2 min)
     python benchmarks/gpu_speed.py --plan               # writes the table with every row open (no run)
 
-Writes benchmarks/results/gpu_speed.{json,md} (``--smoke``: gpu_speed_smoke.{json,md}).
+Writes benchmarks/results/gpu_speed.{json,md} (``--smoke``: benchmarks/results/smoke/gpu_speed_smoke.{json,md}).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def all_methods() -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml") if p.stem not in SKIP)
 
 
-def method_config(name: str, args, compiled: bool):
+def method_config(name: str, args, compiled: bool, channels_last: bool = False):
     from hydra import compose, initialize_config_dir
 
     over = [
@@ -63,11 +68,26 @@ def method_config(name: str, args, compiled: bool):
     mcfg = cfg.method[name]
     if "t_index_list" in mcfg:
         mcfg.t_index_list = list(args.t_index_list)
-    if compiled:
-        if "compile" not in mcfg:
+    if channels_last:
+        if "channels_last" not in mcfg:
             return None
-        mcfg.compile = True
+        mcfg.channels_last = True
+    if compiled and "compile" in mcfg:
+        mcfg.compile = False  # compiled below, with this script's backend / fullgraph settings
     return mcfg
+
+
+def compile_method(m, args) -> str | None:
+    """Compile the method's steady stream call (Live2Diff: ``stream.compile``; the latent baselines:
+    ``compile``); None when the method has nothing to compile. CUDA graphs on CUDA (``reduce-overhead``)."""
+    target = getattr(getattr(m, "stream", None), "compile", None) or getattr(m, "compile", None)
+    if target is None or not callable(target):
+        return None
+    kw = {"backend": args.compile_backend, "fullgraph": not args.allow_graph_breaks}
+    if args.compile_backend == "inductor":
+        kw["cuda_graphs"] = args.cuda_graphs
+    target(**kw)
+    return "fullgraph" if kw["fullgraph"] else "graph breaks allowed"
 
 
 def clip(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -95,16 +115,35 @@ def peak_tflops(args, device: torch.device) -> float | None:
     return None
 
 
-def measure(name: str, args, compiled: bool) -> dict:
+def measure(name: str, args, compiled: bool, channels_last: bool = False) -> dict:
+    """One row; any exception becomes the row's status (its first line), so one broken row does not stop the run."""
+    row = {"method": name, "mode": mode_name(compiled, channels_last)}
+    t0 = time.perf_counter()
+    try:
+        return _measure(name, args, compiled, channels_last, row)
+    except Exception as e:  # noqa: BLE001 - the row records the failure and the run goes on
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return {**row, "status": f"error: {type(e).__name__}: {first}", "row_s": time.perf_counter() - t0}
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def mode_name(compiled: bool, channels_last: bool) -> str:
+    return ("compiled" if compiled else "eager") + (" + channels_last" if channels_last else "")
+
+
+def _measure(name: str, args, compiled: bool, channels_last: bool, row: dict) -> dict:
     from hydra.utils import instantiate
     from torch.utils.flop_counter import FlopCounterMode
 
     from eval.interface import method_steady_state_frames
 
-    mcfg = method_config(name, args, compiled)
-    row = {"method": name, "mode": "compiled" if compiled else "eager"}
+    t_row = time.perf_counter()
+    mcfg = method_config(name, args, compiled, channels_last)
     if mcfg is None:
-        return {**row, "status": "n/a (no compile option)"}
+        return {**row, "status": "n/a (no channels_last option)"}
     device = torch.device(str(mcfg.get("device", "cpu")) if "device" in mcfg else args.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -112,6 +151,12 @@ def measure(name: str, args, compiled: bool) -> dict:
     t0 = time.perf_counter()
     m = instantiate(mcfg, _convert_="all")
     build_s = time.perf_counter() - t0
+    graph = None
+    if compiled:
+        graph = compile_method(m, args)
+        if graph is None:
+            del m
+            return {**row, "status": "n/a (nothing to compile)"}
     warm = method_steady_state_frames(m) + 2
     frames = clip(warm + args.frames + args.flop_pushes, args.size)
     m.prepare("a watercolor painting of a street", height=args.size, width=args.size, seed=42)
@@ -139,7 +184,7 @@ def measure(name: str, args, compiled: bool) -> dict:
         elapsed = time.perf_counter() - start
         emitted = len(emit_t)
         flops = None
-        if not compiled:  # more steady-state pushes, counted (eager: the compiled graph does the same math)
+        if not compiled and args.flop_pushes:  # more steady-state pushes, counted (eager: the compiled graph does the same math)
             counter, counted = FlopCounterMode(display=False), 0
             with counter:
                 for i in range(warm + args.frames, warm + args.frames + args.flop_pushes):
@@ -176,7 +221,9 @@ def measure(name: str, args, compiled: bool) -> dict:
         "peak_mem_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS",
         "flops_per_frame": flops,
         "component_dtypes": dtypes,
+        "compile": graph,
         "build_s": build_s,
+        "row_s": time.perf_counter() - t_row,
         "warmup_s": warm_s,
         "warmup_pushes": warm,
         "timed_pushes": args.frames,
@@ -185,7 +232,7 @@ def measure(name: str, args, compiled: bool) -> dict:
 
 
 def add_mfu(rows: list[dict], peak: float | None) -> None:
-    flops = {r["method"]: r.get("flops_per_frame") for r in rows if r["mode"] == "eager"}
+    flops = {r["method"]: r.get("flops_per_frame") for r in rows if r["mode"] == "eager" and r.get("flops_per_frame")}
     for r in rows:
         f = flops.get(r["method"]) if r.get("status") == "ok" else None
         r["flops_per_frame"] = f
@@ -242,7 +289,9 @@ def markdown(result: dict) -> str:
         "Peak memory: "
         + ("CUDA max allocated per row." if not result.get("smoke") else "process peak RSS (CPU).")
         + " FLOPs per emitted frame: `--flop-pushes` further steady-state pushes counted on the eager model "
-        "(matmuls, convolutions, attention), divided by the frames they emitted; used for both modes. Compiled: `hardware.compile=true` (torch.compile of the UNet, temporal attention eager, CUDA "
+        "(matmuls, convolutions, attention), divided by the frames they emitted; used for both modes. Compiled: the steady stream call's UNet "
+        "compiled whole (`fullgraph=True`, temporal attention inside: `Live2DiffStream.compile` / "
+        "`LatentStreamMethod.compile`; backend " + a.get("compile_backend", "inductor") + ", CUDA "
         "graphs on CUDA); methods without that option show n/a.",
         "",
         f"Command: `{result['command']}`",
@@ -251,14 +300,37 @@ def markdown(result: dict) -> str:
     return "\n".join(head + lines + tail)
 
 
+# the rows that matter most come first: a run that reaches its --budget-s leaves the others open
+PRIORITY = ("live2diff", "streamdiffusion", "streamv2v", "per_frame_img2img")
+CHANNELS_LAST = ("live2diff",)  # also run with hardware.channels_last=true
+
+
+def plan_rows(methods: list[str], args) -> list[tuple[str, bool, bool]]:
+    """``(method, compiled, channels_last)`` in running order: the priority methods (eager, compiled, then their
+    channels-last rows), then every other method eager, then those compiled."""
+    first = [m for m in PRIORITY if m in methods]
+    rest = [m for m in methods if m not in first]
+    rows = []
+    for m in first:
+        rows += [(m, False, False), (m, True, False)]
+        if m in CHANNELS_LAST:
+            rows += [(m, False, True), (m, True, True)]
+    rows += [(m, False, False) for m in rest] + [(m, True, False) for m in rest]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 64^2, float32, few frames")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU, 64^2, float32, few rows (~1-2 min)")
     ap.add_argument("--plan", action="store_true", help="write the table with every row open, run nothing")
     ap.add_argument("--methods", nargs="*", default=None, help="default: every conf/method file but busy")
     ap.add_argument(
-        "--compile-methods", nargs="*", default=None, help="default: every method with the option"
+        "--compile-methods", nargs="*", default=None, help="default: every method with something to compile"
     )
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile backend (smoke: eager)")
+    ap.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="compiled without CUDA graphs")
+    ap.add_argument("--allow-graph-breaks", action="store_true", help="compile with fullgraph=False")
+    ap.add_argument("--budget-s", type=float, default=None, help="start no new row after this many seconds")
     ap.add_argument("--model", default="sd15")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--hardware", default="cuda")
@@ -273,31 +345,43 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     argv = " ".join(sys.argv[1:])
-    if args.smoke:
-        args.model, args.size, args.hardware, args.dtype = "tiny", 64, "cpu", "float32"
-        args.frames = min(args.frames, 6)
+    if args.smoke:  # the same rows' code at toy sizes: a compiled row and a channels-last row, in about a minute
+        args.model, args.size, args.hardware, args.dtype = "tiny", 32, "cpu", "float32"
+        args.frames = min(args.frames, 4)
+        args.flop_pushes = min(args.flop_pushes, 2)
         args.threads = args.threads or 1
-        if args.compile_methods is None:
-            args.compile_methods = ["live2diff"]  # CPU compilation of every variant would take many minutes
+        args.methods = args.methods or ["identity", "live2diff", "streamdiffusion"]
+        if args.compile_methods is None:  # CPU code generation for the UNet takes many minutes: trace only
+            args.compile_methods = ["streamdiffusion"]
+            if args.compile_backend == "inductor":
+                args.compile_backend = "eager"
+        if args.out == RESULTS:  # never over the recorded figures (benchmarks/_smoke.py's rule)
+            args.out = RESULTS / "smoke"
     args.device = "cuda" if args.hardware == "cuda" else "cpu"
     methods = args.methods or all_methods()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows: list[dict] = []
-    for name in methods:
-        for compiled in (False, True):
-            if compiled and args.compile_methods is not None and name not in args.compile_methods:
-                rows.append({"method": name, "mode": "compiled", "status": "not run (--compile-methods)"})
-                continue
-            if args.plan:
-                has = method_config(name, args, compiled) is not None
-                status = "open" if has else "n/a (no compile option)"
-                rows.append({"method": name, "mode": "compiled" if compiled else "eager", "status": status})
-                continue
-            if args.device == "cuda" and not torch.cuda.is_available():
-                raise SystemExit("no CUDA device: run with --smoke (CPU) or --plan (table with open rows)")
-            rows.append(measure(name, args, compiled))
-            print(json.dumps(rows[-1]), flush=True)
+    start = time.perf_counter()
+    for name, compiled, cl in plan_rows(methods, args):
+        base = {"method": name, "mode": mode_name(compiled, cl)}
+        if compiled and args.compile_methods is not None and name not in args.compile_methods:
+            rows.append({**base, "status": "not run (--compile-methods)"})
+            continue
+        if args.plan:
+            rows.append({**base, "status": "open"})
+            continue
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("no CUDA device: run with --smoke (CPU) or --plan (table with open rows)")
+        spent = time.perf_counter() - start
+        if args.budget_s is not None and spent > args.budget_s:
+            rows.append({**base, "status": f"not run (budget: {spent:.0f} s of {args.budget_s:.0f} spent)"})
+            continue
+        rows.append(measure(name, args, compiled, cl))
+        status = rows[-1].get("status", "")
+        print(json.dumps(rows[-1], default=str), flush=True)
+        if status.startswith("error"):
+            print(f"ROW FAILED {name} {base['mode']}: {status}", file=sys.stderr, flush=True)
     device = torch.device(args.device)
     peak = None if args.plan else peak_tflops(args, device)
     add_mfu(rows, peak)
@@ -316,6 +400,7 @@ def main() -> None:
         "peak_tflops": peak,
         "torch": torch.__version__,
         "command": "python benchmarks/gpu_speed.py " + argv,
+        "elapsed_s": None if args.plan else time.perf_counter() - start,
         "rows": rows,
     }
     stem = "gpu_speed_smoke" if args.smoke else "gpu_speed"
