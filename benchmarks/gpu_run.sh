@@ -4,7 +4,9 @@
 # Installs the carried wheels (benchmarks/gpu_prepare.sh), records the device and versions, then runs
 # benchmarks/gpu_speed.py with a budget: rows in priority order (live2diff eager/compiled/channels-last,
 # streamdiffusion, streamv2v, per_frame_img2img, then the rest); a failing row prints its first line and the run
-# goes on; rows past the budget are written as "not run (budget)". Results land in $OUT (json, md, log).
+# goes on; rows past the budget are written as "not run (budget)"; --reference times the authors' StreamDiffusion
+# (the carried streamdiffusion wheel) and ours on one random SD1.5 folder, right after our streamdiffusion rows.
+# Results land in $OUT (json, md, log).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -17,5 +19,5 @@ export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor
 } > "$OUT/device.txt" 2>&1
 cat "$OUT/device.txt"
 timeout "${GPU_SPEED_TIMEOUT:-450}" python3 benchmarks/gpu_speed.py --budget-s "${GPU_SPEED_BUDGET:-330}" \
-  --frames "${GPU_SPEED_FRAMES:-40}" --flop-pushes 4 --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_speed.log"
+  --frames "${GPU_SPEED_FRAMES:-40}" --flop-pushes 4 --reference --out "$OUT" "$@" 2>&1 | tee "$OUT/gpu_speed.log"
 echo "gpu_speed exit ${PIPESTATUS[0]}"

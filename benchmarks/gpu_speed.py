@@ -52,7 +52,7 @@ def all_methods() -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml") if p.stem not in SKIP)
 
 
-def method_config(name: str, args, compiled: bool, channels_last: bool = False):
+def method_config(name: str, args, compiled: bool, channels_last: bool = False, extra: tuple[str, ...] = ()):
     from hydra import compose, initialize_config_dir
 
     over = [
@@ -60,6 +60,7 @@ def method_config(name: str, args, compiled: bool, channels_last: bool = False):
         f"hardware={args.hardware}",
         f"hardware.dtype={args.dtype}",
         f"method=[{name}]",
+        *extra,
     ]
     if args.threads:
         over.append(f"hardware.threads={args.threads}")
@@ -115,14 +116,18 @@ def peak_tflops(args, device: torch.device) -> float | None:
     return None
 
 
-def measure(name: str, args, compiled: bool, channels_last: bool = False) -> dict:
-    """One row; any exception becomes the row's status (its first line), so one broken row does not stop the run."""
-    row = {"method": name, "mode": mode_name(compiled, channels_last)}
+def measure(
+    name: str, args, compiled: bool, channels_last: bool = False, extra: tuple[str, ...] = (), label: str = ""
+) -> dict:
+    """One row; any exception becomes the row's status (its first line), so one broken row does not stop the run.
+    ``extra``: Hydra overrides of this row (the authors' comparison: the same weights folder as theirs)."""
+    row = {"method": name, "mode": mode_name(compiled, channels_last) + label, "_extra": extra}
     t0 = time.perf_counter()
     try:
         return _measure(name, args, compiled, channels_last, row)
     except Exception as e:  # noqa: BLE001 - the row records the failure and the run goes on
         first = (str(e).strip().splitlines() or [""])[0][:300]
+        row.pop("_extra", None)
         return {**row, "status": f"error: {type(e).__name__}: {first}", "row_s": time.perf_counter() - t0}
     finally:
         gc.collect()
@@ -141,7 +146,7 @@ def _measure(name: str, args, compiled: bool, channels_last: bool, row: dict) ->
     from eval.interface import method_steady_state_frames
 
     t_row = time.perf_counter()
-    mcfg = method_config(name, args, compiled, channels_last)
+    mcfg = method_config(name, args, compiled, channels_last, row.pop("_extra", ()))
     if mcfg is None:
         return {**row, "status": "n/a (no channels_last option)"}
     device = torch.device(str(mcfg.get("device", "cpu")) if "device" in mcfg else args.device)
@@ -234,6 +239,9 @@ def _measure(name: str, args, compiled: bool, channels_last: bool, row: dict) ->
 def add_mfu(rows: list[dict], peak: float | None) -> None:
     flops = {r["method"]: r.get("flops_per_frame") for r in rows if r["mode"] == "eager" and r.get("flops_per_frame")}
     for r in rows:
+        if "authors'" in r["mode"]:  # their code's FLOPs are not counted
+            r["flops_per_frame"] = r["mfu"] = None
+            continue
         f = flops.get(r["method"]) if r.get("status") == "ok" else None
         r["flops_per_frame"] = f
         ok = r.get("status") == "ok" and f and peak and r.get("fps")
@@ -282,6 +290,12 @@ def markdown(result: dict) -> str:
             f"| {fmt(r.get('latency_ms_p95'))} | {fmt(r.get('peak_mem_MiB'), '.0f')} "
             f"| {fmt(None if f is None else f / 1e9, '.2f')} | {fmt(r.get('mfu'), '.1%')} | {r.get('status', '')} |"
         )
+    ref = {r["mode"]: r for r in result["rows"] if r["method"] == "streamdiffusion" and r.get("status") == "ok"}
+    ours, theirs = ref.get("eager, same weights as authors'"), ref.get("authors' code, eager")
+    if ours and theirs:
+        lines += ["", f"StreamDiffusion, ours / authors' on this device (same weights folder, eager both): FPS "
+                  f"{ours['fps'] / theirs['fps']:.2f}x, e2e p95 {theirs['latency_ms_p95'] / ours['latency_ms_p95']:.2f}x "
+                  "(> 1: ours faster). TensorRT (the authors' fast path) is out of reach: no TensorRT wheels."]  # fmt: skip
     tail = [
         "",
         "FPS: frames emitted per second in steady state. End-to-end latency: push of a frame to the end of the push "
@@ -298,6 +312,133 @@ def markdown(result: dict) -> str:
         "",
     ]
     return "\n".join(head + lines + tail)
+
+
+# -- the authors' code on the same device ---------------------------------------------------------------------------
+NARROW_SD15 = ["model.unet.block_out_channels=[32,32,32,32]", "model.unet.layers_per_block=1",
+               "model.unet.norm_num_groups=16", "model.unet.cross_attention_dim=32",
+               "model.text_encoder.hidden_size=32", "model.text_encoder.intermediate_size=64",
+               "model.text_encoder.num_attention_heads=2", "model.text_encoder.num_hidden_layers=3"]  # fmt: skip
+
+
+def reference_weights(args, root: Path) -> dict[str, Path]:
+    """One random SD1.5 diffusers folder + TAESD folder in the published layouts (``--smoke``: narrow widths), that
+    each side loads with its own loader: the same weights for ours and theirs."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from live2diff.testing import fixtures as fx
+
+    over = ["model=sd15", *(NARROW_SD15 if args.smoke else [])]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        model = OmegaConf.to_container(compose("config", overrides=over).model, resolve=True)
+    widths = fx.widths_of(model)
+    if args.smoke:
+        widths |= {"vae_block_out_channels": [32, 32, 32, 32], "taesd_channels": [16, 16, 16, 16]}
+    return {"base": fx.write_sd15_folder(root / "sd15", widths, seed=1),
+            "taesd": fx.write_taesd_folder(root / "taesd", widths, seed=4),
+            "narrow": NARROW_SD15 if args.smoke else []}  # fmt: skip
+
+
+def authors_streamdiffusion(args, weights: dict) -> dict:
+    """The authors' StreamDiffusion (``streamdiffusion==0.1.1``, installed ``--no-deps``) as their img2img wrapper
+    sets it up (TAESD, frame_buffer_size 1, denoising batch, cfg self, guidance 1.2), timed like our rows: their
+    ``__call__`` on CUDA (its own event timing and synchronisation included, as users run it); on the CPU the same
+    steps without the CUDA events. Eager: their code has no torch.compile path (TensorRT is theirs: no wheels)."""
+    row = {"method": "streamdiffusion", "mode": "authors' code, eager"}
+    t_row = time.perf_counter()
+    try:
+        import streamdiffusion.pipeline as sdp
+        from diffusers import AutoencoderTiny, StableDiffusionPipeline
+    except ImportError as e:
+        return {**row, "status": f"not run: {e} (benchmarks/gpu_prepare.sh carries streamdiffusion)"}
+    try:
+        device = torch.device(args.device)
+        dtype = getattr(torch, args.dtype)
+        pipe = StableDiffusionPipeline.from_pretrained(
+            weights["base"], safety_checker=None, requires_safety_checker=False, local_files_only=True,
+            torch_dtype=dtype,
+        ).to(device)  # fmt: skip
+        pipe.vae = AutoencoderTiny.from_pretrained(weights["taesd"], local_files_only=True, torch_dtype=dtype).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        stream = sdp.StreamDiffusion(
+            pipe, t_index_list=list(args.t_index_list), torch_dtype=dtype, width=args.size, height=args.size,
+            do_add_noise=True, use_denoising_batch=True, frame_buffer_size=1, cfg_type="self",
+        )  # fmt: skip
+        stream.prepare("a watercolor painting of a street", num_inference_steps=50, guidance_scale=1.2, delta=1.0)
+        n = len(args.t_index_list)
+
+        def call(frame):
+            if device.type == "cuda":
+                out = stream(frame.to(device))
+            else:  # their __call__ without torch.cuda.Event
+                x = stream.image_processor.preprocess(frame[None], args.size, args.size).to(device, dtype)
+                out = stream.decode_image(stream.predict_x0_batch(stream.encode_image(x))).detach().clone()
+            return stream.image_processor.postprocess(out, output_type="pt")[0].float().cpu()
+
+        warm = n + 2
+        frames = clip(warm + args.frames + n - 1, args.size)
+        push_t, emit_t, step_s = {}, {}, []
+        with torch.inference_mode():
+            for i in range(warm):
+                call(frames[i])
+            sync(device)
+            start = time.perf_counter()
+            for i in range(warm, warm + args.frames + n - 1):
+                t = time.perf_counter()
+                if i < warm + args.frames:
+                    push_t[i] = t
+                call(frames[i])  # returns frame i - (n - 1): their stream batch's lag
+                sync(device)
+                now = time.perf_counter()
+                if i < warm + args.frames:
+                    step_s.append(now - t)
+                emit_t[i - (n - 1)] = now
+            elapsed = sum(step_s)
+        lat = sorted(emit_t[i] - push_t[i] for i in push_t if i in emit_t)
+
+        def pct(q):
+            return statistics.quantiles(lat, n=100, method="inclusive")[q - 1] * 1e3 if len(lat) >= 2 else None
+
+        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        return {**row, "status": "ok", "device": str(device), "fps": args.frames / elapsed,
+                "push_ms_median": statistics.median(step_s) * 1e3, "latency_ms_p50": pct(50),
+                "latency_ms_p95": pct(95), "latency_n": len(lat), "peak_mem_MiB": peak,
+                "timed_pushes": args.frames, "row_s": time.perf_counter() - t_row}  # fmt: skip
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return {**row, "status": f"error: {type(e).__name__}: {first}", "row_s": time.perf_counter() - t_row}
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def reference_rows(args) -> list[dict]:
+    """Ours and the authors' on the same weights folder, one after the other: StreamDiffusion (eager both; ours
+    also compiled); Live2Diff's authors' pipeline is not wired yet (its oracle runner is benchmarks/reference/)."""
+    import copy
+    import tempfile
+
+    args = copy.copy(args)
+    args.model = "sd15"  # its structure (narrow widths in --smoke), the same for both sides
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            weights = reference_weights(args, Path(tmp))
+        except Exception as e:  # noqa: BLE001
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            return [{"method": "streamdiffusion", "mode": "authors' code, eager", "status": f"error: {first}"}]
+        extra = (f"model.weights.base={weights['base']}", f"model.weights.taesd={weights['taesd']}",
+                 "model.weights.motion=random", "model.weights.lcm_lora=none", "model.depth.kind=none",
+                 "method.streamdiffusion.similar_image_filter=false", *weights["narrow"])  # fmt: skip
+        rows.append(measure("streamdiffusion", args, False, extra=extra, label=", same weights as authors'"))
+        print(json.dumps(rows[-1], default=str), flush=True)
+        rows.append(authors_streamdiffusion(args, weights))
+        print(json.dumps(rows[-1], default=str), flush=True)
+    rows.append({"method": "live2diff", "mode": "authors' code, eager",
+                 "status": "not measured (the authors' pipeline runner is not wired into this script yet)"})  # fmt: skip
+    return rows
 
 
 # the rows that matter most come first: a run that reaches its --budget-s leaves the others open
@@ -331,6 +472,7 @@ def main() -> None:
     ap.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="compiled without CUDA graphs")
     ap.add_argument("--allow-graph-breaks", action="store_true", help="compile with fullgraph=False")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new row after this many seconds")
+    ap.add_argument("--reference", action="store_true", help="also the authors' code on the same weights (first)")
     ap.add_argument("--model", default="sd15")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--hardware", default="cuda")
@@ -363,7 +505,19 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     rows: list[dict] = []
     start = time.perf_counter()
-    for name, compiled, cl in plan_rows(methods, args):
+    plan = plan_rows(methods, args)
+    if args.reference:  # after our streamdiffusion rows (or first, without them): ours vs theirs, same weights
+        at = max((i + 1 for i, r in enumerate(plan) if r[0] == "streamdiffusion"), default=0)
+        plan.insert(at, ("reference", False, False))
+    for name, compiled, cl in plan:
+        if name == "reference":
+            if args.plan:
+                rows += [{"method": "streamdiffusion", "mode": "authors' code, eager", "status": "open"}]
+            elif args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                rows += [{"method": "streamdiffusion", "mode": "authors' code, eager", "status": "not run (budget)"}]
+            else:
+                rows += reference_rows(args)
+            continue
         base = {"method": name, "mode": mode_name(compiled, cl)}
         if compiled and args.compile_methods is not None and name not in args.compile_methods:
             rows.append({**base, "status": "not run (--compile-methods)"})
