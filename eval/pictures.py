@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from eval.framefile import FrameFile, chunks
+
 log = logging.getLogger(__name__)
 
 SBS_HEIGHT = 256  # side-by-side frames are scaled down to at most this height
@@ -51,10 +53,15 @@ def xt_slice(frames: Tensor | list[Tensor], row: float = 0.5) -> Tensor:
     return frames[:, :, y, :].permute(1, 0, 2).contiguous()
 
 
-def _png(img: Tensor) -> bytes:
+def _uint8(img: Tensor) -> np.ndarray:
+    """``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8."""
+    return (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def _png(img: Tensor | np.ndarray) -> bytes:
     from PIL import Image
 
-    arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = img if isinstance(img, np.ndarray) else _uint8(img)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
@@ -68,16 +75,21 @@ def _small(frames: Tensor) -> Tensor:
     return F.interpolate(frames, size=(SBS_HEIGHT, w), mode="area")
 
 
-def _mp4_bytes(frames: Tensor, fps: float) -> bytes:
+def _xt_png(frames: Tensor | FrameFile, row: float) -> bytes:
+    """The x-t slice of a clip, assembled chunk by chunk (one row of each frame; never the whole clip)."""
+    return _png(np.concatenate([_uint8(xt_slice(c, row)) for c in chunks(frames)], axis=0))
+
+
+def _mp4_bytes(frames: Tensor | FrameFile, fps: float, small: bool = False) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "v.mp4"
-        write_mp4(path, frames, fps)
+        write_mp4(path, frames, fps, small=small)
         return path.read_bytes()
 
 
 def unit_files(
-    frames: Tensor,
-    outputs: Tensor,
+    frames: Tensor | FrameFile,
+    outputs: Tensor | FrameFile,
     fps: float,
     *,
     xt: bool = True,
@@ -87,11 +99,13 @@ def unit_files(
     """The per-unit files the run-level pictures are assembled from."""
     files: dict[str, bytes] = {}
     if xt:
-        files["xt_input.png"] = _png(xt_slice(frames, row))
-        files["xt.png"] = _png(xt_slice(outputs, row))
+        if not 0.0 <= row <= 1.0:  # said before any frame is read
+            raise ValueError(f"runner.xt_row must be a fraction of the height in [0, 1], got {row}")
+        files["xt_input.png"] = _xt_png(frames, row)
+        files["xt.png"] = _xt_png(outputs, row)
     if side_by_side:
-        files["sbs_input.mp4"] = _mp4_bytes(_small(frames), fps)
-        files["sbs.mp4"] = _mp4_bytes(_small(outputs), fps)
+        files["sbs_input.mp4"] = _mp4_bytes(frames, fps, small=True)
+        files["sbs.mp4"] = _mp4_bytes(outputs, fps, small=True)
     return files
 
 
@@ -220,13 +234,16 @@ def frame_strip_png(
     return buf.getvalue()
 
 
-def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
-    """Encode ``[T, 3, H, W]`` frames as H.264 (MPEG-4 part 2 when no H.264 encoder is available)."""
+def write_mp4(path: Path, frames: Tensor | FrameFile, fps: float, small: bool = False) -> None:
+    """Encode ``[T, 3, H, W]`` frames (a tensor or a disk-backed FrameFile, read chunk by chunk) as H.264 (MPEG-4
+    part 2 when no H.264 encoder is available); ``small``: scaled down to ``SBS_HEIGHT`` first."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    h, w = arr.shape[1] - arr.shape[1] % 2, arr.shape[2] - arr.shape[2] % 2
+    fh, fw = frames.shape[-2:]
+    if small and fh > SBS_HEIGHT:
+        fh, fw = SBS_HEIGHT, max(2, round(fw * SBS_HEIGHT / fh))
+    h, w = fh - fh % 2, fw - fw % 2
     tmp = path.with_suffix(".tmp.mp4")
     rate = max(1, int(round(fps))) if math.isfinite(fps) else 25
     with av.open(str(tmp), mode="w") as container:
@@ -235,11 +252,14 @@ def write_mp4(path: Path, frames: Tensor, fps: float) -> None:
         except Exception:  # noqa: BLE001 - encoder availability depends on the FFmpeg build
             stream = container.add_stream("mpeg4", rate=rate)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for a in arr:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")
-            ):
-                container.mux(packet)
+        for chunk in chunks(frames):
+            chunk = _small(chunk) if small else chunk
+            arr = (chunk.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            for a in arr:
+                for packet in stream.encode(
+                    av.VideoFrame.from_ndarray(np.ascontiguousarray(a[:h, :w]), format="rgb24")
+                ):
+                    container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     tmp.replace(path)

@@ -7,6 +7,7 @@ video, a method error, a contract violation) becomes an error row with its reaso
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from eval import pictures, results
 from eval.clips import DecodedClips, clip_key
-from eval.datasets.base import Video, VideoReadError, empty_frames, shown
+from eval.datasets.base import Video, VideoReadError, shown
+from eval.framefile import FrameFile
 from eval.interface import StreamMethod, method_device
 from eval.keys import metrics_identity, stream_identity
 from eval.results import FRAME_COLUMNS, UNIT_COLUMNS, VIDEO_COLUMNS
@@ -53,7 +55,7 @@ class RunnerSettings:
     mode: str = "offline"
     # a video that decodes fewer frames is an error row (one frame has no temporal metrics)
     min_frames: int = 2
-    # decoded clips kept between the methods of a run (eval/clips.py): each video decoded once per run
+    # decoded clips (files on disk) kept between the methods of a run (eval/clips.py): each video decoded once per run
     decode_cache_mb: float = 2048.0
     extra: dict = field(default_factory=dict)  # mode-specific settings (runner.live, ...): keyed per mode
 
@@ -358,7 +360,9 @@ class Runner:
         notes: list[str] = []
         try:
             self._quality_metrics()  # built now, before the first computed unit (a cached unit needs none)
-            frames = self.clips.get(video) if self.clips is not None else video.load()
+            if self.clips is None:  # a unit computed outside run()
+                self.clips = DecodedClips(self.settings.decode_cache_mb, Counter())
+            frames = self.clips.get(video)  # on disk, decoded frame by frame: never whole in memory
             source = dict(video.meta.get("source") or {})
             notes = [shown(n) for n in source.get("notes", [])]  # a path in a note may hold non-UTF-8 bytes
             if frames.shape[0] < self.settings.min_frames:
@@ -372,14 +376,18 @@ class Runner:
             rec = self._kept_stream(method_name, video, skey) if kept else None
             if rec is not None:
                 status = "rescored"
+                rec.outputs = self._on_disk(rec.outputs)
             else:
                 method = self._method(method_name, frames)
                 rec = self._stream(method, video, frames)
                 if self.settings.keep_outputs:
-                    self.store.write_stream(skey, rec)
+                    # kept whole (float16): runner.keep_outputs is not bounded in video length
+                    self.store.write_stream(skey, dataclasses.replace(rec, outputs=list(rec.outputs)))
                     # score exactly what is kept, so a later re-scoring gives the same numbers
-                    rec.outputs = [o.to(torch.float16).to(torch.float32) for o in rec.outputs]
+                    for i in range(len(rec.outputs)):
+                        rec.outputs[i] = rec.outputs[i].to(torch.float16).to(torch.float32)
             fr, vr, files = self._score(method_name, video, frames, rec)
+            rec.outputs.close()
         except (KeyboardInterrupt, MetricSetupError):
             raise
         except Exception as exc:  # noqa: BLE001 - one bad unit must not stop the run
@@ -448,18 +456,32 @@ class Runner:
         quality = {name: results.MetricDescriptor.from_json(name, known[name]) for name in self.metrics}
         return results.describe_metrics({}, known=quality)
 
-    def _stream(self, method: StreamMethod, video: Video, frames: Tensor) -> StreamRecord:
+    def _on_disk(self, outputs: list[Tensor]) -> FrameFile:
+        """Kept outputs (read back whole) into a FrameFile, so that scoring reads one kind of store."""
+        out = self.clips.new((len(outputs), *outputs[0].shape))
+        for i, o in enumerate(outputs):
+            out[i] = o
+        return out
+
+    def _stream(self, method: StreamMethod, video: Video, frames: FrameFile) -> StreamRecord:
         h, w = frames.shape[-2:]
         probe = MemoryProbe(method_device(method))  # per unit: made before prepare, so set-up memory counts
         method.prepare(video.prompt, height=int(h), width=int(w), seed=self.settings.seed)
         try:
             if self.settings.mode == "offline":
-                rec = run_stream(method, frames, memory=probe)
+                rec = run_stream(method, frames, memory=probe, outputs=self.clips.new(frames.shape))
             elif self.settings.mode == "live":
                 from eval.live import LivePacing
 
                 pacing = LivePacing(video.fps, **self.settings.extra.get("live", {}))
-                rec = run_stream(method, frames, clock=pacing.clock, pacing=pacing, memory=probe)
+                rec = run_stream(
+                    method,
+                    frames,
+                    clock=pacing.clock,
+                    pacing=pacing,
+                    memory=probe,
+                    outputs=self.clips.new(frames.shape),
+                )
             else:
                 raise ValueError(f"runner.mode must be 'offline' or 'live', got {self.settings.mode!r}")
             # how the method ran, as it states it (`info`: noise schedule, offline_reference = bursty per-call time...)
@@ -474,11 +496,17 @@ class Runner:
             method.reset()
 
     def _score(
-        self, method_name: str, video: Video, frames: Tensor, rec: StreamRecord
+        self, method_name: str, video: Video, frames: FrameFile, rec: StreamRecord
     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, bytes]]:
-        outs = list(rec.outputs)
+        """Metrics and pictures of one stream, read chunk by chunk from the disk-backed frames and outputs (a
+        pairwise metric keeps its one frame of context across chunks: the scores are those of the whole clip)."""
+        outputs = rec.outputs
+        n = len(outputs)
         # per frame, one pass for both checks (NaN propagates through min/max, inf shows as a bound)
-        lo, hi = (torch.stack(v) for v in zip(*(torch.aminmax(o) for o in outs)))
+        lo, hi = torch.empty(n), torch.empty(n)
+        for a, chunk in outputs.chunks():
+            for i, o in enumerate(chunk):
+                lo[a + i], hi[a + i] = torch.aminmax(o)
         finite = torch.isfinite(lo) & torch.isfinite(hi)
         n_bad = int((~finite).sum())
         if n_bad:
@@ -499,23 +527,20 @@ class Runner:
                 n_range,
             )
         fix = (~finite) | out_of_range
-        outs = [
-            torch.nan_to_num(o, nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1) if fix[i] else o
-            for i, o in enumerate(outs)
-        ]
-        # one [T, 3, H, W] tensor only where something takes one: a fresh copy of every frame costs ~1 ms each
-        s = self.settings
-        stacked = len(self.metrics) > 0 or s.save_videos or s.side_by_side
-        outputs = torch.stack(outs, out=empty_frames((len(outs), *outs[0].shape))) if stacked else outs
-        n = len(outs)
+        for i in torch.nonzero(fix).flatten().tolist():
+            outputs[i] = torch.nan_to_num(outputs[i], nan=0.0, posinf=1.0, neginf=0.0).clamp_(0, 1)
         per_frame, per_video = summarise(rec)
         per_video["nonfinite_frames"] = float(n_bad)
         per_video["out_of_range_frames"] = float(n_range)
         per_video.update(rec.extra.get("video_metrics", {}))
         per_frame.update(rec.extra.get("frame_metrics", {}))
-        for name, metric in self.metrics.items():
+        for metric in self.metrics.values():
             metric.reset()
-            metric.update(outputs, frames, prompt=video.prompt)
+        if self.metrics:
+            for (_, out_chunk), (_, src_chunk) in zip(outputs.chunks(), frames.chunks(), strict=True):
+                for metric in self.metrics.values():
+                    metric.update(out_chunk, src_chunk, prompt=video.prompt)
+        for name, metric in self.metrics.items():
             scores = metric.frame_scores().numpy().astype(np.float64)
             if scores.shape[0] != n:
                 raise RuntimeError(f"metric {name} returned {scores.shape[0]} scores for {n} frames")

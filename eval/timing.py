@@ -217,9 +217,11 @@ class Emissions:
     frame. The method sees consecutive indices ``0, 1, …`` for the frames it was given (all of them offline; the
     ones live mode did not drop), mapped back to source indices here."""
 
-    def __init__(self, n: int, shape: tuple[int, ...]) -> None:
+    def __init__(self, n: int, shape: tuple[int, ...], outputs: Any = None) -> None:
         self.shape = shape
-        self.outputs: list[Tensor | None] = [None] * n
+        # where the frames go: a list, or a disk-backed store (eval.framefile.FrameFile) written as they come
+        self.outputs: Any = [None] * n if outputs is None else outputs
+        self.have = np.zeros(n, dtype=bool)
         self.emit_time = np.full(n, np.nan)
         self.by_push = np.zeros(n, dtype=bool)
         self.source_of: list[int] = []  # method index -> source index
@@ -243,7 +245,7 @@ class Emissions:
                     f"emitted index {k} was never pushed ({len(self.source_of)} frames pushed so far)"
                 )
             j = self.source_of[int(k)]
-            if self.outputs[j] is not None:
+            if self.have[j]:
                 raise MethodContractError(f"frame {k} emitted twice")
             if not isinstance(out, Tensor) or tuple(out.shape) != self.shape:
                 got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
@@ -251,18 +253,27 @@ class Emissions:
                     f"output frame {k} is {got}, expected a tensor of shape {self.shape}"
                 )
             self.outputs[j] = out
+            self.have[j] = True
             self.emit_time[j] = when
             self.by_push[j] = by_push
 
     def check_complete(self) -> None:
-        missing = [k for k, j in enumerate(self.source_of) if self.outputs[j] is None]
+        missing = [k for k, j in enumerate(self.source_of) if not self.have[j]]
         if missing:
             raise MethodContractError(
                 f"{len(missing)} pushed frames were never emitted (first: {missing[:5]})"
             )
 
-    def shown(self) -> list[Tensor]:
+    def shown(self) -> Any:
         """Per source frame, the output a viewer sees: its own, or (a frame never pushed) the last one before."""
+        if not isinstance(self.outputs, list):  # a store: a frame never pushed gets a copy of the last one
+            last = None
+            for j, have in enumerate(self.have):
+                if have:
+                    last = j
+                elif last is not None:
+                    self.outputs[j] = self.outputs[last]
+            return self.outputs
         out, last = [], None
         for o in self.outputs:
             last = o if o is not None else last
@@ -278,19 +289,22 @@ def run_stream(
     pacing: Pacing | None = None,
     before_push: Callable[[int], None] | None = None,
     memory: MemoryProbe | None = None,
+    outputs: Any = None,
 ) -> StreamRecord:
     """Push the frames (all of them, or those ``pacing`` selects), then flush; the method is already prepared.
 
     ``before_push(i)`` runs before source frame ``i`` is pushed, outside the timed call (the gate times its
     calibration block there). ``memory``: a probe made before ``prepare`` so the unit's set-up counts (default: made
-    here). Returns outputs on the CPU (float32) and the timestamps; raises :class:`MethodContractError` when the
+    here). ``frames``: a ``[T, 3, H, W]`` tensor or anything indexable like one (a disk-backed
+    :class:`~eval.framefile.FrameFile`: each frame is read before its timed call). ``outputs``: where the emitted
+    frames go (default a list; a FrameFile keeps a long stream's outputs out of memory). Returns outputs on the CPU (float32) and the timestamps; raises :class:`MethodContractError` when the
     method breaks the contract.
     """
     pacing = pacing or Offline()
     n = int(frames.shape[0])
     device = method_device(method)
     probe = memory or MemoryProbe(device)
-    acc = Emissions(n, tuple(frames.shape[1:]))
+    acc = Emissions(n, tuple(frames.shape[1:]), outputs)
     push_start, call_s = np.full(n, np.nan), np.full(n, np.nan)
     arrival = pacing.start(n, clock())
     i = 0
@@ -299,8 +313,9 @@ def run_stream(
         if before_push is not None:
             before_push(i)
         k = acc.pushed(i)
+        frame = frames[i]  # read (from a disk-backed clip: a file read) before the timed call
         start = clock()
-        emitted = _to_host(method.push(k, frames[i]))
+        emitted = _to_host(method.push(k, frame))
         synchronize(device)
         end = clock()
         push_start[i], call_s[i] = start, end - start

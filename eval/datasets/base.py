@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +61,9 @@ class Video:
     fingerprint: str
     loader: Callable[[], Tensor] = field(repr=False)
     meta: dict = field(default_factory=dict, repr=False)
+    # frame by frame (``[3, H, W]``), for a dataset that can decode without holding the clip; with its count
+    stream: Callable[[], Iterator[Tensor]] | None = field(default=None, repr=False)
+    num_frames: int | None = None
 
     def load(self) -> Tensor:
         """Decode and preprocess: float32 ``[T, 3, H, W]`` in ``[0, 1]``."""
@@ -71,6 +74,23 @@ class Video:
         if frames.shape[0] == 0:
             raise VideoReadError(f"{self.name}: no frames")
         return frames
+
+    def frames(self) -> tuple[int, Iterator[Tensor]]:
+        """The frame count and the frames one ``[3, H, W]`` at a time: streamed where the dataset can
+        (``stream``), else from :meth:`load` (the whole clip, decoded at once)."""
+        if self.stream is None or self.num_frames is None:
+            clip = self.load()
+            return int(clip.shape[0]), iter(clip)
+        if self.num_frames == 0:
+            raise VideoReadError(f"{self.name}: no frames")
+        return int(self.num_frames), self._checked(self.stream())
+
+    def _checked(self, frames: Iterator[Tensor]) -> Iterator[Tensor]:
+        for frame in frames:
+            if not isinstance(frame, Tensor) or frame.ndim != 3 or frame.shape[0] != 3:
+                shape = tuple(frame.shape) if isinstance(frame, Tensor) else type(frame).__name__
+                raise VideoReadError(f"{self.name}: expected frames [3, H, W], got {shape}")
+            yield frame
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from occlusions. ``flow[0]`` is zero and ``occlusion[0]`` is all ``False``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -182,6 +183,36 @@ def generate_clip(
     return SyntheticClip(torch.from_numpy(frames), torch.from_numpy(flow), torch.from_numpy(occlusion), fps)
 
 
+def render_frames(
+    num_frames: int = 24,
+    height: int = 64,
+    width: int = 64,
+    seed: int = 0,
+    *,
+    num_objects: int = 3,
+    max_speed: float = 2.0,
+    rotation: bool = True,
+    fps: float = 12.0,
+) -> Iterator[Tensor]:
+    """The frames of :func:`generate_clip` (the same values), one ``[3, H, W]`` at a time, without the flow and
+    occlusion masks: a long clip is rendered without ever being whole in memory."""
+    if num_frames < 1 or height < 2 or width < 2:
+        raise ValueError(
+            f"need num_frames >= 1 and a frame of at least 2x2, got {num_frames}x{height}x{width}"
+        )
+    rng = np.random.default_rng(seed)
+    layers = _make_layers(rng, height, width, num_objects, max_speed, rotation)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    for t in range(num_frames):
+        frame = np.zeros((3, height, width), dtype=np.float32)
+        owner = _owner(layers, x, y, t)
+        for i, layer in enumerate(layers):
+            sel = owner == i
+            if sel.any():
+                frame[:, sel] = layer.colour(*layer.to_texture(x[sel], y[sel], t))
+        yield torch.from_numpy(frame)
+
+
 def warp_backward(prev: Tensor, flow: Tensor) -> Tensor:
     """Sample ``prev`` ``[N, C, H, W]`` at ``p + flow(p)`` (bilinear, border padding): frame t-1 -> frame t."""
     n, _, h, w = prev.shape
@@ -240,6 +271,12 @@ class SyntheticDataset(VideoDataset):
                 clip = generate_clip(seed=seed, **self.params)
                 return self.transform.spatial(clip.frames[self._kept(clip.frames.shape[0])])
 
+            def stream(seed=seed):
+                kept = set(self._kept(self.params["num_frames"]))
+                for t, frame in enumerate(render_frames(seed=seed, **self.params)):
+                    if t in kept:
+                        yield self.transform.spatial(frame[None])[0]
+
             out.append(
                 Video(
                     f"synthetic_{i:03d}",
@@ -248,6 +285,8 @@ class SyntheticDataset(VideoDataset):
                     fingerprint("synthetic-v1", seed, self.params, self.transform.describe()),
                     load,
                     meta,
+                    stream=stream,
+                    num_frames=len(self._kept(self.params["num_frames"])),
                 )
             )
         return out
