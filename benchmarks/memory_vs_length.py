@@ -6,6 +6,14 @@ and outputs dropped, so only the method's own state can grow. Also reports the K
     python benchmarks/memory_vs_length.py [--model mid] [--size 64] [--lengths 100 1000] [--threads 1]
 
 Writes benchmarks/results/memory_vs_length.{json,md}.
+
+``--runner``: the whole harness instead: one full run_eval unit (synthetic clip, ``--methods``, every default
+metric, strips and x-t slices) per length and method, each in its own process, as ``run_eval.py`` composes it.
+The peak RSS is sampled by this process every 10 ms (the child's ``ru_maxrss`` is reset by the unit's own memory
+probe); the child's ``VmHWM`` since its unit started and the unit's ``peak_mem_mb`` are reported too. Writes
+benchmarks/results/memory_vs_length_runner.{json,md}.
+
+    python benchmarks/memory_vs_length.py --runner --size 128 --lengths 100 400 --methods identity live2diff
 """
 
 from __future__ import annotations
@@ -58,6 +66,112 @@ def child(model: str, size: int, n: int, threads: int, t_index_list: list[int]) 
     }
 
 
+RUNNER_CHILD = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from eval.cli import run_from_config
+from tests.conftest import compose
+
+root, method, n, size = Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+cfg = compose([f"results_root={root}", f"method=[{method}]", "dataset.num_videos=1", f"dataset.num_frames={n}",
+               f"dataset.height={size}", f"dataset.width={size}", "report.enabled=false"])
+s = run_from_config(cfg, run_dir=root / "run", progress=False)
+assert not s.failed, [u.error for u in s.failed]
+v = s.videos
+peak = float(v[v.metric == "peak_mem_mb"].value.iloc[0])
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0] / 1024
+print(json.dumps({"n_frames": s.units[0].n_frames, "unit_peak_mem_mb": peak, "vmhwm_since_unit_mib": hwm,
+                  "metrics": sorted(set(s.frames.metric))}))
+"""
+
+
+def runner_child(method: str, n: int, size: int, threads: int, env: dict) -> dict:
+    import tempfile
+
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(env, OMP_NUM_THREADS=str(threads))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUNNER_CHILD, str(ROOT), tmp, method, str(n), str(size)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        ps, peak = psutil.Process(proc.pid), 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, ps.memory_info().rss)
+            except psutil.Error:
+                break
+            time.sleep(0.01)
+        out, err = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{method} x {n} frames failed:\n{err[-3000:]}")
+        return {
+            "method": method,
+            "frames": n,
+            "seconds": time.perf_counter() - t0,
+            "sampled_peak_rss_mib": peak / 2**20,
+            **json.loads(out.strip().splitlines()[-1]),
+        }
+
+
+def runner_main(args: argparse.Namespace, env: dict) -> None:
+    if args.malloc_mmap_threshold:
+        env = dict(env, MALLOC_MMAP_THRESHOLD_=str(args.malloc_mmap_threshold))
+    runs = [runner_child(m, n, args.size, args.threads, env) for m in args.methods for n in args.lengths]
+    rows, ratios = [], {}
+    for m in args.methods:
+        mine = [r for r in runs if r["method"] == m]
+        ratios[m] = mine[-1]["sampled_peak_rss_mib"] / mine[0]["sampled_peak_rss_mib"]
+        rows += [
+            f"| {m} | {r['frames']} | {r['sampled_peak_rss_mib']:.1f} | {r['vmhwm_since_unit_mib']:.1f} | "
+            f"{r['unit_peak_mem_mb']:.1f} | {r['seconds']:.0f} |"
+            for r in mine
+        ]
+    load = os.getloadavg()
+    result = {
+        "benchmark": "memory_vs_length_runner",
+        "resolution": [args.size, args.size],
+        "threads": args.threads,
+        "malloc_mmap_threshold": args.malloc_mmap_threshold,
+        "load_average": load,
+        "runs": runs,
+        "peak_rss_ratio_long_over_short": ratios,
+        "goal_max_ratio": 1.1,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "memory_vs_length_runner.json").write_text(json.dumps(result, indent=2) + "\n")
+    cmd = (
+        f"python benchmarks/memory_vs_length.py --runner --size {args.size} --lengths "
+        f"{' '.join(map(str, args.lengths))} --methods {' '.join(args.methods)} --threads {args.threads}"
+        + (f" --malloc-mmap-threshold {args.malloc_mmap_threshold}" if args.malloc_mmap_threshold else "")
+    )
+    md = [
+        "# Peak memory vs video length: one full run_eval unit (harness + method + every default metric)",
+        "",
+        f"Synthetic clip {args.size}x{args.size}, CPU, {args.threads} thread(s), one process per run; load average "
+        f"at the end {load[0]:.1f}. Sampled peak RSS: the whole process every 10 ms (imports and weights "
+        "included); VmHWM: the child's high-water since its unit's probe; unit peak: the unit's peak_mem_mb.",
+        "",
+        "| method | frames | sampled peak RSS (MiB) | VmHWM since unit (MiB) | unit peak_mem_mb | wall (s) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *[f"Peak RSS ratio longest / shortest, {m}: **{r:.3f}x** (goal <= 1.1x)." for m, r in ratios.items()],
+        "",
+        f"Command: `{cmd}`",
+        "",
+    ]
+    (args.out / "memory_vs_length_runner.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="mid")
@@ -67,13 +181,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--runner", action="store_true", help="measure a full run_eval unit, not the method alone")
+    ap.add_argument("--methods", nargs="+", default=["identity", "live2diff"], help="with --runner")
+    ap.add_argument(
+        "--malloc-mmap-threshold", type=int, default=0, help="with --runner: glibc's, fixed (0: glibc's dynamic one)"
+    )
     add_smoke_flag(ap)
-    args = apply_smoke(ap, ap.parse_args(), dict(model="tiny_random", size=32, lengths=[12, 24]))
+    small = dict(model="tiny_random", size=32, lengths=[12, 24])
+    args = apply_smoke(ap, ap.parse_args(), small)
+    if args.runner and args.smoke and args.methods == ap.get_default("methods"):
+        args.methods = ["identity"]
     if args.child is not None:
         print(json.dumps(child(args.model, args.size, args.child, args.threads, args.t_index_list)))
         return
     runs = []
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if args.runner:
+        runner_main(args, env)
+        return
     for n in args.lengths:
         cmd = [
             sys.executable,
