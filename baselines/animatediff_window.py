@@ -1,6 +1,14 @@
 """AnimateDiff over sliding context windows: the offline, *bidirectional* quality reference that Live2Diff's causal
 temporal attention approximates.
 
+**Which AnimateDiff this is.** The context scheduling is ComfyUI-AnimateDiff-Evolved's ``standard_static`` style
+(``create_windows_static_standard``: windows of ``context_length`` frames every ``context_length - context_overlap``,
+the last one moved back to end at the last frame; the noise predictions of overlapping windows fused at every step)
+with **flat** fusion weights (its ``ContextOptions`` default; its node defaults to ``pyramid`` weights and overlap 4)
+and overlap ``window - stride`` = 8 at the defaults (16 / 8). It is *not* guoyww/AnimateDiff's pipeline, which runs
+the motion modules over the whole clip in **one pass** (no windows, no averaging; window averaging exists there only
+as an unmerged pull request). Published "AnimateDiff" numbers from that pipeline are not this row's.
+
 * **Motion modules as AnimateDiff runs them**: the UNet's temporal attention sees every frame of its window in both
   directions, and each motion module's GroupNorm normalises **per frame** (AnimateDiff's
   ``TemporalTransformer3DModel`` folds frames into the batch before its norm; diffusers' motion block pools over all

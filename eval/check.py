@@ -11,6 +11,8 @@ Settings (all optional; the paper experiments set them in ``conf/experiment/pape
 
     preflight:
       required_weights: [model.weights.base, ...]   # keys that must be set (random weights are not the paper)
+      required_weights_by_method:                   # keys that must be set when that method is selected
+        animatediff_window: [model.weights.animatediff_motion]
       resolution: [512, 512]                        # the experiment's resolution; dataset.size must match
       probe_frames: 6                               # frames per method in the timing probe (0: no probe)
 """
@@ -45,6 +47,10 @@ MODEL_WEIGHTS = {
     "dreambooth": ("single-file DreamBooth UNet checkpoint", "any SD1.5 DreamBooth checkpoint"),
     "taesd": ("TAESD folder (diffusers AutoencoderTiny)", "madebyollin/taesd"),
     "depth": ("MiDaS DPT folder (transformers DPTForDepthEstimation)", "Intel/dpt-hybrid-midas"),
+    "animatediff_motion": (
+        "AnimateDiff motion-module checkpoint for animatediff_window (reference key names)",
+        "guoyww/animatediff mm_sd_v15_v2.ckpt",
+    ),
 }
 #: metric weights: (config field, what it is, where to get it) by metric class name
 METRIC_WEIGHTS = {
@@ -130,11 +136,21 @@ def _value(cfg: DictConfig, key: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- inventory
+def required_weights(cfg: DictConfig) -> set[str]:
+    """``preflight.required_weights`` plus ``preflight.required_weights_by_method.<m>`` of every selected method
+    (``animatediff_window`` needs AnimateDiff's motion modules: without them it would run Live2Diff's)."""
+    pre = cfg.get("preflight") or {}
+    required = set(pre.get("required_weights") or [])
+    by_method = pre.get("required_weights_by_method") or {}
+    for name in cfg.get("method") or {}:
+        required |= set(by_method.get(name) or [])
+    return required
+
+
 def _weights(cfg: DictConfig) -> list[Finding]:
     out: list[Finding] = []
     seen: set[str] = set()
-    pre = cfg.get("preflight") or {}
-    required = set(pre.get("required_weights") or [])
+    required = required_weights(cfg)
 
     def check(
         key: str, what: str, where: str, need: bool, folder: bool | None = None, marker: str | None = None
@@ -298,7 +314,13 @@ def _dataset(cfg: DictConfig) -> tuple[list[Finding], list[tuple[Any, int | None
 
 def inventory(cfg: DictConfig) -> tuple[list[Finding], list[tuple[Any, int | None]]]:
     """Everything missing, from the config and the file system only (no model, no metric network is built)."""
+    from eval.strength import apply_match
+
     findings = _weights(cfg)
+    try:  # diffusion.match=strength: the probe builds each method with the list it will run
+        apply_match(cfg)
+    except ValueError as exc:
+        findings.append(Finding("config", "diffusion.match", str(exc)))
     ds_findings, videos = _dataset(cfg)
     findings += ds_findings
     if not (cfg.get("method") or {}):
@@ -384,6 +406,8 @@ def probe(cfg: DictConfig, videos: list[tuple[Any, int | None]], n_probe: int) -
     t = time.perf_counter()
     for m in metrics.values():
         m.reset()
+        if getattr(m, "needs_emissions", False):  # warp_error lag=auto: timed as if each frame came out at once
+            m.set_emissions(list(range(len(frames))))
         m.update(frames, frames, prompt=video.prompt)
     per = (time.perf_counter() - t) / max(len(frames), 1)
     rows.append(

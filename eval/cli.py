@@ -26,6 +26,7 @@ from eval.paths import CONF_DIR
 from eval.results import Reference
 from eval.runner import LazyMetrics, Runner, RunnerSettings, RunSummary
 from eval.store import DiskFullError, UnitStore, as_disk_full, claim_run_dir, disk_full, finish_run_dir
+from eval.strength import apply_match
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,10 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     # videos as validation listed them (listed once per run: its warnings are said once)
     listed: list = []
     validate(cfg, listed=listed)
+    try:  # diffusion.match=strength: each method's t_index_list as it will run (eval/strength.py)
+        matched = apply_match(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     # a folder of its own (never shared with another run), marked INCOMPLETE until the run finishes
     run_dir = claim_run_dir(run_dir if run_dir is not None else _hydra_output_dir())
     if cfg.hardware.get("threads"):
@@ -139,7 +144,10 @@ def run_from_config(cfg: DictConfig, run_dir: Path | None = None, progress: bool
     weights = (cfg.get("model") or {}).get("weights") or {}
     notes = weight_notes(str(cfg.model.get("size", "?")), dict(weights))
     notes += method_notes(
-        resolved.get("method") or {}, resolved.get("diffusion") or {}, resolved.get("model") or {}
+        resolved.get("method") or {},
+        resolved.get("diffusion") or {},
+        resolved.get("model") or {},
+        matched,
     )
     from eval.datasets.tokens import long_prompt_note
 

@@ -1,8 +1,8 @@
 """Notes for the report header that say how the methods of a run were set up, so a table never hides an unequal
 comparison: a method whose denoising setting differs from the shared ``diffusion:`` block, each method's noise
-schedule and prompt encoding (CLIP skip), methods whose per-call time is not a streaming speed, methods run as a
-variant of the authors' code, and where every method departs from its reference code the same way (VAE posterior,
-similarity filter pacing).
+schedule, the noise levels (sqrt(alpha_bar)) its steps reach on it, and its prompt encoding (CLIP skip),
+methods whose per-call time is not a streaming speed, methods run as a variant of the authors' code, and
+where every method departs from its reference code the same way (VAE posterior, similarity filter pacing).
 
 Generic over methods: it reads the resolved method configs (keys the ``diffusion:`` block shares, the stated
 ``noise_schedule`` / ``clip_skip`` / ``similar_image_filter``) and two class attributes (``offline_reference``;
@@ -21,15 +21,21 @@ def _fmt(v: Any) -> str:
     return "[" + ", ".join(str(x) for x in v) + "]" if isinstance(v, (list, tuple)) else str(v)
 
 
-def override_notes(methods: dict[str, dict], shared: dict[str, Any]) -> list[str]:
+def override_notes(
+    methods: dict[str, dict], shared: dict[str, Any], matched: dict | None = None
+) -> list[str]:
     """A note per (method, key) whose resolved value differs from ``diffusion.<key>`` (only keys the method has:
-    a method without classifier-free guidance is not compared on it)."""
+    a method without classifier-free guidance is not compared on it). A ``t_index_list`` that
+    ``diffusion.match=strength`` set (``matched``: method -> (shared, matched)) is said in the match note instead."""
     notes = []
+    matched = matched or {}
     for name, mcfg in methods.items():
         diffs = [
             f"{key} {_fmt(mcfg[key])} (shared diffusion.{key}: {_fmt(value)})"
             for key, value in shared.items()
-            if key in mcfg and mcfg[key] != value
+            if key in mcfg
+            and mcfg[key] != value
+            and not (key == "t_index_list" and name in matched and list(mcfg[key]) == list(matched[name][1]))
         ]
         if diffs:
             notes.append(f"{name} overrides the shared denoising setting: " + "; ".join(diffs))
@@ -140,10 +146,23 @@ def variant_notes(methods: dict[str, dict]) -> list[str]:
     return notes
 
 
-def method_notes(methods: dict[str, dict], shared: dict[str, Any], model: dict) -> list[str]:
-    """All of the above, for ``notes.json``. ``methods``/``shared``/``model``: resolved plain containers."""
-    notes = override_notes(methods, shared)
+def method_notes(
+    methods: dict[str, dict], shared: dict[str, Any], model: dict, matched: dict | None = None
+) -> list[str]:
+    """All of the above, for ``notes.json``, plus each method's effective noise levels and what
+    ``diffusion.match=strength`` changed (``eval/strength.py``). ``methods``/``shared``/``model``: resolved plain
+    containers; ``matched``: what :func:`eval.strength.apply_match` returned."""
+    from eval.strength import levels_note, match_note
+
+    shared_keys = {k: v for k, v in shared.items() if k not in ("match", "match_schedule")}
+    notes = override_notes(methods, shared_keys, matched)
     for s in (schedule_note(methods, model), clip_skip_note(methods, model)):
         if s:
             notes.append(s)
+    for extra in (
+        levels_note(methods, model),
+        match_note(matched or {}, str(shared.get("match_schedule", "linear"))),
+    ):
+        if extra:
+            notes.append(extra)
     return notes + offline_notes(methods) + variant_notes(methods) + reference_departure_notes(methods, model)

@@ -356,6 +356,30 @@ def check_clip_skip(key: str, node: Any, model: Any) -> list[Problem]:
     return []
 
 
+def check_diffusion(cfg: Any) -> list[Problem]:
+    """``diffusion.match`` / ``diffusion.match_schedule`` (eval/strength.py)."""
+    from eval.strength import MATCH_MODES
+
+    diffusion = _get(cfg, "diffusion") or {}
+    out = []
+    match = _get(diffusion, "match", "none")
+    if match not in MATCH_MODES:
+        out.append(
+            Problem(
+                "diffusion.match",
+                match,
+                f"must be one of {', '.join(MATCH_MODES)} (strength: map each method's t_index_list to the steps "
+                "of equal noise level on its own betas)",
+            )
+        )
+    sched = _get(diffusion, "match_schedule", "linear")
+    if sched not in ("linear", "scaled_linear"):
+        out.append(
+            Problem("diffusion.match_schedule", sched, "must be linear (Live2Diff's betas) or scaled_linear")
+        )
+    return out
+
+
 def check_methods(cfg: Any) -> list[Problem]:
     methods = _get(cfg, "method")
     if not methods:
@@ -478,6 +502,35 @@ def check_model_weights(model: Any) -> list[Problem]:
     return []
 
 
+def _set(v: Any) -> bool:
+    return isinstance(v, str) and v not in ("", "???") and v.lower() not in ("none", "random", "null", "n/a")
+
+
+def check_method_weights(cfg: Any) -> list[Problem]:
+    """``preflight.required_weights_by_method`` (the paper experiments): a selected method's weights that must be
+    given once the run uses real weights (any of ``preflight.required_weights`` set). ``animatediff_window``
+    without ``model.weights.animatediff_motion`` would run Live2Diff's causally trained motion modules instead."""
+    pre = _get(cfg, "preflight") or {}
+    by_method = _get(pre, "required_weights_by_method") or {}
+    methods = _get(cfg, "method") or {}
+    if not by_method or not any(_set(OmegaConf.select(cfg, k)) for k in _get(pre, "required_weights") or []):
+        return []  # a random-weight run of the experiment (the README's tiny one): nothing is the paper's anyway
+    out = []
+    for name in methods:
+        for key in _get(by_method, str(name)) or []:
+            if not _set(OmegaConf.select(cfg, str(key))):
+                out.append(
+                    Problem(
+                        str(key),
+                        OmegaConf.select(cfg, str(key)),
+                        f"method {name} needs it in this experiment (preflight.required_weights_by_method; "
+                        f"otherwise it runs other weights than its reference's): set {key}=/path/to/file, or "
+                        f"leave {name} out of method=[...]",
+                    )
+                )
+    return out
+
+
 def check_hardware(cfg: Any) -> list[Problem]:
     hw = _get(cfg, "hardware") or {}
     device = str(_get(hw, "device", "cpu"))
@@ -493,6 +546,7 @@ def validate(cfg: DictConfig, *, videos: bool = True, listed: list | None = None
     """Raise :class:`ConfigError` listing every problem of ``cfg``; return None when it is fine to run. With
     ``videos``, the dataset is listed and its videos appended to ``listed`` (when given)."""
     problems = [*check_seed(cfg), *check_runner(_get(cfg, "runner")), *check_dataset(_get(cfg, "dataset"))]
+    problems += check_diffusion(cfg)
     problems += check_methods(cfg)
     problems += check_metrics(cfg)
     model = _get(cfg, "model")
@@ -500,6 +554,7 @@ def validate(cfg: DictConfig, *, videos: bool = True, listed: list | None = None
         problems += check_paths("model", model)
         if not any(p.key.startswith("model.weights") for p in problems):  # a missing file is said first
             problems += check_model_weights(model)
+    problems += check_method_weights(cfg)
     problems += check_hardware(cfg)
     problems += check_resolution(cfg)
     if videos and not any(p.key.startswith(("dataset", "model.resolution")) for p in problems):

@@ -35,6 +35,7 @@ EXPECTED_KEYS = (
     "model.weights.lcm_lora",
     "model.weights.taesd",
     "model.weights.depth",  # also the depth_error metric's folder: listed once
+    "model.weights.animatediff_motion",  # paper_table1 selects animatediff_window: its own motion modules
     "metrics.clip_score.weights",
     "metrics.warp_error.raft_weights",
     "metrics.lpips.weights",
@@ -142,3 +143,20 @@ def test_config_validation_problems_are_listed_once(incomplete, monkeypatch):
     text = "\n".join(lines)
     assert text.count("model.weights.base") == 1
     assert any(ln.split()[:2] == ["config", "runner.mode"] and "must be offline|live" in ln for ln in lines)
+
+
+def test_probe_scores_the_published_warp_rows():
+    """+metrics/add=published in the timing probe: lag=auto is given an emission schedule (no stream ran)."""
+    cfg = compose(
+        [
+            "+check=true",
+            "method=[identity]",
+            "dataset.num_videos=1",
+            "dataset.num_frames=6",
+            "+preflight.probe_frames=4",
+            "+metrics/add=published",
+        ]
+    )
+    lines: list[str] = []
+    assert check.preflight(cfg, out=lines.append) == 0, lines
+    assert any(ln.strip().startswith("(metrics,") for ln in lines)
