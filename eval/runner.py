@@ -536,6 +536,8 @@ class Runner:
         per_frame.update(rec.extra.get("frame_metrics", {}))
         for metric in self.metrics.values():
             metric.reset()
+            if getattr(metric, "needs_emissions", False):  # warp_error lag=auto: the video a script stored
+                metric.set_emissions(rec.emitting_calls())
         if self.metrics:
             for (_, out_chunk), (_, src_chunk) in zip(outputs.chunks(), frames.chunks(), strict=True):
                 for metric in self.metrics.values():

@@ -68,6 +68,20 @@ class StreamRecord:
     def paced(self) -> bool:
         return self.arrival is not None
 
+    def emitting_calls(self) -> list[int]:
+        """Per output frame, the push call that emitted it (``len(outputs)`` for the final flush): what a script
+        that stores call i's output at index i writes (the warp error's ``lag="auto"``). Offline streams only."""
+        n = len(self.outputs)
+        if self.by_push is None or not np.isfinite(self.push_start).all():
+            raise ValueError(
+                "the emission schedule needs an offline stream recorded with by_push (runner.mode=offline; a unit "
+                "cached before by_push was recorded: runner.resume=false)"
+            )
+        # the call whose start is the last one before the emission (a call ends after it starts, the next one
+        # starts no earlier than that end)
+        calls = np.searchsorted(self.push_start, self.emit_time, side="left") - 1
+        return [int(c) if self.by_push[j] else n for j, c in enumerate(calls)]
+
     def timings(self) -> dict[str, Any]:
         """Everything but the outputs, as JSON-able data (the unit store keeps it beside the outputs)."""
         out = {

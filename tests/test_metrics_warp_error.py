@@ -267,3 +267,336 @@ def test_raft_batch_size_does_not_change_scores(tmp_path):
         m.update(clip.frames, clip.frames)
         scores.append(m.frame_scores())
     torch.testing.assert_close(scores[0], scores[1], rtol=0, atol=1e-4, equal_nan=True)
+
+
+# -- the other published scripts, each against a transcription of its arithmetic (issue 32, item 5) ----------------
+def _nonzero_flows(n, h, w, seed=0, shift=(1.3, -0.7), out_of_frame=True, amp=0.8):
+    """Sub-pixel, spatially varying flows; an inconsistent patch (occluded for the forward-backward checks); a
+    strip pointing out of the frame (the scripts' edge handling)."""
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(n - 1, 2, 4, 4, generator=g), (h, w), mode="bilinear"
+    )
+    bwd = torch.tensor(shift)[None, :, None, None] + amp * smooth
+    fwd = -bwd.clone()
+    fwd[:, :, 5:14, 8:20] += 3.0
+    if out_of_frame:
+        fwd[:, 0, :, :3] -= 4.0
+        bwd[:, 1, -2:, :] += 3.0
+    return fwd, bwd
+
+
+def _lai_resample2d(img, flow):
+    """FlowNet2's Resample2d kernel (kernel_size 1), per output pixel: bilinear at (x + dx, y + dy), each corner
+    index clamped to the frame. ``img`` H x W x C, ``flow`` H x W x 2 (numpy float64)."""
+    import math
+
+    import numpy as np
+
+    h, w, _ = img.shape
+    out = np.zeros_like(img)
+    for y in range(h):
+        for x in range(w):
+            xf, yf = x + flow[y, x, 0], y + flow[y, x, 1]
+            a, b = xf - math.floor(xf), yf - math.floor(yf)
+            xl, xr = max(min(math.floor(xf), w - 1), 0), max(min(math.floor(xf) + 1, w - 1), 0)
+            yt, yb = max(min(math.floor(yf), h - 1), 0), max(min(math.floor(yf) + 1, h - 1), 0)
+            out[y, x] = (
+                (1 - a) * (1 - b) * img[yt, xl]
+                + a * (1 - b) * img[yt, xr]
+                + (1 - a) * b * img[yb, xl]
+                + a * b * img[yb, xr]
+            )
+    return out
+
+
+def _lai_detect_occlusion(fw_flow, bw_flow):
+    """utils.detect_occlusion as written (its own argument names; H x W x 2)."""
+    import numpy as np
+
+    fw_flow_w = _lai_resample2d(fw_flow, bw_flow)
+    mag = lambda f: f[:, :, 0] ** 2 + f[:, :, 1] ** 2  # noqa: E731 - compute_flow_magnitude
+    mask1 = mag(fw_flow_w + bw_flow) > 0.01 * (mag(fw_flow_w) + mag(bw_flow)) + 0.5
+    h, w = bw_flow.shape[:2]
+    fx_du, fx_dv, fy_du, fy_dv = (np.zeros((h, w)) for _ in range(4))
+    fx, fy = bw_flow[:, :, 0], bw_flow[:, :, 1]
+    fx_du[:, :-1] = fx[:, :-1] - fx[:, 1:]
+    fx_dv[:-1, :] = fx[:-1, :] - fx[1:, :]
+    fy_du[:, :-1] = fy[:, :-1] - fy[:, 1:]
+    fy_dv[:-1, :] = fy[:-1, :] - fy[1:, :]
+    mask2 = (fx_du**2 + fx_dv**2 + fy_du**2 + fy_dv**2) > 0.01 * mag(bw_flow) + 0.002
+    occlusion = np.zeros((h, w))
+    occlusion[np.logical_or(mask1, mask2) == 1] = 1
+    return occlusion
+
+
+def _lai_script_pair(img1, img2, fw_flow, bw_flow):
+    """compute_flow_occlusion.py (``detect_occlusion(bw_flow, fw_flow)``: the arguments swapped), its occlusion PNG
+    read back as 3 channels, then evaluate_WarpError.py for frames t-1 (img1) and t (img2), H x W x 3 in [0, 1]."""
+    import numpy as np
+
+    occ = _lai_detect_occlusion(bw_flow, fw_flow)
+    occ_mask = np.repeat(np.uint8(occ * 255.0)[:, :, None], 3, axis=2).astype(np.float32) / 255.0
+    noc_mask = 1 - occ_mask
+    warp_img2 = _lai_resample2d(img2, fw_flow)
+    diff = np.multiply(warp_img2 - img1, noc_mask)
+    n = np.sum(noc_mask)
+    if n == 0:
+        n = diff.shape[0] * diff.shape[1] * diff.shape[2]
+    return float(np.sum(np.square(diff)) / n), float(occ.mean())
+
+
+def test_lai2018_equals_its_script_with_nonzero_flow():
+    import numpy as np
+
+    g = torch.Generator().manual_seed(1)
+    n, h, w = 4, 18, 22
+    out = torch.rand(n, 3, h, w, generator=g)
+    source = torch.rand(n, 3, h, w, generator=g)
+    fwd, bwd = _nonzero_flows(
+        n, h, w, seed=1, amp=0.02
+    )  # its motion-boundary test flags gradients > ~0.045 px
+    fwd[:, 0, 1:5, 2:12] += (
+        0.6  # inconsistent by 0.6 px: occluded with plain norms, not with its squared ones
+    )
+    metric = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="lai2018")
+    metric.update(out, source)
+    got = metric.frame_scores()
+    assert math.isnan(got[0])
+    hwc = lambda t: t.permute(1, 2, 0).double().numpy()  # noqa: E731
+    script = [_lai_script_pair(hwc(out[i]), hwc(out[i + 1]), hwc(fwd[i]), hwc(bwd[i])) for i in range(n - 1)]
+    np.testing.assert_allclose(got[1:].numpy(), [e for e, _ in script], rtol=1e-6)
+    assert all(0.05 < occ < 0.9 for _, occ in script), script  # both kinds of pixels
+    assert metric.describe()["unit"] == "MSE (0-1)" and "Lai et al. 2018" in metric.describe()["display_name"]
+    l1 = WarpError(flow=InjectedFlow(source, fwd, bwd))
+    l1.update(out, source)
+    assert not np.allclose(l1.frame_scores()[1:].numpy(), [e for e, _ in script], rtol=1e-2)
+
+
+def _mawe_splat(left, flow):
+    """mawe.py's warp_with_flow for one frame, with loops: each source pixel in row-major order writes itself to
+    round(p + flow) (round half to even), so the last writer wins; unreached pixels are 0. ``left`` C x H x W."""
+    import numpy as np
+
+    c, h, w = left.shape
+    remap = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=0)  # [x, y] of itself
+    hit = np.zeros((h, w), dtype=bool)
+    tx = np.round((np.arange(w)[None, :] + flow[0]).astype(np.float32))
+    ty = np.round((np.arange(h)[:, None] + flow[1]).astype(np.float32))
+    for y in range(h):
+        for x in range(w):
+            qx, qy = int(tx[y, x]), int(ty[y, x])
+            if 0 <= qx < w and 0 <= qy < h:
+                remap[:, qy, qx] = (x, y)
+                hit[qy, qx] = True
+    warped = left[:, remap[1], remap[0]].copy()
+    warped[:, ~hit] = 0
+    return warped, hit
+
+
+def _mawe_script(video_u8, flows, coeff=9.5):
+    """get_mawe after its resize: per pair the masked squared error (0-255) over 3 x the reached pixels, the mean
+    flow magnitude, their ratio over coeff; returns the per-pair ratios."""
+    import numpy as np
+
+    ratios = []
+    for i in range(video_u8.shape[0] - 1):
+        left, right = video_u8[i].astype(np.float32), video_u8[i + 1].astype(np.float32)
+        f = flows[i]
+        motion = float(np.mean(np.sqrt(f[0] ** 2 + f[1] ** 2)))
+        warped, hit = _mawe_splat(left, f)
+        known = np.repeat((~hit)[None] == 0, 3, axis=0).astype(np.float32)
+        diff = (right - warped) * known
+        n = known.sum() or diff.size
+        ratios.append(float((diff**2).sum() / n) / (coeff * motion))
+    return ratios
+
+
+@pytest.mark.parametrize("size", [None, (20, 26)])
+def test_mawe_equals_its_script_with_nonzero_flow(size):
+    """Forward splat with collisions (a converging flow), pixels nothing reaches, flow on the scored video itself,
+    the resize to mawe_size (torchvision's, as the script calls it)."""
+    import numpy as np
+    import torchvision.transforms.functional as TF
+
+    g = torch.Generator().manual_seed(2)
+    n, h, w = 4, 16, 20
+    out = (torch.rand(n, 3, h, w, generator=g) * 255).round() / 255
+    u8 = (out * 255).round().to(torch.uint8)
+    if size is not None:
+        u8 = TF.resize(u8, list(size), antialias=False)
+    hh, ww = u8.shape[-2:]
+    fwd, _ = _nonzero_flows(n, hh, ww, seed=2, shift=(2.4, 1.1))
+    fwd[:, 0, :, ww // 2 :] -= 1.7  # converging: several sources land on one pixel
+    scored = u8.float() / 255
+    metric = WarpError(
+        flow=InjectedFlow(scored, fwd, torch.zeros_like(fwd)), variant="mawe", mawe_size=size, mawe_coeff=9.5
+    )
+    metric.update(out, torch.zeros_like(out))  # the input plays no part: flow on the scored video
+    got = metric.frame_scores()[1:].numpy()
+    want = _mawe_script(u8.numpy(), fwd.numpy())
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    _, hit = _mawe_splat(u8[0].numpy().astype(np.float32), fwd[0].numpy())
+    assert 0.05 < 1 - hit.mean() < 0.6  # some pixels nothing reaches
+    assert metric.config()["mawe_size"] == (None if size is None else list(size))
+
+
+def test_streamv2v_lag_stores_call_i_at_index_i_and_auto_reads_the_emissions():
+    """lag=k scores the video a script storing call i's output at index i writes (frame i-k, frame 0's output
+    before the first emission), warped with the input's i -> i+1 flow; lag='auto' takes it from the emissions."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    n, h, w, k = 6, 24, 32, 2
+    edits = (torch.rand(n, 3, h, w, generator=g) * 255).round() / 255
+    source = torch.rand(n, 3, h, w, generator=g)
+    fwd, bwd = _nonzero_flows(n, h, w, seed=3, out_of_frame=False)
+    to_u8 = lambda f: (f * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # noqa: E731
+    stored = [edits[max(0, i - k)] for i in range(n)]  # call i returns frame i - k
+    want = [
+        _streamv2v_script_pair(to_u8(stored[i]), to_u8(stored[i + 1]), fwd[i], bwd[i])[0]
+        for i in range(n - 1)
+    ]
+    fixed = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="streamv2v_compat", lag=k)
+    fixed.update(edits, source)
+    np.testing.assert_allclose(fixed.frame_scores()[1:].numpy(), want, rtol=1e-9)
+    auto = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="streamv2v_compat", lag="auto")
+    assert auto.needs_emissions
+    with pytest.raises(ValueError, match="set_emissions"):
+        auto.update(edits, source)
+    auto.reset()
+    auto.set_emissions([min(j + k, n) for j in range(n)])  # a 3-step stream batch: output j from call j + 2
+    auto.update(edits, source)
+    np.testing.assert_allclose(auto.frame_scores()[1:].numpy(), want, rtol=1e-9)
+    unlagged = WarpError(flow=InjectedFlow(source, fwd, bwd), variant="streamv2v_compat")
+    unlagged.update(edits, source)
+    assert not np.allclose(unlagged.frame_scores()[1:].numpy(), want)
+    assert fixed.config()["lag"] == k and auto.config()["lag"] == "auto"
+    with pytest.raises(ValueError, match="whole video"):
+        fixed.update(edits, source)
+
+
+def test_emitting_calls_of_a_stream_batch():
+    from baselines.busy import BusyMethod
+    from eval.timing import run_stream
+
+    frames = torch.rand(7, 3, 8, 8)
+    m = BusyMethod(iterations=1, size=8, delay=2)
+    m.prepare("", height=8, width=8, seed=0)
+    rec = run_stream(m, frames)
+    assert rec.emitting_calls() == [2, 3, 4, 5, 6, 7, 7]  # the last two come out of the flush
+
+
+def _torchvision_write_read(frames, fps):
+    """torchvision.io.write_video (<= 0.24) then read_video, as StreamV2V's scripts call them: uint8 by
+    torch.as_tensor(dtype=uint8) (truncation), libx264, yuv420p, no options, int(round(fps)); decoded as rgb24."""
+    import av
+    import numpy as np
+
+    video = torch.as_tensor(frames.permute(0, 2, 3, 1) * 255, dtype=torch.uint8).numpy()
+    import io
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(np.round(fps)))
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {}
+        for img in video:
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    buf.seek(0)
+    with av.open(buf) as container:
+        return np.stack([f.to_rgb().to_ndarray() for f in container.decode(video=0)])
+
+
+def test_mp4_and_jpeg_reencode_as_the_scripts_writers(tmp_path):
+    import cv2
+    import numpy as np
+
+    from eval.metrics import warp_variants as wv
+
+    clip = generate_clip(5, 32, 48, seed=6)
+    frames = (clip.frames * 255 + 0.6).floor().clamp(0, 255) / 255 + 0.7 / 255  # fractional: truncation shows
+    frames = frames.clamp(0, 1)
+    got = wv.mp4_roundtrip(frames, fps=24.0)
+    want = _torchvision_write_read(frames, 23.6)
+    assert np.array_equal((got * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy(), want)
+    assert (got - frames).abs().max() > 1 / 255  # the codec changed the frames
+    # Lai et al.: save_img (np.uint8(x * 255), cv2.imwrite .jpg with OpenCV's default quality) then read_img
+    jpg = wv.jpeg_roundtrip(frames)
+    for i in range(frames.shape[0]):
+        img = frames[i].permute(1, 2, 0).numpy()[:, :, ::-1]
+        path = str(tmp_path / f"{i:05d}.jpg")
+        cv2.imwrite(path, np.uint8(np.clip(img, 0, 1) * 255.0), [cv2.IMWRITE_PNG_COMPRESSION, 0])
+        back = np.float32(cv2.imread(path)[:, :, ::-1]) / 255.0
+        np.testing.assert_array_equal(jpg[i].permute(1, 2, 0).numpy(), back)
+    # the metric scores the re-encoded output, and says so in its settings
+    src = clip.frames
+    fwd, bwd = _nonzero_flows(5, 32, 48, seed=6)
+    m = WarpError(flow=InjectedFlow(src, fwd, bwd), variant="streamv2v_compat", encode="mp4")
+    plain = WarpError(flow=InjectedFlow(src, fwd, bwd), variant="streamv2v_compat")
+    m.update(frames, src)
+    plain.update(wv.mp4_roundtrip(frames), src)
+    torch.testing.assert_close(m.frame_scores(), plain.frame_scores(), equal_nan=True)
+    assert m.config()["encode"] == "mp4" and m.config()["mp4_fps"] == 24.0
+    with pytest.raises(ValueError, match="encode must be one of"):
+        WarpError(encode="webm")
+    with pytest.raises(ValueError, match="lag must be"):
+        WarpError(lag=-1)
+
+
+def test_runner_hands_each_methods_emissions_to_lag_auto(tmp_path):
+    """Through the runner: +metrics/add=published's StreamV2V row (lag=auto, mp4) on a stream batch of depth 3
+    equals lag=2 computed directly on the same outputs, kept outputs re-scored included."""
+    import pandas as pd
+
+    from eval.datasets.synthetic import generate_clip
+    from eval.metrics import warp_variants as wv
+    from tests.conftest import run_config
+
+    base = [
+        "dataset.num_videos=1",
+        "dataset.num_frames=8",
+        "method=[]",
+        "+method.delay._target_=tests.fake_methods.DelayMethod",
+        "+method.delay.delay=2",
+        "metrics=none",
+        "+metrics/add=published",
+        "~metrics.mawe",
+        "~metrics.warp_error_lai2018",
+        "+metrics.warp_error.flow=dis",
+        "+metrics.warp_error.dis_preset=medium",
+        "+metrics.warp_error.raft_model=large",
+        "+metrics.warp_error.raft_weights=null",
+        "+metrics.warp_error.raft_iters=12",
+        "+metrics.warp_error._target_=eval.metrics.warp_error.WarpError",
+        "runner.keep_outputs=true",
+        "report.enabled=false",
+    ]
+    s = run_config(tmp_path, *base)
+    f = s.frames
+    got = f[f.metric == "warp_error_streamv2v_script"].sort_values("frame").value.to_numpy()
+    clip = generate_clip(8, 64, 64, seed=0).frames
+    out = (1.0 - clip).half().float()  # runner.keep_outputs: scored from the kept float16 outputs
+    m = WarpError(flow="dis", variant="streamv2v_compat", lag=2, encode="mp4", mp4_fps=24)
+    m.update(out, clip)
+    import numpy as np
+
+    np.testing.assert_allclose(got, m.frame_scores().numpy(), rtol=1e-6, equal_nan=True)
+    unlagged = WarpError(flow="dis", variant="streamv2v_compat", encode="mp4", mp4_fps=24)
+    unlagged.update(out, clip)
+    assert not np.allclose(got[1:], unlagged.frame_scores().numpy()[1:])
+    assert wv.stored_video(clip, wv.fixed_lag(8, 2)).shape == clip.shape
+    again = run_config(
+        tmp_path, *base, "+metrics.frame_diff._target_=eval.metrics.frame_diff.MeanAbsFrameDiff", name="b"
+    )
+    assert [u.status for u in again.units] == ["rescored"]
+    g = again.frames
+    pd.testing.assert_series_equal(
+        g[g.metric == "warp_error_streamv2v_script"].sort_values("frame").value.reset_index(drop=True),
+        f[f.metric == "warp_error_streamv2v_script"].sort_values("frame").value.reset_index(drop=True),
+    )

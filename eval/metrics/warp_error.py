@@ -19,6 +19,13 @@ by it (use ``flow=raft`` with RAFT-large weights to match it fully): frames roun
 (``|f(p) + b(p + f(p))| > 0.01 (|f(p)| + |b(p)|) + 0.5``, zero padding) but applied to the warped frame t, and the
 difference taken in uint8, so ``|a - b|`` wraps around to ``(a - b) mod 256``. These are defects of the script; the
 default variant fixes them.
+
+The other published scripts, and what their pipelines did to the frames before scoring, are options too
+(``eval/metrics/warp_variants.py``; docs/metrics.md lists them): ``variant="lai2018"`` (Lai et al. 2018's
+``evaluate_WarpError``), ``variant="mawe"`` (StreamingT2V's motion-aware warp error), ``lag`` (the video StreamV2V's
+vid2vid script stores: call i's output at index i; ``"auto"`` from the emissions the runner recorded) and
+``encode`` (``mp4``: StreamV2V's ``write_video`` round trip; ``jpeg``: Lai et al.'s ``save_img``). Each is named in
+``config()``, so the settings table and every published figure's comparison see it.
 """
 
 from __future__ import annotations
@@ -30,10 +37,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval.metrics import warp_variants as wv
 from eval.metrics.base import VideoMetric
 from eval.metrics.flow import FlowEstimator, fb_occlusion, make_flow, warp
 
-VARIANTS = ("l1", "streamv2v_compat")
+VARIANTS = ("l1", "streamv2v_compat", "lai2018", "mawe")
+_NAMES = {
+    "streamv2v_compat": (" [StreamV2V compat]", "L1 /255"),
+    "lai2018": (" [Lai et al. 2018]", "MSE (0-1)"),
+    "mawe": (" [StreamingT2V MAWE]", "MSE /255² ÷ (c·|flow|)"),
+}
 
 
 class WarpError(VideoMetric):
@@ -56,9 +69,24 @@ class WarpError(VideoMetric):
         fb_beta: float = 0.5,
         device: str = "cpu",
         batch_size: int = 4,
+        lag: int | str = 0,
+        encode: str = "none",
+        mp4_fps: float = 24.0,
+        jpeg_quality: int = 95,
+        mawe_coeff: float = 9.5,
+        mawe_size: list[int] | tuple[int, int] | None = (720, 720),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not (lag == "auto" or (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 0)):
+            raise ValueError(
+                f"warp_error lag must be 0, a number of frames or 'auto' (the emissions the runner recorded), "
+                f"got {lag!r}"
+            )
+        if encode not in wv.ENCODINGS:
+            raise ValueError(f"warp_error encode must be one of {wv.ENCODINGS}, got {encode!r}")
+        if mawe_size is not None and (len(mawe_size) != 2 or min(int(x) for x in mawe_size) < 1):
+            raise ValueError(f"warp_error mawe_size must be [height, width] or null, got {mawe_size!r}")
         if frames not in ("output", "source"):
             raise ValueError(
                 f"warp_error frames must be 'output' or 'source' (the input reference), got {frames!r}"
@@ -80,6 +108,12 @@ class WarpError(VideoMetric):
         )
         self.frames, self.variant, self.occlusion = frames, variant, occlusion
         self.fb_alpha, self.fb_beta = fb_alpha, fb_beta
+        self.lag, self.encode = lag, encode
+        self.mp4_fps, self.jpeg_quality = float(mp4_fps), int(jpeg_quality)
+        self.mawe_coeff = float(mawe_coeff)
+        self.mawe_size = None if mawe_size is None else [int(x) for x in mawe_size]
+        self.needs_emissions = lag == "auto"  # the runner hands the emission schedule to set_emissions()
+        self._emitted_by: list[int] | None = None
         self._flow_desc = {"flow": getattr(self.flow, "name", type(self.flow).__name__)}
         if self._flow_desc["flow"] == "dis":
             self._flow_desc["dis_preset"] = dis_preset
@@ -88,29 +122,94 @@ class WarpError(VideoMetric):
         if frames == "source":
             self.display_name = "Warp error (input)"
         notes = []
+        if variant in _NAMES:
+            self.display_name += _NAMES[variant][0]
+            self.unit = _NAMES[variant][1]
         if variant == "streamv2v_compat":
-            self.display_name += " [StreamV2V compat]"
             notes.append(
                 "StreamV2V script arithmetic (uint8 wrap-around, mask in frame t-1 coordinates); "
                 "for comparison with published numbers only"
             )
+        elif variant == "lai2018":
+            notes.append(
+                "Lai et al. 2018 evaluate_WarpError arithmetic (frame t warped to t-1, squared error, FlowNet2 "
+                "occlusion and motion-boundary mask); for comparison with published numbers only"
+            )
+        elif variant == "mawe":
+            notes.append(
+                f"StreamingT2V MAWE (flow on the scored video itself, forward splat, squared error / "
+                f"({self.mawe_coeff:g} x mean flow magnitude)); for comparison with published numbers only"
+            )
+        if lag != 0:
+            notes.append(
+                "scored on the lagged video a store-call-i-at-index-i script writes ("
+                + ("each method's own emissions" if lag == "auto" else f"{lag} frames")
+                + ")"
+            )
+        if encode != "none":
+            notes.append(f"output re-encoded as {encode} before scoring, as the script's pipeline stored it")
         if not occlusion:
             notes.append("no occlusion mask")
         self.notes = tuple(notes)
 
     def config(self) -> dict[str, Any]:
-        return {
+        cfg = {
             "frames": self.frames,
             "variant": self.variant,
             "occlusion": self.occlusion,
             "fb_alpha": self.fb_alpha,
             "fb_beta": self.fb_beta,
+            "lag": self.lag,
+            "encode": self.encode,
             **self._flow_desc,
         }
+        if self.encode == "mp4":
+            cfg["mp4_fps"] = self.mp4_fps
+        if self.encode == "jpeg":
+            cfg["jpeg_quality"] = self.jpeg_quality
+        if self.variant == "mawe":
+            cfg.update(mawe_coeff=self.mawe_coeff, mawe_size=self.mawe_size)
+        return cfg
+
+    # -- the video the script scored: lag and re-encoding (one whole video per update) ----------------------------
+    def set_emissions(self, emitted_by: list[int]) -> None:
+        """``emitted_by[j]``: the push call that emitted output frame j (the number of frames for the flush); the
+        runner calls this before ``update`` when ``needs_emissions`` (``lag="auto"``)."""
+        self._emitted_by = [int(c) for c in emitted_by]
+
+    def reset(self) -> None:
+        super().reset()
+        self._emitted_by = None
+
+    def update(self, output: Tensor, source: Tensor, prompt: str | None = None) -> None:
+        if self.lag == 0 and self.encode == "none":
+            return super().update(output, source, prompt)
+        if self._prev_output is not None:
+            raise ValueError(
+                "warp_error with lag or encode scores a whole video per update(); call reset() between videos"
+            )
+        n = output.shape[0]
+        if self.frames == "output":
+            if self.lag == "auto":
+                if self._emitted_by is None:
+                    raise ValueError(
+                        "warp_error lag='auto' needs the emissions of the stream (set_emissions, called by the "
+                        "runner); give a number of frames instead when scoring outside the runner"
+                    )
+                emitted_by = self._emitted_by
+            else:
+                emitted_by = wv.fixed_lag(n, int(self.lag))
+            output = wv.stored_video(output.detach().float().cpu(), emitted_by) if self.lag != 0 else output
+            output = wv.encode(
+                output.detach().float().cpu(), self.encode, fps=self.mp4_fps, jpeg_quality=self.jpeg_quality
+            )
+        super().update(output, source, prompt)
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         src = source.detach().float().cpu()
         img = src if self.frames == "source" else output.detach().float().cpu()
+        if self.variant == "mawe":
+            return self._mawe(img)
         bwd = self.flow(src[1:], src[:-1])
         fwd = self.flow(src[:-1], src[1:]) if (self.occlusion or self.variant != "l1") else None
         if self.variant == "streamv2v_compat":
@@ -123,6 +222,14 @@ class WarpError(VideoMetric):
                 ],
                 dtype=torch.float64,
             )
+        if self.variant == "lai2018":
+            return torch.tensor(
+                [
+                    wv.lai2018_pair(img[i], img[i + 1], fwd[i], bwd[i], self.occlusion)
+                    for i in range(bwd.shape[0])
+                ],
+                dtype=torch.float64,
+            )
         if self.occlusion:
             valid = ~fb_occlusion(bwd, fwd, self.fb_alpha, self.fb_beta)
         else:
@@ -131,6 +238,19 @@ class WarpError(VideoMetric):
         n = valid.sum(dim=(1, 2))
         total = (err * valid).sum(dim=(1, 2))
         return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, float("nan")))
+
+    def _mawe(self, img: Tensor) -> Tensor:
+        """StreamingT2V's ``get_mawe`` per pair: the scored video as uint8, resized to ``mawe_size``, flow left ->
+        right estimated on it (``flow`` backend), :func:`warp_variants.mawe_pair`."""
+        u8 = (img.clamp(0, 1) * 255.0).round().to(torch.uint8)
+        if self.mawe_size is not None:
+            u8 = wv.resize_u8(u8, self.mawe_size)
+        f = u8.float() / 255.0
+        flow = self.flow(f[:-1], f[1:])
+        return torch.tensor(
+            [wv.mawe_pair(u8[i], u8[i + 1], flow[i], self.mawe_coeff)[0] for i in range(flow.shape[0])],
+            dtype=torch.float64,
+        )
 
 
 def _to_u8_hwc(frame: Tensor) -> np.ndarray:
