@@ -256,8 +256,9 @@ def run_settings(config: Mapping) -> dict:
 # -- published figures --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Reference:
-    """A figure published elsewhere: shown beside ours, never invented. ``settings`` are the metric settings it was
-    computed with (e.g. ``{flow: raft}``); a mismatch with ours is shown in the report."""
+    """A figure published elsewhere: shown beside ours, never invented. ``settings`` are what it was computed with
+    (e.g. ``{variant: l1, flow: raft, gpu: RTX 4090}``); the report compares it with ours only when they are stated
+    and match (eval/report/sections.py ``not_compared``), else greys it out with the reason."""
 
     method: str
     metric: str

@@ -194,13 +194,16 @@ def test_headline_leads_with_the_paper_axes(tmp_path):
 
 
 def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_path):
+    """A published figure is compared only when it states its settings, names the metric's variant where the metric
+    has variants, and equals ours on every key it states; otherwise its cell is greyed out with the reason and no Δ
+    is computed (issue 32)."""
     refs = [
         {
             "method": "a",
             "metric": "warp_error",
             "value": 2.5,
             "source": "Paper, Table 1",
-            "settings": {"flow": "raft"},
+            "settings": {"variant": "l1", "flow": "raft"},
         },
         {"method": "a", "metric": "fps", "value": 10.0, "source": "README speed table"},
         {
@@ -208,9 +211,23 @@ def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_pa
             "metric": "fps",
             "value": 1.5,
             "source": "B's README",
-            "settings": {"t_index_list": [30, 40]},
+            "settings": {"t_index_list": [30, 40], "denoising_steps": 2},
         },
         {"method": "b", "metric": "fps", "value": 0.5, "source": "B fp16", "settings": {"dtype": "float16"}},
+        {
+            "method": "b",
+            "metric": "warp_error",
+            "value": 3.5,
+            "source": "B's paper",
+            "settings": {"flow": "dis"},
+        },
+        {
+            "method": "a",
+            "metric": "fps",
+            "value": 11.0,
+            "source": "A on a GPU",
+            "settings": {"gpu": "RTX 4090", "resolution": "not stated"},
+        },
     ]
     d = make_run(
         tmp_path,
@@ -223,15 +240,30 @@ def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_pa
     md = build_report([d], tmp_path).read_text()
     s = section(md, "Published figures beside ours")
     a, b = row(s, "a"), row(s, "b")
-    assert a[1] == "2.50 [1] ≠settings" and a[2].startswith("2.00") and a[3] == "-0.5000 (-20%) [1]"
-    assert a[4] == "10.00 [2]" and a[6] == "+2.00 (+20%) [2]"
-    assert b[1] == "" and b[3] == ""  # no warp error cited for b: empty, never invented
-    assert b[4] == "1.50 [3]; 0.5000 [4] ≠settings"  # method and run settings are compared too
-    assert b[2].startswith("3.00")
+    assert a[1] == "2.50 [1] (not compared)" and a[2].startswith("2.00") and a[3] == "not compared [1]"
+    assert a[4] == "10.00 [2] (not compared); 11.00 [6] (not compared)"
+    assert a[6] == "not compared [2]; not compared [6]"
+    assert b[1] == "3.50 [5] (not compared)" and b[3] == "not compared [5]"  # warp error: variant not stated
+    assert b[4] == "1.50 [3]; 0.5000 [4] (not compared)"  # method and run settings are compared too
+    assert b[6] == "-0.5000 (-33%) [3]; not compared [4]"
+    assert b[2].startswith("3.00") and b[5].startswith("1.00") and a[5].startswith("12.00")
     assert "Paper, Table 1" in s and "flow: raft published, dis ours" in s and "settings not stated" in s
-    assert (
-        "dtype: float16 published, float32 ours" in s and "settings match ours (t_index_list=[30, 40])" in s
-    )
+    assert "variant not stated (ours: l1)" in s
+    assert "dtype: float16 published, float32 ours" in s
+    assert "settings match ours (denoising_steps=2, t_index_list=[30, 40])" in s
+    assert "gpu: RTX 4090 published, none (cpu) ours" in s and "resolution not stated by the source" in s
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("class='muted'") + html.count("num muted'") >= 6  # greyed cells, the compared ones not
+    assert "title='[1] flow: raft published, dis ours'" in html
+
+
+def test_published_gpu_matches_the_devices_name():
+    from eval.report.sections import _settings_mismatch
+
+    ours = {"gpu": "NVIDIA GeForce RTX 4090", "resolution": [512, 512]}
+    assert _settings_mismatch({"gpu": "RTX 4090", "resolution": [512, 512]}, ours) == []
+    assert _settings_mismatch({"gpu": "A100"}, ours) == ["gpu: A100 published, NVIDIA GeForce RTX 4090 ours"]
+    assert _settings_mismatch({"resolution": [768, 512]}, ours)
 
 
 def test_markdown_and_html_render_the_same_sections(tmp_path):
@@ -241,3 +273,56 @@ def test_markdown_and_html_render_the_same_sections(tmp_path):
     titles = re.findall(r"^#+ (.+)$", md, flags=re.M)
     assert titles and all(t.replace("'", "&#x27;") in html for t in titles)
     assert "<td class='best num'" in html and "**1.50" in md
+
+
+def test_every_reference_in_the_experiments_carries_its_settings():
+    """conf/experiment/*.yaml: each published figure states the settings it was computed with (and the variant, for
+    a metric that has variants), so the report can tell a comparable figure from one it must grey out."""
+    from tests.conftest import CONF, compose
+
+    seen = 0
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = compose([f"experiment={path.stem}"])
+        for r in cfg.report.get("reference") or []:
+            seen += 1
+            assert r.get("settings"), f"{path.name}: {r.method}/{r.metric} states no settings"
+            if r.metric.startswith("warp_error") or r.metric == "mawe":
+                assert "variant" in r.settings, f"{path.name}: {r.method}/{r.metric} states no variant"
+    assert seen >= 5
+
+
+def test_paper_speed_figures_compare_only_on_the_stated_setup(tmp_path):
+    """A live2diff run on an RTX 4090 at 512x512, 2 steps, torch.compile: the README's TensorRT-off figure is
+    compared, the TensorRT one is greyed out (this project has no TensorRT path); the same run on another card
+    greys both."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose
+
+    refs = OmegaConf.to_container(compose(["experiment=paper_speed", "dataset.root=/d"]).report.reference)
+    for gpu, compared in (("NVIDIA GeForce RTX 4090", {6.91}), ("NVIDIA H100 80GB HBM3", set())):
+        d = tmp_path / gpu.replace(" ", "_")
+        config = {
+            "model": {"size": "sd15"},
+            "hardware": {"dtype": "float16", "device": "cuda"},
+            "dataset": {"size": [512, 512]},
+            "seed": 42,
+            "method": {"live2diff": {"t_index_list": [30, 40], "compile": True}},
+        }
+        results.write_header(d, provenance={"config": config, "device": {"gpu": gpu}}, references=refs)
+        results.write_tables(
+            d,
+            units=pd.DataFrame(
+                [("live2diff", "v0", "k", "ok", "", 4, 0.1, "")], columns=results.UNIT_COLUMNS
+            ),
+            frames=pd.DataFrame(columns=results.FRAME_COLUMNS),
+            videos=pd.DataFrame([("live2diff", "v0", "steady_fps", 7.5)], columns=results.VIDEO_COLUMNS),
+            metrics=DESCS,
+        )
+        s = section(build_report([d], d).read_text(), "Published figures beside ours")
+        cells = row(s, "live2diff")
+        got = {float(p.split(" [")[0]) for p in cells[1].split("; ") if "not compared" not in p}
+        assert got == compared, cells
+        assert "acceleration: tensorrt published, torch.compile ours" in s
+        if not compared:
+            assert "gpu: RTX 4090 published, NVIDIA H100 80GB HBM3 ours" in s

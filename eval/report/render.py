@@ -14,6 +14,7 @@ STYLE = (
     "padding:4px 8px;text-align:left;vertical-align:top}td{white-space:nowrap}td.num{text-align:right}"
     "th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}"
     "img{max-width:100%}.note{background:#fff4d6;padding:6px}tr:nth-child(n) td.best{background:#e3f4e3}"
+    "tr:nth-child(n) td.muted{color:#999;background:#eee}"
 )
 
 
@@ -72,7 +73,9 @@ def _html_table(t: Table) -> str:
             title = f" title='{html.escape(c.title)}'" if c.title else ""
             text = html.escape(c.text)
             mark = f" <sup>{html.escape(c.mark)}</sup>" if c.mark else ""
-            cls = " ".join(k for k, on in (("best", c.bold), ("num", _numeric(c.text))) if on)
+            cls = " ".join(
+                k for k, on in (("best", c.bold), ("num", _numeric(c.text)), ("muted", c.muted)) if on
+            )
             cls = f" class='{cls}'" if cls else ""
             tds.append(
                 f"<td{cls}{title}><b>{text}</b>{mark}</td>"
