@@ -114,6 +114,7 @@ class WarpError(VideoMetric):
         self.mawe_size = None if mawe_size is None else [int(x) for x in mawe_size]
         self.needs_emissions = lag == "auto"  # the runner hands the emission schedule to set_emissions()
         self._emitted_by: list[int] | None = None
+        self._pending: list[tuple[Tensor, Tensor, str | None]] = []  # chunks held for lag / encode
         self._flow_desc = {"flow": getattr(self.flow, "name", type(self.flow).__name__)}
         if self._flow_desc["flow"] == "dis":
             self._flow_desc["dis_preset"] = dis_preset
@@ -180,30 +181,42 @@ class WarpError(VideoMetric):
     def reset(self) -> None:
         super().reset()
         self._emitted_by = None
+        self._pending = []
 
     def update(self, output: Tensor, source: Tensor, prompt: str | None = None) -> None:
-        if self.lag == 0 and self.encode == "none":
+        """With ``lag`` or ``encode`` the chunks of a video are held until its scores are read: the stored video
+        (frame i may be an earlier frame's output) and a codec need the whole video, as the scripts had it."""
+        if self.lag == 0 and self.encode == "none" or self.frames == "source":
             return super().update(output, source, prompt)
-        if self._prev_output is not None:
-            raise ValueError(
-                "warp_error with lag or encode scores a whole video per update(); call reset() between videos"
-            )
+        if output.ndim != 4 or output.shape != source.shape:
+            return super().update(output, source, prompt)  # the base class's error
+        self._pending.append((output.detach().float().cpu(), source.detach().float().cpu(), prompt))
+
+    def _score_pending(self) -> None:
+        if not self._pending:
+            return
+        output = torch.cat([o for o, _, _ in self._pending])
+        source = torch.cat([s for _, s, _ in self._pending])
+        prompt = self._pending[0][2]
+        self._pending = []
         n = output.shape[0]
-        if self.frames == "output":
-            if self.lag == "auto":
-                if self._emitted_by is None:
-                    raise ValueError(
-                        "warp_error lag='auto' needs the emissions of the stream (set_emissions, called by the "
-                        "runner); give a number of frames instead when scoring outside the runner"
-                    )
-                emitted_by = self._emitted_by
-            else:
-                emitted_by = wv.fixed_lag(n, int(self.lag))
-            output = wv.stored_video(output.detach().float().cpu(), emitted_by) if self.lag != 0 else output
-            output = wv.encode(
-                output.detach().float().cpu(), self.encode, fps=self.mp4_fps, jpeg_quality=self.jpeg_quality
-            )
+        if self.lag == "auto":
+            if self._emitted_by is None:
+                raise ValueError(
+                    "warp_error lag='auto' needs the emissions of the stream (set_emissions, called by the "
+                    "runner); give a number of frames instead when scoring outside the runner"
+                )
+            emitted_by = self._emitted_by
+        else:
+            emitted_by = wv.fixed_lag(n, int(self.lag))
+        if self.lag != 0:
+            output = wv.stored_video(output, emitted_by)
+        output = wv.encode(output, self.encode, fps=self.mp4_fps, jpeg_quality=self.jpeg_quality)
         super().update(output, source, prompt)
+
+    def frame_scores(self) -> Tensor:
+        self._score_pending()
+        return super().frame_scores()
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
         src = source.detach().float().cpu()
