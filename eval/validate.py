@@ -481,7 +481,7 @@ def check_paths(key: str, node: Any) -> list[Problem]:
 
 
 def check_model_weights(model: Any) -> list[Problem]:
-    """The model's weights plan (live2diff/components/weights.py ``weight_plan``, the one the builder runs): once any
+    """The model's weights plan (``eval.weights.weight_plan``, the one the builder runs): once any
     real weight is given, every other component is given or named ``random``/``none``, and no weight is given for
     a component the config does not use. Refused here, before anything runs, not when the first unit builds its
     method (an error row, exit 1). Read only when a real weight is set: the default tiny model needs no check."""
@@ -492,11 +492,10 @@ def check_model_weights(model: Any) -> list[Problem]:
     ]
     if not real or real == ["trained"]:
         return []
-    from live2diff.components.config import resolve_model_cfg
-    from live2diff.components.weights import weight_plan
+    from eval.weights import weight_plan
 
-    try:
-        weight_plan(resolve_model_cfg(OmegaConf.to_container(model, resolve=True)))
+    try:  # a composed conf/model node is complete: the plan reads its weights, vae.kind and depth.kind
+        weight_plan(OmegaConf.to_container(model, resolve=True))
     except Exception as exc:  # noqa: BLE001 - every refusal of the plan is a set-up problem
         return [Problem("model.weights", {k: given[k] for k in real}, _reason(exc))]
     return []
