@@ -32,7 +32,9 @@ def apply_smoke(
         if getattr(args, key) == ap.get_default(key):
             setattr(args, key, value)
     if out is not None and getattr(args, out) == ap.get_default(out):
-        default = ap.get_default(out)  # the results folder itself, or a file stem inside it (``results/live_mode``)
+        default = ap.get_default(
+            out
+        )  # the results folder itself, or a file stem inside it (``results/live_mode``)
         inside = default is not None and Path(default).resolve() != SMOKE_OUT.parent
         setattr(args, out, SMOKE_OUT / Path(default).name if inside else SMOKE_OUT)
     return args

@@ -34,8 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from live2diff.method import Live2DiffMethod  # noqa: E402
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
+from live2diff.method import Live2DiffMethod  # noqa: E402
 
 SIZING = ROOT / "benchmarks" / "results" / "gate_inject_sizing.json"
 TARGET = "benchmarks.gate_inject.SlowedLive2Diff"

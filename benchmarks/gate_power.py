@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 from eval.provenance import device_info  # noqa: E402
 
 # A noisy neighbour: random bursts (50-500 ms) of compute, of cache-evicting memory traffic, or of nothing.

@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

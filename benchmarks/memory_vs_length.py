@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

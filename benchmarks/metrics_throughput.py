@@ -24,11 +24,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 from eval.datasets.synthetic import generate_clip  # noqa: E402
 from eval.metrics.clip import ClipConsistency, ClipScore, _build  # noqa: E402
 from eval.metrics.frame_diff import MeanAbsFrameDiff  # noqa: E402
 from eval.metrics.warp_error import WarpError  # noqa: E402
-from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 log = logging.getLogger("metrics_throughput")
 

@@ -16,6 +16,7 @@ import numpy as np
 # run from anywhere: the repo's eval/, not an installed copy
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 from eval.report.stats import sign_flip_pvalue, t_interval  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"

@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's code, not an installed copy
 
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 from live2diff.method import Live2DiffMethod  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

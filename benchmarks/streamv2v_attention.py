@@ -25,8 +25,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from baselines.streamv2v import BankEntry, FeatureBank, FeatureBankAttnProcessor, nearest_features  # noqa: E402
 from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
+from baselines.streamv2v import BankEntry, FeatureBank, FeatureBankAttnProcessor, nearest_features  # noqa: E402
 
 
 class LoopProcessor(FeatureBankAttnProcessor):

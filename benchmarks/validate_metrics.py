@@ -26,13 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("LIVE2DIFF_BENCH_SHARED_DATA") or ROOT.parent / "shared" / "data")
 sys.path.insert(0, str(ROOT))
 
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+
 from eval.datasets.synthetic import generate_clip  # noqa: E402
 from eval.metrics.clip import ClipConsistency, ClipScore  # noqa: E402
 from eval.metrics.depth_error import DepthError  # noqa: E402
 from eval.metrics.flow import DISFlow, fb_occlusion, warp  # noqa: E402
 from eval.metrics.frame_diff import MeanAbsFrameDiff  # noqa: E402
 from eval.metrics.warp_error import WarpError  # noqa: E402
-from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 log = logging.getLogger("validate_metrics")
 ROWS: list[dict] = []

@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 from gate_power import NEIGHBOUR  # noqa: E402
 
 from eval.gate.calibration import CALIBRATIONS  # noqa: E402
 from eval.gate.measure import measure  # noqa: E402
 from eval.timing import warm_up  # noqa: E402
-from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
 
 CALLS = {"matmul": 10, "unet": 2, "products": 10}
 

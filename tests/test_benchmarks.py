@@ -26,7 +26,9 @@ FAST = {"report_coverage.py"}  # seconds; the rest take 10 s to minutes on 2 cor
 def test_every_benchmark_compiles_without_warnings():
     for path in SCRIPTS + sorted(BENCH.glob("_*.py")) + sorted((BENCH / "reference").glob("*.py")):
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # SyntaxWarning ('str' object is not callable ...) becomes an error
+            warnings.simplefilter(
+                "error"
+            )  # SyntaxWarning ('str' object is not callable ...) becomes an error
             compile(path.read_text(), str(path), "exec")
 
 
@@ -44,7 +46,9 @@ def test_every_benchmark_has_a_smoke_mode(path):
 
 
 def _run_smoke(path: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    out = tmp_path / ("out.json" if path.name in JSON_ONLY else "out")  # gate_inject's --out is the file itself
+    out = tmp_path / (
+        "out.json" if path.name in JSON_ONLY else "out"
+    )  # gate_inject's --out is the file itself
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-W", "error::SyntaxWarning", str(path), "--smoke", "--out", str(out), *extra]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
