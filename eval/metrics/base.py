@@ -7,6 +7,11 @@ A metric scores *frames*: ``update(output, source, prompt=...)`` takes a chunk o
 (float in ``[0, 1]``) of one video and appends one score per output frame (NaN where a frame has no score, e.g. the
 first frame of a pairwise metric). Pairwise metrics keep the previous chunk's last frame so that chunking never
 changes the result. ``compute()`` is the mean over finite scores; ``frame_scores()`` returns them all.
+
+Each metric module also has a functional twin of its metric (``frame_diff(frames)``, ``warp_error(frames,
+source_frames, ...)``, ``clip_score(frames, prompt, ...)``, ...) for use outside the harness: one whole video in,
+its value (``reduction="mean"``) or its frame scores (``"none"``) out. The ``Metric`` classes call them, so both
+give the same numbers; the helpers below check their input and reduce alike.
 """
 
 from __future__ import annotations
@@ -17,6 +22,44 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+REDUCTIONS = ("mean", "none")
+
+
+def check_video(frames: Tensor, name: str, what: str = "frames") -> None:
+    """Refuse anything but one video ``[T, 3, H, W]`` (the functional metrics' input), naming the argument."""
+    if not isinstance(frames, Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, Tensor) else type(frames).__name__
+        raise ValueError(f"{name}: {what} must be one video [T, 3, H, W] in [0, 1], got {shape}")
+
+
+def check_pair(frames: Tensor, source_frames: Tensor, name: str) -> None:
+    """Both videos ``[T, 3, H, W]`` and of the same shape."""
+    check_video(frames, name)
+    check_video(source_frames, name, "source_frames")
+    if frames.shape != source_frames.shape:
+        raise ValueError(
+            f"{name}: frames and source_frames must have the same shape, got {tuple(frames.shape)} and "
+            f"{tuple(source_frames.shape)}"
+        )
+
+
+def with_context_head(scores: Tensor, n_frames: int, context: int) -> Tensor:
+    """``[T]`` float64 frame scores from the scores of frames ``context..T-1``: NaN for the first ``context``
+    frames (they have no predecessor to be scored against)."""
+    head = torch.full((min(context, n_frames),), float("nan"), dtype=torch.float64)
+    return torch.cat([head, scores.to(torch.float64)]) if n_frames > context else head
+
+
+def reduce_scores(scores: Tensor, reduction: str, name: str) -> Tensor:
+    """``reduction="none"``: the ``[T]`` frame scores as they are; ``"mean"``: the video's value, the mean of the
+    finite frame scores (NaN when there is none), exactly as :meth:`VideoMetric.compute` reduces them."""
+    if reduction == "none":
+        return scores
+    if reduction != "mean":
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    s = scores[torch.isfinite(scores)]
+    return s.mean() if s.numel() else torch.tensor(float("nan"), dtype=torch.float64)
 
 
 class _class_or_instance_method:

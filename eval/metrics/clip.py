@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from eval.metrics.base import VideoMetric
+from eval.metrics.base import VideoMetric, check_video, reduce_scores, with_context_head
 from eval.weights import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,116 @@ def _build(model_name: str, path: str | None, device: str, openai_sd: dict | Non
     )
 
 
+def _model(
+    model: ClipModel | None,
+    model_name: str,
+    weights: str | None,
+    device: str,
+    require_weights: bool,
+    quick_gelu: bool | None,
+) -> ClipModel:
+    return (
+        model
+        if model is not None
+        else load_clip(model_name, weights, device, require_weights=require_weights, quick_gelu=quick_gelu)
+    )
+
+
+def clip_score(
+    frames: Tensor,
+    prompt: str,
+    *,
+    weights: str | None = None,
+    model_name: str = "ViT-B-32",
+    device: str = "cpu",
+    batch_size: int = 16,
+    scale: float = 100.0,
+    require_weights: bool = False,
+    quick_gelu: bool | None = None,
+    model: ClipModel | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Text-frame alignment of one video: ``scale * cos(e(prompt), e(frame))`` per frame, not clamped at 0.
+
+    Args:
+        frames: one video ``[T, 3, H, W]``, float in [0, 1] (any size: resized and centre-cropped as CLIP expects).
+        prompt: the text the frames should show.
+        weights: an open_clip checkpoint of ``model_name`` (``.bin`` / ``.safetensors``, or OpenAI's layout);
+            ``None``: a tiny random CLIP (seed 0) whose values are not comparable with anything published.
+        model_name: the open_clip architecture (``ViT-B-32``; ``ViT-B-32-quickgelu`` for OpenAI's weights).
+        device: where the model runs.
+        batch_size: frames per forward pass (does not change the values).
+        scale: the factor (100 as the literature; StreamV2V's script reports the plain cosine, ``scale=1``).
+        require_weights: refuse ``weights=None`` instead of falling back to the random CLIP.
+        quick_gelu: force (True) or forbid (False) the QuickGELU activation; ``None`` picks it from the file.
+        model: a :class:`ClipModel` already loaded (:func:`load_clip`): then ``weights``, ``model_name``,
+            ``device``, ``require_weights`` and ``quick_gelu`` are not used.
+        reduction: ``"mean"``: the video's value (mean over frames); ``"none"``: the ``[T]`` frame scores.
+
+    Returns:
+        A float64 scalar (``"mean"``) or ``[T]`` tensor (``"none"``), on the CPU.
+
+    Raises:
+        ValueError: ``frames`` is not ``[T, 3, H, W]``; ``prompt`` is not a string; ``require_weights`` without
+            ``weights``; weights that do not fit ``model_name``; an unknown ``reduction``.
+        MissingWeightsError: no file at ``weights``.
+
+    >>> import torch
+    >>> scores = clip_score(torch.rand(4, 3, 32, 32), "a watercolor cat", reduction="none")
+    >>> scores.shape, scores.dtype
+    (torch.Size([4]), torch.float64)
+    >>> bool((scores.abs() <= 100).all())
+    True
+    """
+    check_video(frames, "clip_score")
+    if not isinstance(prompt, str):
+        raise ValueError(f"clip_score: prompt must be a string, got {type(prompt).__name__}")
+    clip = _model(model, model_name, weights, device, require_weights, quick_gelu)
+    img = clip.embed_images(frames, batch_size)
+    scores = (scale * (img @ clip.embed_text(prompt))).double().cpu()
+    return reduce_scores(scores, reduction, "clip_score")
+
+
+def clip_consistency(
+    frames: Tensor,
+    *,
+    weights: str | None = None,
+    model_name: str = "ViT-B-32",
+    device: str = "cpu",
+    batch_size: int = 16,
+    scale: float = 1.0,
+    require_weights: bool = False,
+    quick_gelu: bool | None = None,
+    model: ClipModel | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Temporal consistency of one video: ``scale * cos(e(frame t-1), e(frame t))`` of CLIP image embeddings.
+
+    Args:
+        frames: one video ``[T, 3, H, W]``, float in [0, 1].
+        weights, model_name, device, batch_size, require_weights, quick_gelu, model: as :func:`clip_score`.
+        scale: the factor (1: a static video scores exactly 1.0).
+        reduction: ``"mean"``: the video's value (mean over the pairs); ``"none"``: ``[T]`` frame scores, NaN
+            for frame 0 (nothing before it).
+
+    Returns:
+        A float64 scalar (``"mean"``; NaN for a single frame) or ``[T]`` tensor (``"none"``), on the CPU.
+
+    Raises:
+        ValueError, MissingWeightsError: as :func:`clip_score`.
+
+    >>> import torch
+    >>> still = torch.rand(1, 3, 32, 32).repeat(4, 1, 1, 1)  # the same frame four times
+    >>> round(clip_consistency(still).item(), 9)
+    1.0
+    """
+    check_video(frames, "clip_consistency")
+    clip = _model(model, model_name, weights, device, require_weights, quick_gelu)
+    e = clip.embed_images(frames, batch_size)
+    scores = (scale * (e[:-1] * e[1:]).sum(-1)).double().cpu()
+    return reduce_scores(with_context_head(scores, frames.shape[0], 1), reduction, "clip_consistency")
+
+
 class _ClipMetric(VideoMetric):
     #: the scale a subclass reports in by default; another scale shows in the unit ("10·cos")
     default_scale: float = 1.0
@@ -201,6 +311,17 @@ class _ClipMetric(VideoMetric):
         quick_gelu: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        """Loads (or reuses) the CLIP model once; every video is then scored with it.
+
+        Args:
+            weights, model_name, device, batch_size, require_weights, quick_gelu: as :func:`clip_score`.
+            scale: the factor; ``None``: the metric's own (100 for ``clip_score``, 1 for ``clip_consistency``).
+                Another scale shows in the unit ("10·cos").
+            kwargs: torchmetrics ``Metric`` options.
+
+        Raises:
+            ValueError, MissingWeightsError: as :func:`clip_score`.
+        """
         super().__init__(**kwargs)
         self.clip = load_clip(
             model_name, weights, device, require_weights=require_weights, quick_gelu=quick_gelu
@@ -217,7 +338,8 @@ class _ClipMetric(VideoMetric):
 
 
 class ClipScore(_ClipMetric):
-    """Text-frame alignment: ``scale * cos(text, frame)`` per output frame (scale 100 by default)."""
+    """Text-frame alignment: ``scale * cos(text, frame)`` per output frame (scale 100 by default); a video without
+    a prompt scores NaN. Functional twin: :func:`clip_score`; the arguments are its own."""
 
     higher_is_better = True
     display_name = "CLIP score"
@@ -232,12 +354,14 @@ class ClipScore(_ClipMetric):
                 log.warning("clip_score: video has no prompt; its frames are scored NaN")
                 self._warned = True
             return torch.full((output.shape[0],), float("nan"), dtype=torch.float64)
-        img = self.clip.embed_images(output, self.batch_size)
-        return (self.scale * (img @ self.clip.embed_text(prompt))).double().cpu()
+        return clip_score(
+            output, prompt, model=self.clip, batch_size=self.batch_size, scale=self.scale, reduction="none"
+        )
 
 
 class ClipConsistency(_ClipMetric):
-    """Temporal consistency: ``scale * cos(frame t-1, frame t)`` of CLIP image embeddings (scale 1 by default)."""
+    """Temporal consistency: ``scale * cos(frame t-1, frame t)`` of CLIP image embeddings (scale 1 by default).
+    Functional twin: :func:`clip_consistency`; the arguments are its own."""
 
     higher_is_better = True
     display_name = "CLIP consistency"
@@ -246,5 +370,6 @@ class ClipConsistency(_ClipMetric):
     default_scale = 1.0
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
-        e = self.clip.embed_images(output, self.batch_size)
-        return (self.scale * (e[:-1] * e[1:]).sum(-1)).double().cpu()
+        return clip_consistency(
+            output, model=self.clip, batch_size=self.batch_size, scale=self.scale, reduction="none"
+        )[1:]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.depth import DPTDepth
-from eval.metrics.base import VideoMetric
+from eval.metrics.base import VideoMetric, check_pair, reduce_scores
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,77 @@ def aligned_mse(d_in: Tensor, d_out: Tensor) -> Tensor:
     return torch.where(std[:, 0] > 1e-12, err, torch.full_like(err, float("nan")))
 
 
+@torch.no_grad()
+def depth_maps(
+    frames: Tensor, net: nn.Module, resolution: int, *, batch_size: int = 8, device: str = "cpu"
+) -> Tensor:
+    """``[N, 3, H, W]`` in [0, 1] -> relative depth ``[N, S, S]`` (float32, on the CPU) from ``net`` (a
+    :class:`~eval.depth.DPTDepth` or the random stand-in, as :func:`load_depth_net` returns), frames resized
+    (antialiased bilinear) to ``resolution`` x ``resolution``."""
+    out = []
+    for i in range(0, frames.shape[0], batch_size):
+        x = frames[i : i + batch_size].to(device, torch.float32).clamp(0, 1)
+        x = F.interpolate(x, (resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+        d = net(x).float()
+        if d.shape[-2:] != (resolution, resolution):
+            d = F.interpolate(d[:, None], (resolution,) * 2, mode="bilinear", align_corners=False)[:, 0]
+        out.append(d.cpu())
+    return torch.cat(out)
+
+
+def depth_error(
+    frames: Tensor,
+    source_frames: Tensor,
+    *,
+    weights: str | None = None,
+    resolution: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 8,
+    net: nn.Module | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """Structure consistency of one video: per frame, the MSE between the source's standardised depth map and the
+    output's, least-squares scale-and-shift fitted to it (``1 - r^2``: 0 = the same structure, 1 = unrelated).
+
+    Args:
+        frames: the output video ``[T, 3, H, W]``, float in [0, 1].
+        source_frames: the video it was made from, the same shape.
+        weights: a transformers DPT folder (e.g. Intel/dpt-hybrid-midas); ``None``: a tiny random depth net
+            (seed 0) whose values are not comparable with anything published.
+        resolution: the depth model's input size; ``None``: 384 with DPT weights, 64 for the random net.
+        device: where the depth model runs.
+        batch_size: frames per forward pass (does not change the values).
+        net: a depth model already loaded (:func:`load_depth_net`): then ``weights`` is not used (give
+            ``resolution``: 64 otherwise).
+        reduction: ``"mean"``: the video's value (mean over the frames with a score); ``"none"``: ``[T]`` frame
+            scores, NaN where the source's depth map is constant.
+
+    Returns:
+        A float64 scalar (``"mean"``) or ``[T]`` tensor (``"none"``), on the CPU.
+
+    Raises:
+        ValueError: a video is not ``[T, 3, H, W]`` or the two differ in shape; an unknown ``reduction``.
+        FileNotFoundError: ``weights`` is not a DPT folder (no ``config.json``).
+
+    >>> import torch
+    >>> video = torch.rand(2, 3, 64, 64)
+    >>> round(depth_error(video, video).item(), 6)  # the same frames: the same structure
+    0.0
+    >>> 0 < depth_error(torch.rand(2, 3, 64, 64), video).item() <= 1
+    True
+    """
+    check_pair(frames, source_frames, "depth_error")
+    net = net if net is not None else load_depth_net(weights, device)
+    res = int(resolution or (384 if weights else 64))
+    d_src = depth_maps(source_frames, net, res, batch_size=batch_size, device=device)
+    scores = aligned_mse(d_src, depth_maps(frames, net, res, batch_size=batch_size, device=device))
+    return reduce_scores(scores, reduction, "depth_error")
+
+
 class DepthError(VideoMetric):
+    """Depth error of each output frame against its input frame (module docstring). Functional twin:
+    :func:`depth_error`."""
+
     higher_is_better = False
     display_name = "Depth error"
     unit = "MSE (aligned)"
@@ -127,6 +197,17 @@ class DepthError(VideoMetric):
         require_weights: bool = False,
         **kwargs: Any,
     ) -> None:
+        """Loads (or reuses) the depth model once; every video is then scored with it.
+
+        Args:
+            weights, resolution, device, batch_size: as :func:`depth_error`.
+            require_weights: refuse ``weights=None`` instead of falling back to the random depth net.
+            kwargs: torchmetrics ``Metric`` options.
+
+        Raises:
+            ValueError: ``require_weights`` without ``weights``.
+            FileNotFoundError: ``weights`` is not a DPT folder.
+        """
         super().__init__(**kwargs)
         if require_weights and not weights:
             raise ValueError(
@@ -147,22 +228,19 @@ class DepthError(VideoMetric):
             "normalisation": "lsq scale+shift to standardised input",
         }
 
-    @torch.no_grad()
     def depth(self, frames: Tensor) -> Tensor:
         """``[N, 3, H, W]`` in [0, 1] -> relative depth ``[N, S, S]`` (float32) at the metric's resolution."""
-        out = []
-        for i in range(0, frames.shape[0], self.batch_size):
-            x = frames[i : i + self.batch_size].to(self.device_name, torch.float32).clamp(0, 1)
-            x = F.interpolate(
-                x, (self.resolution, self.resolution), mode="bilinear", align_corners=False, antialias=True
-            )
-            d = self.net(x).float()
-            if d.shape[-2:] != (self.resolution, self.resolution):
-                d = F.interpolate(d[:, None], (self.resolution,) * 2, mode="bilinear", align_corners=False)[
-                    :, 0
-                ]
-            out.append(d.cpu())
-        return torch.cat(out)
+        return depth_maps(
+            frames, self.net, self.resolution, batch_size=self.batch_size, device=self.device_name
+        )
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
-        return aligned_mse(self.depth(source), self.depth(output))
+        return depth_error(
+            output,
+            source,
+            net=self.net,
+            resolution=self.resolution,
+            batch_size=self.batch_size,
+            device=self.device_name,
+            reduction="none",
+        )
