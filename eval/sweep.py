@@ -16,6 +16,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from eval.report.defaults import COMPARE_TO
+
 log = logging.getLogger(__name__)
 
 REPORT_DIR = "report"
@@ -25,7 +27,7 @@ class MergeReport(Callback):
     def __init__(
         self,
         enabled: bool = True,
-        compare_to: str | None = "identity",
+        compare_to: str | None = COMPARE_TO,
         reference_methods: list[str] | None = None,
     ) -> None:
         self.enabled, self.compare_to = enabled, compare_to
@@ -46,7 +48,7 @@ class MergeReport(Callback):
 def merge_sweep(
     sweep_dir: Path,
     *,
-    compare_to: str | None = "identity",
+    compare_to: str | None = COMPARE_TO,
     seed: int = 0,
     reference_methods: list[str] | None = None,
 ) -> Path | None:

@@ -21,19 +21,18 @@ from pathlib import Path
 
 from eval import results
 from eval.report import render
+from eval.report.defaults import COMPARE_TO, REFERENCE_METHODS
 from eval.report.sections import Context, build_sections
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REFERENCE_METHODS = ("identity", "animatediff_window")  # as conf/config.yaml report.reference_methods
 
 
 def build_report(
     dirs: list[Path],
     out: Path,
-    compare_to: str | None = "identity",
+    compare_to: str | None = COMPARE_TO,
     seed: int = 0,
-    reference_methods: Iterable[str] = DEFAULT_REFERENCE_METHODS,
+    reference_methods: Iterable[str] = REFERENCE_METHODS,
 ) -> Path:
     """Write the report for the results in ``dirs`` into ``out``; returns the path of ``summary.md``."""
     out = Path(out)
@@ -61,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="output folder (default: a single run's own folder; for several, a new merged_<time> folder beside them)",
     )
-    p.add_argument("--compare-to", default="identity", help="reference method of the paired comparison")
+    p.add_argument(
+        "--compare-to",
+        default=COMPARE_TO,
+        help="reference method of the paired comparison (report.compare_to)",
+    )
     p.add_argument(
         "--reference-methods",
-        default=",".join(DEFAULT_REFERENCE_METHODS),
+        default=",".join(REFERENCE_METHODS),
         help="comma-separated methods shown but never ranked (report.reference_methods)",
     )
     args = p.parse_args(argv)

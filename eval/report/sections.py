@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from eval.report import plots
+from eval.report.defaults import COMPARE_TO, REFERENCE_METHODS
 from eval.report.stats import holm, sign_flip_pvalue, t_interval
 from eval.results import LIVE_COLUMNS, MetricDescriptor, RunResults
 
@@ -98,8 +99,8 @@ class Context:
 
     run: RunResults
     out: Path
-    compare_to: str | None = "identity"
-    reference_methods: frozenset[str] = frozenset({"identity"})
+    compare_to: str | None = COMPARE_TO
+    reference_methods: frozenset[str] = frozenset(REFERENCE_METHODS)
     seed: int = 0
 
     def __post_init__(self) -> None:
