@@ -197,16 +197,6 @@ def _weights(cfg: DictConfig) -> list[Finding]:
     return out
 
 
-def _first_frame(meta: dict) -> Path | None:
-    folder = meta.get("path")
-    if not folder or not Path(folder).is_dir():
-        return None
-    from eval.datasets.files import list_frame_files
-
-    files = list_frame_files(Path(folder))
-    return files[0] if files else None
-
-
 def _count_frames(video: Any, cfg: DictConfig) -> tuple[int | None, tuple[int, int] | None]:
     """(frames the run will use, source (height, width)) read from the file system only (no decoding of folders)."""
     meta = getattr(video, "meta", {}) or {}

@@ -272,11 +272,6 @@ def load_dreambooth(
     return report
 
 
-def load_dreambooth_unet(path: str | Path, unet: nn.Module, key: str = "model.weights.dreambooth") -> None:
-    """Spatial UNet weights only (kept for callers that hold just a UNet); see :func:`load_dreambooth`."""
-    load_dreambooth(path, unet, None, None, key)
-
-
 # ------------------------------------------------------------------------------------------------ LoRA
 _KOHYA = re.compile(r"^(lora_unet|lora_te)_(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 _PEFT = re.compile(
