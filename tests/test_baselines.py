@@ -22,7 +22,7 @@ from baselines.streamv2v import (
 from eval.datasets.synthetic import generate_clip
 from live2diff.attention import FrameGroupNorm, temporal_blocks
 from live2diff.components import encode_prompt, vae_decode, vae_encode
-from tests.conftest_live2diff import randomise_motion_out
+from tests.live2diff_helpers import randomise_motion_out
 
 H = W = 64
 

@@ -17,7 +17,7 @@ from live2diff.attention import (
     temporal_blocks,
 )
 from live2diff.kv_cache import LayerKVCache, SlotIndex
-from tests.conftest_live2diff import prompt_embeds, randomise_motion_out, tiny_components, trained_components
+from tests.live2diff_helpers import prompt_embeds, randomise_motion_out, tiny_components, trained_components
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from live2diff.method import Live2DiffMethod
-from tests.conftest_live2diff import frames
+from tests.live2diff_helpers import frames
 
 
 def _run(m: Live2DiffMethod, clip: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -24,7 +24,7 @@ from live2diff.convert import (
     to_reference_state_dict,
 )
 from tests.conftest import model_cfg
-from tests.conftest_live2diff import tiny_cfg, tiny_components
+from tests.live2diff_helpers import tiny_cfg, tiny_components
 
 
 def test_tiny_components_shapes_and_helpers():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from live2diff.method import Live2DiffMethod
-from tests.conftest_live2diff import frames, tiny_cfg
+from tests.live2diff_helpers import frames, tiny_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 

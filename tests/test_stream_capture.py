@@ -17,7 +17,7 @@ from baselines.streamv2v import StreamV2V
 from live2diff.method import Live2DiffMethod
 from live2diff.testing.host_sync import HostSyncCounter
 from tests.conftest import model_cfg
-from tests.conftest_live2diff import frames, randomise_motion_out
+from tests.live2diff_helpers import frames, randomise_motion_out
 
 SIZE = 32
 

@@ -14,7 +14,7 @@ from live2diff.components import build_components, resolve_model_cfg
 from live2diff.components.text import HFTokenizer, OpenClipTokenizer
 from live2diff.components.weights import PartialWeightsError, UnsafeCheckpointError
 from live2diff.testing import fixtures as fx
-from tests.conftest_live2diff import tiny_cfg
+from tests.live2diff_helpers import tiny_cfg
 
 # CLIP's published ids: <|startoftext|> a photo of a cat <|endoftext|> (49406 320 1125 539 320 2368 49407)
 A_PHOTO_OF_A_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -121,7 +121,7 @@ def test_motion_lora_taesd_manifests_fit_sd15_on_meta():
 def test_motion_checkpoint_wrappings_all_land(tmp_path, wrapping, suffix):
     """Finding: the loader was stricter than the reference's: nested state_dict, module. prefix, metadata entries
     (global_step, epoch) and a full save's spatial UNet weights are accepted; every tensor lands."""
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     c = tiny_components(fresh=True)
     cfg = c.cfg
@@ -155,7 +155,7 @@ def test_motion_checkpoint_wrappings_all_land(tmp_path, wrapping, suffix):
 def test_motion_checkpoint_reports_unexpected_keys_by_name(tmp_path):
     from safetensors.torch import save_file
 
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     c = tiny_components(fresh=True)
     u = c.cfg["unet"]
@@ -174,7 +174,7 @@ def test_refused_pickle_names_the_convert_command_which_works(tmp_path):
     """Finding: a pickle torch.load(weights_only=True) refuses gets a message with the remedy, and the remedy (the
     project's convert-to-safetensors command) produces a file the loader reads."""
     from eval import weights as shared
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     c = tiny_components(fresh=True)
     u = c.cfg["unet"]
@@ -199,7 +199,7 @@ def test_dreambooth_loads_unet_text_encoder_and_kl_vae(tmp_path):
     (with a KL VAE) its VAE. With TAESD the file's VAE is reported as unused."""
     from diffusers import AutoencoderKL
 
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     c = tiny_components(fresh=True)
     widths = fx.widths_of(c.cfg) | {"vae_block_out_channels": [8, 8, 8, 8], "vae_norm_num_groups": 4}
@@ -234,7 +234,7 @@ def test_dreambooth_loads_unet_text_encoder_and_kl_vae(tmp_path):
 def test_lora_scalings_named_both_conventions(layout):
     """Finding: style LoRAs in the reference's configs fuse as lora_alpha · up @ down (file alpha ignored);
     diffusers/kohya (and the reference's LCM-LoRA) as scale · alpha/rank · up @ down. Both, named."""
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     c = tiny_components(fresh=True)
     sd = fx.lora_state_dict(c.unet, c.text_encoder, layout, rank=4, alpha=2.0)
@@ -258,7 +258,7 @@ def test_lora_scalings_named_both_conventions(layout):
 
 
 def test_style_lora_defaults_to_the_reference_configs_scaling(tmp_path):
-    from tests.conftest_live2diff import tiny_components
+    from tests.live2diff_helpers import tiny_components
 
     src = tiny_components(fresh=True)
     path = fx.write_lora(
@@ -508,7 +508,7 @@ def test_tiny_streaming_pipeline_in_float16_matches_float32():
     """GPU readiness on the CPU: the whole streaming pipeline in float16 (as hardware=cuda runs it) gives finite
     frames within half precision of the float32 run."""
     from live2diff.method import Live2DiffMethod
-    from tests.conftest_live2diff import frames
+    from tests.live2diff_helpers import frames
 
     clip = frames(8, 64)
     outs = {}

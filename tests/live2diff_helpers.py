@@ -1,4 +1,5 @@
-"""Shared helpers for the Live2Diff tests (imported explicitly; the lead owns tests/conftest.py)."""
+"""Shared helpers for the Live2Diff tests: tiny components, configs, frames (a plain module, imported explicitly;
+the fixtures pytest injects live in tests/conftest.py)."""
 
 from __future__ import annotations
 
