@@ -43,7 +43,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _smoke import add_smoke_flag, apply_smoke  # noqa: E402
+try:  # run as a script (benchmarks/ on sys.path) or imported as benchmarks.<name> by the tests
+    from _smoke import add_smoke_flag, apply_smoke
+except ImportError:
+    from benchmarks._smoke import add_smoke_flag, apply_smoke
 
 from eval.provenance import device_info  # noqa: E402
 
