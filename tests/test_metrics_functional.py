@@ -10,6 +10,7 @@ import torch
 from eval.metrics.clip import ClipConsistency, ClipScore, clip_consistency, clip_score
 from eval.metrics.depth_error import DepthError, depth_error
 from eval.metrics.frame_diff import MeanAbsFrameDiff, frame_diff
+from eval.metrics.warp_error import WarpError, warp_error
 
 PROMPT = "a watercolor painting"
 
@@ -33,6 +34,24 @@ CASES = {
     "clip_score": (ClipScore, lambda o, s, **k: clip_score(o, PROMPT, **k)),
     "clip_consistency": (ClipConsistency, lambda o, s, **k: clip_consistency(o, **k)),
     "depth_error": (DepthError, lambda o, s, **k: depth_error(o, s, **k)),
+    "warp_error": (WarpError, lambda o, s, **k: warp_error(o, s, **k)),
+    "warp_error_input": (lambda: WarpError(frames="source"), lambda o, s, **k: warp_error(s, s, **k)),
+    "warp_error_streamv2v": (
+        lambda: WarpError(variant="streamv2v_compat"),
+        lambda o, s, **k: warp_error(o, s, variant="streamv2v_compat", **k),
+    ),
+    "warp_error_lai2018": (
+        lambda: WarpError(variant="lai2018"),
+        lambda o, s, **k: warp_error(o, s, variant="lai2018", **k),
+    ),
+    "warp_error_mawe": (
+        lambda: WarpError(variant="mawe", mawe_size=(48, 48)),
+        lambda o, s, **k: warp_error(o, s, variant="mawe", mawe_size=(48, 48), **k),
+    ),
+    "warp_error_lag_jpeg": (
+        lambda: WarpError(lag=2, encode="jpeg"),
+        lambda o, s, **k: warp_error(o, s, lag=2, encode="jpeg", **k),
+    ),
 }
 
 
@@ -53,7 +72,7 @@ def test_the_functional_twin_equals_the_metric_class(name, videos):
 
 def test_pairwise_twins_score_frame_zero_nan_and_a_single_frame_nan(videos):
     output, _ = videos
-    for fn in (frame_diff, clip_consistency):
+    for fn in (frame_diff, clip_consistency, lambda v, **k: warp_error(v, v, **k)):
         scores = fn(output, reduction="none")
         assert scores.shape == (7,) and torch.isnan(scores[0]) and torch.isfinite(scores[1:]).all()
         assert torch.isnan(fn(output[:1])) and fn(output[:1], reduction="none").shape == (1,)
@@ -73,5 +92,9 @@ def test_bad_input_is_refused_naming_the_function_and_argument(videos):
         ValueError, match=r"frame_diff: reduction must be one of \('mean', 'none'\), got 'sum'"
     ):
         frame_diff(output, reduction="sum")
+    with pytest.raises(ValueError, match=r"warp_error lag must be 0, a number of frames, got 'auto'"):
+        warp_error(output, source, lag="auto")  # the runner's emissions exist only inside the runner
+    with pytest.raises(ValueError, match=r"warp_error variant must be one of"):
+        warp_error(output, source, variant="l2")
     with pytest.raises(ValueError, match=r"clip_score: prompt must be a string"):
         clip_score(output, None)

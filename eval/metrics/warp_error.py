@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from eval.metrics import warp_variants as wv
-from eval.metrics.base import VideoMetric
+from eval.metrics.base import VideoMetric, check_pair, reduce_scores, with_context_head
 from eval.metrics.flow import FlowEstimator, fb_occlusion, make_flow, warp
 
 VARIANTS = ("l1", "streamv2v_compat", "lai2018", "mawe")
@@ -50,6 +50,10 @@ _NAMES = {
 
 
 class WarpError(VideoMetric):
+    """Warp error of each output frame (or of the input, ``frames="source"``), as the module docstring defines it.
+    Functional twin: :func:`warp_error`; the class adds the runner's side: chunks held for ``lag`` / ``encode``
+    and ``lag="auto"`` from the recorded emissions."""
+
     higher_is_better = False
     display_name = "Warp error"
     unit = "L1 /255"
@@ -77,35 +81,30 @@ class WarpError(VideoMetric):
         mawe_size: list[int] | tuple[int, int] | None = (720, 720),
         **kwargs: Any,
     ) -> None:
+        """Builds the flow estimator once; every video is then scored with it.
+
+        Args:
+            flow, variant, occlusion, dis_preset, raft_weights, raft_model, raft_iters, fb_alpha, fb_beta,
+            device, batch_size, encode, mp4_fps, jpeg_quality, mawe_coeff, mawe_size: as :func:`warp_error`
+                (the same names, meanings and defaults; ``metrics.warp_error.<name>`` in the config).
+            frames: ``"output"`` scores the method's output; ``"source"`` the input video itself (the
+                ``warp_error_input`` reference row: how smooth the source already is).
+            lag: as :func:`warp_error`, or ``"auto"``: each method's own emissions, which the runner hands to
+                :meth:`set_emissions` (``needs_emissions``) before ``update``.
+            kwargs: torchmetrics ``Metric`` options.
+
+        Raises:
+            ValueError: an unknown ``frames``, ``variant``, ``encode`` or flow backend, a bad ``lag`` or
+                ``mawe_size``; ``flow="raft"`` without ``raft_weights``.
+            MissingWeightsError: no file at ``raft_weights``.
+        """
         super().__init__(**kwargs)
-        if not (lag == "auto" or (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 0)):
-            raise ValueError(
-                f"warp_error lag must be 0, a number of frames or 'auto' (the emissions the runner recorded), "
-                f"got {lag!r}"
-            )
-        if encode not in wv.ENCODINGS:
-            raise ValueError(f"warp_error encode must be one of {wv.ENCODINGS}, got {encode!r}")
-        if mawe_size is not None and (len(mawe_size) != 2 or min(int(x) for x in mawe_size) < 1):
-            raise ValueError(f"warp_error mawe_size must be [height, width] or null, got {mawe_size!r}")
+        _check_settings(variant, lag, encode, mawe_size, allow_auto=True)
         if frames not in ("output", "source"):
             raise ValueError(
                 f"warp_error frames must be 'output' or 'source' (the input reference), got {frames!r}"
             )
-        if variant not in VARIANTS:
-            raise ValueError(f"warp_error variant must be one of {VARIANTS}, got {variant!r}")
-        self.flow = (
-            flow
-            if not isinstance(flow, str)
-            else make_flow(
-                flow,
-                dis_preset=dis_preset,
-                raft_weights=raft_weights,
-                raft_model=raft_model,
-                raft_iters=raft_iters,
-                device=device,
-                batch_size=batch_size,
-            )
-        )
+        self.flow = _flow(flow, dis_preset, raft_weights, raft_model, raft_iters, device, batch_size)
         self.frames, self.variant, self.occlusion = frames, variant, occlusion
         self.fb_alpha, self.fb_beta = fb_alpha, fb_beta
         self.lag, self.encode = lag, encode
@@ -219,51 +218,190 @@ class WarpError(VideoMetric):
         return super().frame_scores()
 
     def score_frames(self, output: Tensor, source: Tensor, prompt: str | None) -> Tensor:
-        src = source.detach().float().cpu()
-        img = src if self.frames == "source" else output.detach().float().cpu()
-        if self.variant == "mawe":
-            return self._mawe(img)
-        bwd = self.flow(src[1:], src[:-1])
-        fwd = self.flow(src[:-1], src[1:]) if (self.occlusion or self.variant != "l1") else None
-        if self.variant == "streamv2v_compat":
-            return torch.tensor(
-                [
-                    _streamv2v_pair(
-                        img[i], img[i + 1], bwd[i], fwd[i], self.fb_alpha, self.fb_beta, self.occlusion
-                    )
-                    for i in range(bwd.shape[0])
-                ],
-                dtype=torch.float64,
-            )
-        if self.variant == "lai2018":
-            return torch.tensor(
-                [
-                    wv.lai2018_pair(img[i], img[i + 1], fwd[i], bwd[i], self.occlusion)
-                    for i in range(bwd.shape[0])
-                ],
-                dtype=torch.float64,
-            )
-        if self.occlusion:
-            valid = ~fb_occlusion(bwd, fwd, self.fb_alpha, self.fb_beta)
-        else:
-            valid = torch.ones(bwd.shape[0], *bwd.shape[2:], dtype=torch.bool)
-        err = (warp(img[:-1], bwd) - img[1:]).abs().mean(dim=1).double() * 255.0
-        n = valid.sum(dim=(1, 2))
-        total = (err * valid).sum(dim=(1, 2))
-        return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, float("nan")))
+        img = source if self.frames == "source" else output  # lag / encode were applied in _score_pending
+        return warp_error(
+            img,
+            source,
+            flow=self.flow,
+            variant=self.variant,
+            occlusion=self.occlusion,
+            fb_alpha=self.fb_alpha,
+            fb_beta=self.fb_beta,
+            mawe_coeff=self.mawe_coeff,
+            mawe_size=self.mawe_size,
+            reduction="none",
+        )[1:]
 
-    def _mawe(self, img: Tensor) -> Tensor:
-        """StreamingT2V's ``get_mawe`` per pair: the scored video as uint8, resized to ``mawe_size``, flow left ->
-        right estimated on it (``flow`` backend), :func:`warp_variants.mawe_pair`."""
-        u8 = (img.clamp(0, 1) * 255.0).round().to(torch.uint8)
-        if self.mawe_size is not None:
-            u8 = wv.resize_u8(u8, self.mawe_size)
-        f = u8.float() / 255.0
-        flow = self.flow(f[:-1], f[1:])
+
+def _check_settings(variant: str, lag: Any, encode: str, mawe_size: Any, allow_auto: bool = False) -> None:
+    auto = lag == "auto" and allow_auto
+    if not (auto or (isinstance(lag, int) and not isinstance(lag, bool) and lag >= 0)):
+        raise ValueError(
+            "warp_error lag must be 0, a number of frames"
+            + (" or 'auto' (the emissions the runner recorded)" if allow_auto else "")
+            + f", got {lag!r}"
+        )
+    if encode not in wv.ENCODINGS:
+        raise ValueError(f"warp_error encode must be one of {wv.ENCODINGS}, got {encode!r}")
+    if mawe_size is not None and (len(mawe_size) != 2 or min(int(x) for x in mawe_size) < 1):
+        raise ValueError(f"warp_error mawe_size must be [height, width] or null, got {mawe_size!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"warp_error variant must be one of {VARIANTS}, got {variant!r}")
+
+
+def _flow(
+    flow: str | FlowEstimator,
+    dis_preset: str,
+    raft_weights: str | None,
+    raft_model: str,
+    raft_iters: int,
+    device: str,
+    batch_size: int,
+) -> FlowEstimator:
+    if not isinstance(flow, str):
+        return flow
+    return make_flow(
+        flow,
+        dis_preset=dis_preset,
+        raft_weights=raft_weights,
+        raft_model=raft_model,
+        raft_iters=raft_iters,
+        device=device,
+        batch_size=batch_size,
+    )
+
+
+def warp_error(
+    frames: Tensor,
+    source_frames: Tensor,
+    *,
+    flow: str | FlowEstimator = "dis",
+    variant: str = "l1",
+    occlusion: bool = True,
+    dis_preset: str = "medium",
+    raft_weights: str | None = None,
+    raft_model: str = "large",
+    raft_iters: int = 12,
+    fb_alpha: float = 0.01,
+    fb_beta: float = 0.5,
+    device: str = "cpu",
+    batch_size: int = 4,
+    lag: int = 0,
+    encode: str = "none",
+    mp4_fps: float = 24.0,
+    jpeg_quality: int = 95,
+    mawe_coeff: float = 9.5,
+    mawe_size: list[int] | tuple[int, int] | None = (720, 720),
+    reduction: str = "mean",
+) -> Tensor:
+    """Warp error of one video (module docstring): how much its consecutive frames disagree once the motion of
+    ``source_frames`` is compensated; lower is smoother.
+
+    Args:
+        frames: the video scored ``[T, 3, H, W]`` in [0, 1] (a method's output; the input itself for the input's
+            own reference figure: ``warp_error(source, source)``).
+        source_frames: the input video it was made from, the same shape: the flow is estimated on it, never on
+            ``frames`` (``variant="mawe"`` estimates it on ``frames``, as StreamingT2V does).
+        flow: ``"dis"`` (OpenCV DIS on luma, weight-free), ``"farneback"``, ``"raft"`` (torchvision RAFT from
+            ``raft_weights``), or a :class:`~eval.metrics.flow.FlowEstimator` already built (``make_flow``).
+        variant: ``"l1"`` (the definition above), ``"streamv2v_compat"``, ``"lai2018"``, ``"mawe"`` (the
+            published scripts' arithmetic, for comparison with their numbers only).
+        occlusion: drop the pixels the forward-backward check finds occluded (``False``: keep every pixel).
+        dis_preset: DIS's ``ultrafast`` | ``fast`` | ``medium``.
+        raft_weights: a local RAFT file (torchvision ``.pth`` state dict or ``.safetensors``); needed for ``raft``.
+        raft_model: ``large`` | ``small`` (the architecture of ``raft_weights``).
+        raft_iters: RAFT's refinement iterations.
+        fb_alpha, fb_beta: the forward-backward check's relative and absolute tolerance (UnFlow's 0.01, 0.5 px).
+        device: where RAFT runs (OpenCV flow always runs on the CPU).
+        batch_size: frame pairs per RAFT call (does not change the values).
+        lag: score the video a store-call-i-at-index-i script writes, ``lag`` frames behind (0: as emitted).
+        encode: ``"none"``, ``"mp4"`` (StreamV2V's ``write_video`` round trip) or ``"jpeg"`` (Lai et al.'s
+            ``save_img``): re-encode ``frames`` first, as the script's pipeline stored them.
+        mp4_fps, jpeg_quality: the settings of that re-encoding.
+        mawe_coeff, mawe_size: StreamingT2V MAWE's divisor coefficient and frame size (``variant="mawe"``).
+        reduction: ``"mean"``: the video's value (mean over the scored pairs); ``"none"``: ``[T]`` frame scores,
+            NaN for frame 0 and for a frame without a valid pixel.
+
+    Returns:
+        A float64 scalar (``"mean"``; NaN for a single frame) or ``[T]`` tensor (``"none"``), on the CPU.
+
+    Raises:
+        ValueError: a video is not ``[T, 3, H, W]`` or the two differ in shape; an unknown ``variant``,
+            ``encode``, flow backend or ``reduction``; a bad ``lag`` or ``mawe_size``; ``raft`` without weights.
+        MissingWeightsError: no file at ``raft_weights``.
+
+    >>> import torch
+    >>> still = torch.rand(1, 3, 32, 32).repeat(3, 1, 1, 1)  # nothing moves, nothing flickers
+    >>> [round(x, 2) for x in warp_error(still, still, reduction="none").tolist()]
+    [nan, 0.0, 0.0]
+    >>> flicker = (still + 0.1 * torch.rand(3, 3, 32, 32)).clamp(0, 1)  # each frame its own noise
+    >>> bool(warp_error(flicker, still) > 5 * warp_error(still, still))
+    True
+    """
+    check_pair(frames, source_frames, "warp_error")
+    _check_settings(variant, lag, encode, mawe_size)
+    est = _flow(flow, dis_preset, raft_weights, raft_model, raft_iters, device, batch_size)
+    src = source_frames.detach().float().cpu()
+    img = frames.detach().float().cpu()
+    if lag != 0:
+        img = wv.stored_video(img, wv.fixed_lag(img.shape[0], int(lag)))
+    img = wv.encode(img, encode, fps=mp4_fps, jpeg_quality=jpeg_quality)
+    if img.shape[0] < 2:
+        scores = torch.zeros(0, dtype=torch.float64)
+    elif variant == "mawe":
+        scores = _mawe(img, est, mawe_coeff, mawe_size)
+    else:
+        scores = _pair_scores(img, src, est, variant, occlusion, fb_alpha, fb_beta)
+    return reduce_scores(with_context_head(scores, img.shape[0], 1), reduction, "warp_error")
+
+
+def _pair_scores(
+    img: Tensor,
+    src: Tensor,
+    flow: FlowEstimator,
+    variant: str,
+    occlusion: bool,
+    fb_alpha: float,
+    fb_beta: float,
+) -> Tensor:
+    """The score of each pair (t-1, t) of ``img``, flow on ``src`` (every variant but ``mawe``)."""
+    bwd = flow(src[1:], src[:-1])
+    fwd = flow(src[:-1], src[1:]) if (occlusion or variant != "l1") else None
+    if variant == "streamv2v_compat":
         return torch.tensor(
-            [wv.mawe_pair(u8[i], u8[i + 1], flow[i], self.mawe_coeff)[0] for i in range(flow.shape[0])],
+            [
+                _streamv2v_pair(img[i], img[i + 1], bwd[i], fwd[i], fb_alpha, fb_beta, occlusion)
+                for i in range(bwd.shape[0])
+            ],
             dtype=torch.float64,
         )
+    if variant == "lai2018":
+        return torch.tensor(
+            [wv.lai2018_pair(img[i], img[i + 1], fwd[i], bwd[i], occlusion) for i in range(bwd.shape[0])],
+            dtype=torch.float64,
+        )
+    if occlusion:
+        valid = ~fb_occlusion(bwd, fwd, fb_alpha, fb_beta)
+    else:
+        valid = torch.ones(bwd.shape[0], *bwd.shape[2:], dtype=torch.bool)
+    err = (warp(img[:-1], bwd) - img[1:]).abs().mean(dim=1).double() * 255.0
+    n = valid.sum(dim=(1, 2))
+    total = (err * valid).sum(dim=(1, 2))
+    return torch.where(n > 0, total / n.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+def _mawe(img: Tensor, flow: FlowEstimator, coeff: float, size: list[int] | tuple[int, int] | None) -> Tensor:
+    """StreamingT2V's ``get_mawe`` per pair: the scored video as uint8, resized to ``size``, flow left -> right
+    estimated on it (``flow`` backend), :func:`warp_variants.mawe_pair`."""
+    u8 = (img.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    if size is not None:
+        u8 = wv.resize_u8(u8, size)
+    f = u8.float() / 255.0
+    pair_flow = flow(f[:-1], f[1:])
+    return torch.tensor(
+        [wv.mawe_pair(u8[i], u8[i + 1], pair_flow[i], coeff)[0] for i in range(pair_flow.shape[0])],
+        dtype=torch.float64,
+    )
 
 
 def _to_u8_hwc(frame: Tensor) -> np.ndarray:
