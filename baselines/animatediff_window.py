@@ -49,6 +49,7 @@ from baselines.common import latent_size, seeded_noise
 from eval.interface import Emission
 from live2diff.attention import temporal_blocks, use_frame_groupnorm
 from live2diff.components import (
+    DEFAULT_T_INDEX_LIST,
     MissingWeightsError,
     build_components,
     depth_latents,
@@ -113,7 +114,7 @@ class AnimateDiffWindow:
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         window: int = 16,
         stride: int = 8,
         num_inference_steps: int = 50,

@@ -4,8 +4,9 @@ the noisiest step and older frames at later steps), with StreamDiffusion's resid
 option. StreamDiffusion and StreamV2V build on :class:`LatentStreamMethod`; per-frame img2img is its
 ``stream_batch=False`` case.
 
-Components come from :mod:`live2diff.models` (same sizes and weights as Live2Diff); the UNet is the plain
-``UNet2DConditionModel`` with the same spatial weights (:func:`live2diff.models.build_unet2d`), without motion modules.
+Components come from :mod:`live2diff.components` (same sizes and weights as Live2Diff); the UNet is the plain
+``UNet2DConditionModel`` with the same spatial weights (:func:`live2diff.components.build_unet2d`), without motion
+modules.
 
 Noise is a function of ``(seed, frame index, step)`` or of ``(seed, step)`` only — never of a shared generator whose
 position depends on what happened earlier — so outputs are deterministic under the seed and a frame's output never
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from eval.interface import Emission
-from live2diff.models import (
+from live2diff.components import (
+    DEFAULT_T_INDEX_LIST,
     Components,
     LCMSchedule,
     build_components,
@@ -123,7 +125,7 @@ class LatentStreamMethod:
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         stream_batch: bool = True,
         noise: str = "fixed",
         cfg_type: str = "none",

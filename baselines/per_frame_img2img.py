@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from baselines.common import LatentStreamMethod
+from live2diff.components import DEFAULT_T_INDEX_LIST
 
 
 class PerFrameImg2Img(LatentStreamMethod):
@@ -24,7 +25,7 @@ class PerFrameImg2Img(LatentStreamMethod):
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         noise: str = "per_frame",
         guidance_scale: float = 1.0,
         num_inference_steps: int = 50,

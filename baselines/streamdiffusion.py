@@ -40,6 +40,7 @@ from torch import Tensor
 
 from baselines.common import LatentStreamMethod
 from eval.interface import Emission
+from live2diff.components import DEFAULT_T_INDEX_LIST
 from live2diff.similar_filter import SimilarFrameSkipper, SimilarImageFilter
 
 __all__ = ["SimilarImageFilter", "StreamDiffusion"]
@@ -55,7 +56,7 @@ class StreamDiffusion(LatentStreamMethod):
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         stream_batch: bool = True,
         noise: str = "fixed",
         cfg_type: str = "self",

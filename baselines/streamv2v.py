@@ -43,6 +43,7 @@ from torch import Tensor
 from baselines.common import NOT_EMITTED, InFlight
 from baselines.streamdiffusion import StreamDiffusion
 from eval.interface import Emission
+from live2diff.components import DEFAULT_T_INDEX_LIST
 
 UPDATE_RULES = ("fifo", "tome")
 BANK_WRITES = ("calls", "frames")
@@ -290,7 +291,7 @@ class StreamV2V(StreamDiffusion):
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         cfg_type: str = "none",
         guidance_scale: float = 1.0,
         delta: float = 1.0,

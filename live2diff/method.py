@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from live2diff.components import build_components, with_clip_skip
+from live2diff.components import DEFAULT_T_INDEX_LIST, build_components, with_clip_skip
 from live2diff.noise_schedule import schedule_name, scheduler_with_betas
 from live2diff.pipeline import Live2DiffStream
 from live2diff.similar_filter import SimilarFrameSkipper
@@ -33,7 +33,7 @@ class Live2DiffMethod:
         model: Any = "tiny",
         device: str = "cpu",
         dtype: str = "float32",
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         warmup: int = 8,
         window: int = 16,
         attention: str = "unidirectional",

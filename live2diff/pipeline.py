@@ -39,6 +39,7 @@ from torch import Tensor
 
 from live2diff.attention import StreamAttentionController, install_stream_attention
 from live2diff.components import (
+    DEFAULT_T_INDEX_LIST,
     Components,
     depth_latents,
     encode_prompt,
@@ -93,7 +94,7 @@ class Live2DiffStream:
     def __init__(
         self,
         comps: Components,
-        t_index_list: list[int] | tuple[int, ...] = (30, 36, 42),
+        t_index_list: list[int] | tuple[int, ...] = DEFAULT_T_INDEX_LIST,
         warmup: int = 8,
         window: int = 16,
         attention: str = "unidirectional",

