@@ -20,8 +20,10 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from eval.datasets.base import shard_problem
 from eval.datasets.builtin_prompts import is_builtin, load_builtin
 from eval.frame_size import follows_model
+from eval.paths import CONF_DIR
 from eval.weights import local_path
 
 SEED_MAX = 2**32 - 1  # numpy's and most generators' seed range
@@ -125,7 +127,12 @@ def check_dataset(ds: Any) -> list[Problem]:
     """Static checks of the dataset settings (no files read)."""
     out: list[Problem] = []
     if ds is None or _get(ds, "_target_") is None:
-        return [Problem("dataset", ds, "select a dataset: dataset=synthetic | folder | davis")]
+        known = " | ".join(sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml")))
+        return [
+            Problem(
+                "dataset", ds, f"select a dataset: dataset={known} (or your own: docs/add_your_dataset.md)"
+            )
+        ]
     for key in ("root",):
         if key in ds.keys() and _get(ds, key) in ("???", None, ""):
             out.append(Problem(f"dataset.{key}", _get(ds, key), f"set dataset.{key}=/path/to/videos"))
@@ -140,15 +147,14 @@ def check_dataset(ds: Any) -> list[Problem]:
     v = _get(ds, "max_frames")
     if v is not None and (not _is_int(v) or v < 1):
         out.append(Problem("dataset.max_frames", v, "must be an integer >= 1, or null for every frame"))
-    for key, low in (("stride", 1), ("start", 0), ("num_shards", 1)):
+    for key, low in (("stride", 1), ("start", 0)):
         v = _get(ds, key, low)
         if not _is_int(v) or v < low:
             out.append(Problem(f"dataset.{key}", v, f"must be an integer >= {low}"))
     shard, n = _get(ds, "shard", 0), _get(ds, "num_shards", 1)
-    if _is_int(shard) and _is_int(n) and n >= 1 and not 0 <= shard < n:
-        out.append(Problem("dataset.shard", shard, f"must be in [0, dataset.num_shards={n})"))
-    elif not _is_int(shard):
-        out.append(Problem("dataset.shard", shard, "must be an integer"))
+    problem = shard_problem(shard, n)
+    if problem:
+        out.append(Problem(*problem))
     v = _get(ds, "max_videos")
     if v is not None and (not _is_int(v) or v < 1):
         out.append(Problem("dataset.max_videos", v, "must be an integer >= 1, or null for all"))

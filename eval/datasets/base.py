@@ -446,8 +446,25 @@ def check_unique_names(videos: list[Video]) -> None:
         )
 
 
+def shard_problem(shard: object, num_shards: object) -> tuple[str, object, str] | None:
+    """``(key, value, what it must be)`` when ``dataset.shard`` / ``dataset.num_shards`` do not name one part of a
+    split, else None: the one check, run by validation before anything runs and by every dataset's constructor."""
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not is_int(num_shards) or num_shards < 1:
+        return "dataset.num_shards", num_shards, "must be an integer >= 1"
+    if not is_int(shard):
+        return "dataset.shard", shard, "must be an integer"
+    if not 0 <= shard < num_shards:
+        return "dataset.shard", shard, f"must be in [0, dataset.num_shards={num_shards})"
+    return None
+
+
 class VideoDataset:
-    """Base: holds preprocessing, prompts and sharding; subclasses implement :meth:`list_videos`."""
+    """Base: holds preprocessing, prompts and sharding; subclasses implement :meth:`list_videos`
+    (docs/add_your_dataset.md: a new format is a subclass in a file plus a YAML in ``conf/dataset/``)."""
 
     name = "dataset"
 
@@ -466,8 +483,10 @@ class VideoDataset:
         default_prompt: str | None = None,
         prompts: str | None = None,
     ) -> None:
-        if not 0 <= shard < num_shards:
-            raise ValueError(f"dataset.shard must be in [0, dataset.num_shards={num_shards}), got {shard}")
+        problem = shard_problem(shard, num_shards)
+        if problem:
+            key, value, fix = problem
+            raise ValueError(f"{key} {fix}, got {value!r}")
         self.transform = FrameTransform(
             tuple(size) if size else None, resize_mode, 8, max_frames, stride, start
         )
