@@ -341,21 +341,14 @@ def _validation_problems(cfg: DictConfig, known: set[str]) -> list[Finding]:
 
 
 # ---------------------------------------------------------------------------------------------- timing probe
-def _sync(device: str) -> None:
-    import torch
-
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def probe(cfg: DictConfig, videos: list[tuple[Any, int | None]], n_probe: int) -> list[dict]:
     """Build each method once, push ``n_probe`` frames of the first video, time it; the same for the metrics."""
     import torch
     from hydra.utils import instantiate
 
     from eval.runner import build_metrics
+    from eval.timing import run_stream
 
-    device = str(cfg.hardware.get("device", "cpu"))
     if cfg.hardware.get("threads"):
         torch.set_num_threads(int(cfg.hardware.threads))
     video = videos[0][0]
@@ -372,13 +365,9 @@ def probe(cfg: DictConfig, videos: list[tuple[Any, int | None]], n_probe: int) -
         n = min(max(n_probe, 2 * (int(getattr(method, "lookahead", 0) or 0) + 1)), all_frames.shape[0])
         frames = all_frames[:n]
         method.prepare(video.prompt, height=int(h), width=int(w), seed=int(cfg.seed))
-        _sync(device)
-        t = time.perf_counter()
-        for i, f in enumerate(frames):
-            method.push(i, f.to(device) if device != "cpu" else f)
-        method.flush()
-        _sync(device)
-        per = (time.perf_counter() - t) / n
+        # the one stream driver: the runner's timed calls, on the frames as the runner hands them
+        rec = run_stream(method, frames)
+        per = (float(rec.call_s.sum()) + rec.flush_s) / n
         method.reset()
         rows.append(
             {

@@ -160,3 +160,32 @@ def test_probe_scores_the_published_warp_rows():
     lines: list[str] = []
     assert check.preflight(cfg, out=lines.append) == 0, lines
     assert any(ln.strip().startswith("(metrics,") for ln in lines)
+
+
+def test_the_probe_times_methods_through_the_one_stream_driver(monkeypatch):
+    """The pre-flight probe times each method with eval.timing.run_stream (the runner's timed calls, frames as the
+    runner hands them), not a loop of its own: its estimate is the recorded calls plus the flush, per frame."""
+    import numpy as np
+
+    from eval import timing
+
+    seen, drive = [], timing.run_stream
+
+    def recorded(method, frames, **kw):
+        rec = drive(method, frames, **kw)
+        rec.call_s = np.full_like(rec.call_s, 0.5)  # a known duration per call
+        rec.flush_s = 1.0
+        seen.append((type(method).__name__, int(frames.shape[0])))
+        return rec
+
+    monkeypatch.setattr(timing, "run_stream", recorded)
+    cfg = compose(["+check=true", "method=[identity]", "dataset.num_videos=1", "dataset.num_frames=8"])
+    rows = check.probe(cfg, [(v, 8) for v in instantiate_videos(cfg)], 4)
+    assert seen == [("IdentityMethod", 4)]
+    assert rows[0]["method"] == "identity" and rows[0]["s_per_frame"] == (4 * 0.5 + 1.0) / 4
+
+
+def instantiate_videos(cfg):
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.dataset).videos()
