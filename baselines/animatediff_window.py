@@ -166,10 +166,11 @@ class AnimateDiffWindow:
 
         path = weights.get("animatediff_motion")
         if given(path):
-            from live2diff.convert import load_reference_checkpoint
+            from live2diff.convert import check_motion_norm_groups, load_reference_checkpoint
 
             if not Path(path).exists():
                 raise MissingWeightsError(path, MOTION_KEY, "AnimateDiff motion-module checkpoint")
+            check_motion_norm_groups(comps.unet, path, MOTION_KEY)
             load_reference_checkpoint(path, comps.unet, None, key=MOTION_KEY)
             return f"animatediff:{Path(path).name}"
         if given(weights.get("motion")):

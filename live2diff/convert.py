@@ -45,11 +45,21 @@ class ConvertedCheckpoint:
     spatial: dict[str, Tensor] = field(
         default_factory=dict
     )  # spatial UNet weights a full training save holds
-    pos_tables: dict[str, Tensor] = field(
-        default_factory=dict
-    )  # reference pos_encoder.pe (not loaded, checked)
+    #: the reference's ``pos_encoder.pe`` tables by their own key (the first attention's is also in ``unet``, as
+    #: the block's ``pos_embed.pe``: diffusers keeps one table per block for both temporal attentions)
+    pos_tables: dict[str, Tensor] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+
+
+#: ``<block>.attention_blocks.<a>.pos_encoder.pe`` of the reference: group 1 the transformer block, 2 the attention
+_PE_KEY = re.compile(r"^(.*\.)attention_blocks\.(\d+)\.pos_encoder\.pe$")
+
+
+def _rename_motion(key: str) -> str:
+    for a, b in _MOTION_RENAMES:
+        key = key.replace(a, b)
+    return key
 
 
 def _strip(key: str) -> str:
@@ -61,7 +71,9 @@ def convert_reference_state_dict(
 ) -> ConvertedCheckpoint:
     """Reference Live2Diff checkpoint keys -> ours.
 
-    Motion modules are renamed; ``flow_conv_in.*`` is the depth mapper; keys named in ``spatial_keys`` (the UNet's
+    Motion modules are renamed; each block's first ``pos_encoder.pe`` table becomes its ``pos_embed.pe`` (the
+    reference loads and uses the checkpoint's tables; :func:`load_reference_checkpoint` requires the second
+    attention's table to be the same); ``flow_conv_in.*`` is the depth mapper; keys named in ``spatial_keys`` (the UNet's
     own spatial weights: the reference's UNet3D names them as diffusers does) are kept as spatial weights, as the
     reference's ``load_state_dict(strict=False)`` would load them; the reference's derived buffers (``grid``,
     ``q_pe/k_pe/v_pe``) are dropped. Anything else lands in ``unknown`` (the caller reports it by name)."""
@@ -75,6 +87,9 @@ def convert_reference_state_dict(
         elif ".motion_modules." in key:
             if key.endswith("pos_encoder.pe"):
                 out.pos_tables[key] = value
+                m = _PE_KEY.match(key)
+                if m and m.group(2) == "0":
+                    out.unet[_rename_motion(m.group(1)) + "pos_embed.pe"] = value
                 continue
             for a, b in _MOTION_RENAMES:
                 key = key.replace(a, b)
@@ -89,13 +104,19 @@ def convert_reference_state_dict(
 def to_reference_state_dict(
     unet_sd: dict[str, Tensor], mapper_sd: dict[str, Tensor] | None = None
 ) -> dict[str, Tensor]:
-    """Inverse of :func:`convert_reference_state_dict` for motion-module + mapper keys (positional tables omitted)."""
+    """Inverse of :func:`convert_reference_state_dict` for motion-module + mapper keys (a block's ``pos_embed.pe``
+    becomes the ``pos_encoder.pe`` of both its attentions)."""
     out: dict[str, Tensor] = {}
     for key, value in unet_sd.items():
-        if ".motion_modules." not in key or key.endswith("pos_embed.pe"):
+        if ".motion_modules." not in key:
             continue
         m = re.match(r"^(.*?\.motion_modules\.\d+\.)(.*)$", key)
         head, tail = m.group(1), m.group(2)
+        if tail.endswith("pos_embed.pe"):
+            block = head + "temporal_transformer." + tail[: -len("pos_embed.pe")]
+            for a in (0, 1):  # two tensors, as saved (a shared one could not be written to safetensors)
+                out[f"{block}attention_blocks.{a}.pos_encoder.pe"] = value if a == 0 else value.clone()
+            continue
         tail = "." + tail
         for a, b in reversed(_MOTION_RENAMES[1:]):
             tail = tail.replace(b, a)
@@ -103,6 +124,22 @@ def to_reference_state_dict(
     for key, value in (mapper_sd or {}).items():
         out[MAPPER_PREFIX + key] = value
     return out
+
+
+def check_motion_norm_groups(unet: nn.Module, path: str | Path, key: str) -> None:
+    """Refuse a reference checkpoint for motion modules whose GroupNorm grouping is not the reference's: it
+    hard-codes 32 groups (its TemporalTransformer3DModel, from AnimateDiff), whatever the UNet's norm groups."""
+    from live2diff.components.unet import REFERENCE_MOTION_NORM_GROUPS as G
+
+    groups = sorted(
+        {m.norm.num_groups for m in unet.modules() if type(m).__name__ == "AnimateDiffTransformer3D"}
+    )
+    if groups and groups != [G]:
+        raise ValueError(
+            f"{path} ({key}): the reference's motion modules normalise with {G} GroupNorm groups, this model's with "
+            f"{groups} (model.unet.motion_norm_num_groups): set model.unet.motion_norm_num_groups={G} (the "
+            f"motion-module widths, model.unet.block_out_channels, must then be multiples of {G})"
+        )
 
 
 def load_reference_checkpoint(
@@ -126,8 +163,9 @@ def load_reference_checkpoint(
             f"(flow_conv_in.*) nor this UNet's spatial weights: {shown}. Is it the Live2Diff checkpoint, for this "
             "model size?"
         )
-    own = {k: v for k, v in state.items() if ".motion_modules." in k and not k.endswith("pos_embed.pe")}
-    missing = sorted(set(own) - set(conv.unet))
+    own = {k: v for k, v in state.items() if ".motion_modules." in k}
+    # a checkpoint without positional tables keeps the model's sinusoid (as the reference's strict=False load does)
+    missing = sorted(k for k in set(own) - set(conv.unet) if not k.endswith("pos_embed.pe"))
     unexpected = sorted(set(conv.unet) - set(own))
     if missing or unexpected:
         raise ValueError(
@@ -142,7 +180,13 @@ def load_reference_checkpoint(
                 f"{path}: positional table {k} has {table.shape[-2]} positions, the UNet has {ours.shape[-2]}; "
                 "set model.unet.motion_max_seq_length accordingly"
             )
-        break
+        first = conv.pos_tables.get(_PE_KEY.sub(r"\1attention_blocks.0.pos_encoder.pe", k))
+        if first is None or not torch.equal(first, table):
+            raise ValueError(
+                f"{path}: positional table {k} differs from the first attention's of its block (or that one is "
+                "missing); this model keeps one table per motion block for both temporal attentions (diffusers' "
+                "pos_embed), so it cannot load a checkpoint whose two attentions use different tables"
+            )
     for k, v in {**conv.unet, **conv.spatial}.items():
         if state[k].shape != v.shape:
             raise ValueError(
@@ -305,17 +349,22 @@ def _group_lora(sd: dict[str, Tensor]) -> dict[tuple[str, str], dict[str, Tensor
     return groups
 
 
-def _lookup(model: nn.Module, name: str) -> nn.Module | None:
+def _module_index(model: nn.Module) -> tuple[dict[str, nn.Module], dict[str, nn.Module]]:
+    """``(modules by name, modules by name with '_' for '.')``: built once per model, not once per LoRA layer."""
     mods = dict(model.named_modules())
+    return mods, {n.replace(".", "_"): m for n, m in mods.items()}
+
+
+def _lookup(model: nn.Module, name: str, index=None) -> nn.Module | None:
+    mods, flat = index if index is not None else _module_index(model)
     if name in mods:
         return mods[name]
-    flat = {n.replace(".", "_"): m for n, m in mods.items()}
     if name in flat:
         return flat[name]
     # transformers 5 flattened CLIPTextModel: kohya's text_model_encoder_... -> encoder_...
     for prefix in ("text_model_", "text_model."):
         if name.startswith(prefix):
-            return _lookup(model, name[len(prefix) :])
+            return _lookup(model, name[len(prefix) :], (mods, flat))
     return None
 
 
@@ -344,9 +393,12 @@ def fuse_lora_state_dict(
         raise ValueError(f"unknown LoRA scaling '{scaling}' for {key}; use one of {LORA_SCALINGS}")
     n = 0
     unknown = []
+    indices: dict[str, tuple] = {}
     for (target, name), parts in _group_lora(sd).items():
         model = unet if target == "unet" else text_encoder
-        mod = _lookup(model, name) if model is not None else None
+        if model is not None and target not in indices:
+            indices[target] = _module_index(model)
+        mod = _lookup(model, name, indices[target]) if model is not None else None
         if mod is None or not hasattr(mod, "weight") or "down" not in parts or "up" not in parts:
             unknown.append(f"{target}:{name}")
             continue

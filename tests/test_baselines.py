@@ -572,9 +572,12 @@ def test_animatediff_window_loads_animatediff_motion_weights(tmp_path):
     # real weights for one component: the others are named random/none on purpose (else the weights plan refuses)
     rest = {"base": "random", "motion": "random", "lcm_lora": "none", "depth": "random"}
 
-    def tiny(path):
-        return {"size": "tiny", "weights": {**rest, "animatediff_motion": str(path)}}
+    def tiny(path, groups=32):  # AnimateDiff's motion modules normalise with 32 groups (the tiny model's: 8)
+        unet = {"motion_norm_num_groups": groups}
+        return {"size": "tiny", "unet": unet, "weights": {**rest, "animatediff_motion": str(path)}}
 
+    with pytest.raises(ValueError, match="model.unet.motion_norm_num_groups=32"):
+        AnimateDiffWindow(model=tiny(tmp_path / "mm.safetensors", groups=8), window=2, stride=1)
     m = AnimateDiffWindow(model=tiny(tmp_path / "mm.safetensors"), window=2, stride=1)
     assert (
         m.info["motion_weights"] == "animatediff:mm.safetensors"

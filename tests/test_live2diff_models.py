@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -132,10 +134,40 @@ def test_converter_round_trip_on_reference_layout(tmp_path):
         assert torch.equal(own[k], v), k
     for k, v in c.depth_mapper.state_dict().items():
         assert torch.equal(v, ref["flow_conv_in." + k])
+    pe = [k for k in ref if k.endswith("pos_encoder.pe")]
+    assert pe and all(torch.equal(own[conv_key], ref[k]) for k, conv_key in _pe_pairs(pe))  # the tables load
     back = to_reference_state_dict(c.unet.state_dict(), c.depth_mapper.state_dict())
-    expected = {k: v for k, v in ref.items() if not k.endswith("pos_encoder.pe")}
-    assert set(back) == set(expected)
-    assert all(torch.equal(back[k], expected[k]) for k in expected)
+    assert set(back) == set(ref)
+    assert all(torch.equal(back[k], ref[k]) for k in ref)
+
+
+def _pe_pairs(keys):
+    """(reference key, our key) of positional tables: a block's ``attention_blocks.{0,1}.pos_encoder.pe`` are both
+    its ``pos_embed.pe``."""
+    for k in keys:
+        block = k.split(".attention_blocks.")[0].replace(".temporal_transformer.", ".")
+        yield k, block + ".pos_embed.pe"
+
+
+def test_positional_tables_load_from_the_checkpoint_or_are_refused_by_key(tmp_path):
+    """The reference uses the checkpoint's pos_encoder.pe tables (random in the fixture, so a loader that kept the
+    sinusoid would be caught); diffusers keeps one table per block, so a block whose two attentions carry different
+    tables is refused naming the key, as is a table of the wrong length."""
+    c = tiny_components(fresh=True)
+    ref = _reference_style_state_dict(c.unet, c.cfg["mapping_channels"])
+    sinusoid = {k: v.clone() for k, v in c.unet.state_dict().items() if k.endswith("pos_embed.pe")}
+    save_file(ref, str(tmp_path / "ok.safetensors"))
+    load_reference_checkpoint(tmp_path / "ok.safetensors", c.unet, c.depth_mapper)
+    own = c.unet.state_dict()
+    assert all(not torch.equal(own[k], v) for k, v in sinusoid.items())
+    key = next(k for k in ref if k.endswith("attention_blocks.1.pos_encoder.pe"))
+    save_file({**ref, key: ref[key] + 1}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(ValueError, match=re.escape(key)):
+        load_reference_checkpoint(tmp_path / "two.safetensors", c.unet, c.depth_mapper)
+    longer = {k: (torch.cat([v, v], 1) if k.endswith(".pe") else v) for k, v in ref.items()}
+    save_file(longer, str(tmp_path / "long.safetensors"))
+    with pytest.raises(ValueError, match="motion_max_seq_length"):
+        load_reference_checkpoint(tmp_path / "long.safetensors", c.unet, c.depth_mapper)
 
 
 def test_converter_rejects_foreign_or_incomplete_checkpoints(tmp_path):
@@ -156,8 +188,12 @@ def test_converter_rejects_foreign_or_incomplete_checkpoints(tmp_path):
 
 
 def test_build_components_loads_motion_checkpoint_from_config(tmp_path):
-    c = tiny_components(fresh=True)
-    ref = _reference_style_state_dict(c.unet, c.cfg["mapping_channels"], seed=7)
+    """A reference checkpoint needs the reference's motion-module GroupNorm (32 groups, hard-coded there): a model
+    with other groups is refused naming model.unet.motion_norm_num_groups, one with 32 loads every tensor."""
+    from live2diff.testing.fixtures import motion_state_dict
+
+    mapping = tiny_components().cfg["mapping_channels"]
+    ref = motion_state_dict([32, 32, 32, 32], 1, mapping, seed=7)
     torch.save(ref, tmp_path / "live2diff.ckpt")  # pickle path: read back with weights_only=True
     weights = {
         "base": "random",
@@ -165,10 +201,22 @@ def test_build_components_loads_motion_checkpoint_from_config(tmp_path):
         "lcm_lora": "none",
         "motion": str(tmp_path / "live2diff.ckpt"),
     }
-    loaded = build_components({"size": "tiny_random", "weights": weights})
+    unet = {"block_out_channels": [32, 32, 32, 32], "motion_norm_num_groups": 32}
+    loaded = build_components({"size": "tiny_random", "unet": unet, "weights": weights})
     conv = convert_reference_state_dict(ref)
     own = loaded.unet.state_dict()
     assert all(torch.equal(own[k], v) for k, v in conv.unet.items())
+    assert {m.norm.num_groups for n, m in loaded.unet.named_modules() if n.endswith("motion_modules.0")} == {
+        32
+    }
+    with pytest.raises(
+        ValueError, match=r"motion_norm_num_groups=32 .*\[8\]|\[8\].*motion_norm_num_groups=32"
+    ):
+        build_components(
+            {"size": "tiny_random", "unet": {**unet, "motion_norm_num_groups": 8}, "weights": weights}
+        )
+    with pytest.raises(ValueError, match=r"widths \[16\] \(model.unet.block_out_channels\)"):
+        build_components({"size": "tiny_random", "unet": {"motion_norm_num_groups": 32}})
 
 
 def test_lora_fusion_kohya_and_peft_formats():

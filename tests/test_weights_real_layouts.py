@@ -101,7 +101,7 @@ def test_motion_lora_taesd_manifests_fit_sd15_on_meta():
     state = unet.state_dict()
     ref = fx.motion_state_dict([320, 640, 1280, 1280], 2, cfg["mapping_channels"], device="meta")
     conv = convert.convert_reference_state_dict(ref, frozenset(k for k in state if "motion_modules" not in k))
-    own = {k for k in state if "motion_modules" in k and not k.endswith("pos_embed.pe")}
+    own = {k for k in state if "motion_modules" in k}  # positional tables included: the reference loads them
     assert not conv.unknown and set(conv.unet) == own
     assert all(tuple(state[k].shape) == tuple(v.shape) for k, v in conv.unet.items())
     assert len(conv.pos_tables) == 2 * len({k.split(".temporal")[0] for k in ref if "temporal" in k})
@@ -282,8 +282,10 @@ def test_style_lora_defaults_to_the_reference_configs_scaling(tmp_path):
 def test_partial_real_weights_refuse_before_building(tmp_path):
     """Finding: a real base with no motion/taesd/depth ran random modules silently. Now every used component
     must be given or named random, and the components say what was random."""
-    path = fx.write_motion_checkpoint(tmp_path / "m.safetensors", [16, 32, 32, 32], 1, [8, 8, 16, 16])
-    cfg = {**tiny_cfg(), "weights": {"motion": str(path)}}
+    path = fx.write_motion_checkpoint(tmp_path / "m.safetensors", [32, 32, 32, 32], 1, [8, 8, 16, 16])
+    # widths and motion-module GroupNorm a reference checkpoint fits (it hard-codes 32 groups)
+    unet32 = {**tiny_cfg()["unet"], "block_out_channels": [32, 32, 32, 32], "motion_norm_num_groups": 32}
+    cfg = {**tiny_cfg(), "unet": unet32, "weights": {"motion": str(path)}}
     with pytest.raises(PartialWeightsError) as err:
         build_components(cfg)
     msg = str(err.value)
@@ -294,7 +296,7 @@ def test_partial_real_weights_refuse_before_building(tmp_path):
     ):
         assert key in msg
     assert "taesd" not in msg  # tiny.yaml's pixel VAE uses no TAESD weights
-    comps = build_components(_random_rest(tiny_cfg(), motion=str(path)))
+    comps = build_components(_random_rest({**tiny_cfg(), "unet": unet32}, motion=str(path)))
     assert comps.random_parts == ["base", "depth"] and comps.weights["motion"] == str(path)
     assert build_components(tiny_cfg()).random_parts == [
         "base",
@@ -472,9 +474,7 @@ def test_sd15_layout_every_weight_path_lands_and_every_method_runs(tmp_path):
         key = name + ".weight" if target == "unet" else name.removeprefix("text_model.") + ".weight"
         want[key] = want[key] + d.reshape(want[key].shape)
     state = comps.unet.state_dict()
-    for k, v in state.items():
-        if k.endswith("pos_embed.pe"):
-            continue  # sinusoidal tables, not weights (the checkpoint's are checked for length)
+    for k, v in state.items():  # the positional tables too: the checkpoint's, as the reference loads them
         torch.testing.assert_close(v, unet_want[k], msg=k)
     for k, v in comps.text_encoder.state_dict().items():
         torch.testing.assert_close(v, te_want[k], msg=k)

@@ -109,6 +109,7 @@ def build_components(
                 nn.init.normal_(mapper.conv_out.weight, std=0.02)
 
     if paths["motion"] is not None:
+        convert.check_motion_norm_groups(unet, paths["motion"], "model.weights.motion")
         convert.load_reference_checkpoint(paths["motion"], unet, mapper)
     if paths["dreambooth"] is not None:
         convert.load_dreambooth(paths["dreambooth"], unet, text_encoder, vae)

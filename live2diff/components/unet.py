@@ -29,6 +29,26 @@ def unet2d_config(cfg: dict) -> dict:
     )
 
 
+#: the motion modules' GroupNorm groups in the reference (and AnimateDiff): hard-coded in its
+#: TemporalTransformer3DModel, whatever the UNet's norm_num_groups
+REFERENCE_MOTION_NORM_GROUPS = 32
+
+
+def motion_norm_groups(cfg: dict) -> int:
+    """``model.unet.motion_norm_num_groups`` (default the reference's 32), checked against the widths."""
+    u = cfg["unet"]
+    groups = int(u.get("motion_norm_num_groups", REFERENCE_MOTION_NORM_GROUPS))
+    bad = [c for c in u["block_out_channels"] if int(c) % groups]
+    if bad:
+        raise ValueError(
+            f"model.unet.motion_norm_num_groups={groups}: the motion modules' widths {bad} "
+            f"(model.unet.block_out_channels) are not multiples of it; the reference's motion modules use "
+            f"{REFERENCE_MOTION_NORM_GROUPS} groups, so its checkpoints need widths that are multiples of "
+            f"{REFERENCE_MOTION_NORM_GROUPS}"
+        )
+    return groups
+
+
 def motion_adapter(cfg: dict):
     from diffusers import MotionAdapter
 
@@ -37,7 +57,7 @@ def motion_adapter(cfg: dict):
         block_out_channels=tuple(u["block_out_channels"]),
         motion_layers_per_block=int(u["layers_per_block"]),
         motion_num_attention_heads=int(u["motion_num_attention_heads"]),
-        motion_norm_num_groups=int(u["norm_num_groups"]),
+        motion_norm_num_groups=motion_norm_groups(cfg),
         motion_max_seq_length=int(u["motion_max_seq_length"]),
         # The reference has no motion module in the mid block (AnimateDiff v1 layout, motion_module_mid_block=False).
         use_motion_mid_block=bool(u.get("motion_mid_block", False)),
@@ -64,9 +84,16 @@ def build_unet(cfg: dict, base: Path | None):
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # from_unet2d casts with .to(), which warns about fp32 modules (there are none)
     try:
-        return UNetMotionModel.from_unet2d(unet2d, motion_adapter=motion_adapter(cfg), load_weights=True)
+        unet = UNetMotionModel.from_unet2d(unet2d, motion_adapter=motion_adapter(cfg), load_weights=True)
     finally:
         dlogging.set_verbosity(level)
+    # diffusers builds the motion modules' GroupNorm with the UNet's norm_num_groups (not the adapter's
+    # motion_norm_num_groups); the reference hard-codes 32 whatever the UNet's: the grouping is set here
+    groups = motion_norm_groups(cfg)
+    for module in unet.modules():
+        if type(module).__name__ == "AnimateDiffTransformer3D":
+            module.norm.num_groups = groups
+    return unet
 
 
 def build_unet2d(comps: Any) -> nn.Module:

@@ -473,6 +473,9 @@ def motion_state_dict(
             sd[f"{b}.attention_blocks.{a}.to_out.0.bias"] = r(c)
             sd[f"{b}.attention_blocks.{a}.pos_encoder.pe"] = r(1, max_len, c)
             sd[f"{b}.norms.{a}.weight"], sd[f"{b}.norms.{a}.bias"] = r(c), r(c)
+        # the two attentions of a block share one table, as in the published file (both built by the same
+        # sinusoid init); random here, so that a loader which ignores the checkpoint's table is caught
+        sd[f"{b}.attention_blocks.1.pos_encoder.pe"] = sd[f"{b}.attention_blocks.0.pos_encoder.pe"].clone()
         sd[f"{b}.ff.net.0.proj.weight"], sd[f"{b}.ff.net.0.proj.bias"] = r(8 * c, c), r(8 * c)
         sd[f"{b}.ff.net.2.weight"], sd[f"{b}.ff.net.2.bias"] = r(c, 4 * c), r(c)
         sd[f"{b}.ff_norm.weight"], sd[f"{b}.ff_norm.bias"] = r(c), r(c)
