@@ -31,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from live2diff.kv_cache import LayerKVCache, SlotIndex, resolve_kernel
+from live2diff.kv_cache import LayerKVCache, ReferenceSlotIndex, SlotIndex, resolve_kernel
+
+#: how the cache slots of a stream call are chosen: ``clean`` (:class:`SlotIndex`: rows hold frames only) or
+#: ``reference`` (:class:`ReferenceSlotIndex`: the reference's bookkeeping, for a stream batch full from the start)
+BOOKKEEPING = {"clean": SlotIndex, "reference": ReferenceSlotIndex}
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -357,10 +361,18 @@ class StreamAttentionController:
     """Switches every temporal attention of one UNet between full / stream mode and owns their caches."""
 
     def __init__(
-        self, state, processors: list[StreamTemporalAttnProcessor], n_steps: int, window: int, warmup: int
+        self,
+        state,
+        processors: list[StreamTemporalAttnProcessor],
+        n_steps: int,
+        window: int,
+        warmup: int,
+        bookkeeping: str = "clean",
     ):
+        if bookkeeping not in BOOKKEEPING:
+            raise ValueError(f"bookkeeping must be one of {sorted(BOOKKEEPING)}, got '{bookkeeping}'")
         self.state, self.processors = state, processors
-        self.index = SlotIndex(n_steps, window, warmup)
+        self.index = BOOKKEEPING[bookkeeping](n_steps, window, warmup)
         self.window, self.warmup, self.n_steps = window, warmup, n_steps
 
     # -- modes -----------------------------------------------------------------------------------------------
@@ -423,6 +435,7 @@ class StreamAttentionController:
             yield
         finally:
             self._clear()
+            self.index.end_call(steps)
 
     # -- capture mode ----------------------------------------------------------------------------------------
     def capture(self, on: bool = True) -> None:
@@ -515,13 +528,19 @@ def temporal_blocks(unet: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def install_stream_attention(
-    unet: nn.Module, n_steps: int, window: int = 16, warmup: int = 8, kernel: str = "auto"
+    unet: nn.Module,
+    n_steps: int,
+    window: int = 16,
+    warmup: int = 8,
+    kernel: str = "auto",
+    bookkeeping: str = "clean",
 ) -> StreamAttentionController:
     """Patch ``unet`` (a diffusers ``UNetMotionModel``) in place and return the controller of its temporal attention.
 
     ``kernel`` is how a streaming query reads its cache (:class:`~live2diff.kv_cache.LayerKVCache`): ``vector``
     (elementwise, pixels innermost: fastest on CPU), ``sdpa`` (``scaled_dot_product_attention`` over a view of the
-    cache: GPUs) or ``auto`` (``vector`` on CPU, ``sdpa`` elsewhere). Both compute the same attention."""
+    cache: GPUs) or ``auto`` (``vector`` on CPU, ``sdpa`` elsewhere). Both compute the same attention.
+    ``bookkeeping`` (:data:`BOOKKEEPING`) chooses the slots, positions and visibility of a stream call's rows."""
     state = TemporalAttentionState()
     processors: list[StreamTemporalAttnProcessor] = []
     max_len = None
@@ -554,4 +573,4 @@ def install_stream_attention(
         raise ValueError(
             f"window {window} exceeds the motion module's {max_len} positions (motion_max_seq_length)"
         )
-    return StreamAttentionController(state, processors, n_steps, window, warmup)
+    return StreamAttentionController(state, processors, n_steps, window, warmup, bookkeeping)

@@ -82,6 +82,65 @@ class SlotIndex:
             pos[slot], valid[slot] = nw + r, True
         return pos, valid
 
+    def end_call(self, steps: list[int]) -> None:
+        """After a stream call (nothing to do: :meth:`advance` already moved the ring)."""
+
+
+class ReferenceSlotIndex:
+    """The reference pipeline's own slot bookkeeping, for a stream batch that is full from its first call (the
+    stream buffer's placeholder rows fill the steps no frame has reached yet; ``stream_buffer: reference``).
+
+    Per step the reference keeps a visible prefix of the window's slots (its additive ``attn_bias``), the slot the
+    next row writes (``update_idx``) and each slot's position (``pe_idx``, ``0..window-1`` until the window is full,
+    then the ring's positions rotate by one per call). It starts (``initialize_attn_bias_pe_and_update_idx``) with
+    the warmup slots visible and step 0 also seeing slot ``warmup``, where it writes; step 1 writes slot
+    ``warmup + 1``, later steps slot ``warmup``, both outside their visible prefix: at the first call the rows of
+    steps >= 1 (placeholders) attend the warmup frames only, not themselves, with query position ``warmup + 1``
+    (step 1) or ``warmup`` (later steps), and their entries are overwritten at a later call. After each call
+    (``update_attn_bias``) a step whose window is not yet all visible writes next at its first hidden slot, else
+    its ring positions rotate and it writes the slot that then has the largest position; one more slot becomes
+    visible. Steps >= 2 therefore see the placeholders written at calls 1..step-1 until the ring has wrapped.
+
+    Same interface as :class:`SlotIndex`; a step's state only moves when a row at that step runs (the reference
+    runs every step at every call; here a draining stream batch skips the steps no frame is at any more)."""
+
+    def __init__(self, n_steps: int, window: int, warmup: int):
+        if not 0 < warmup < window - 1:
+            raise ValueError(
+                f"the reference's bookkeeping needs 0 < warmup < window - 1, got warmup={warmup}, window={window}"
+            )
+        self.n_steps, self.window, self.warmup = int(n_steps), int(window), int(warmup)
+        self.reset()
+
+    def reset(self) -> None:
+        self.visible = [0] * self.n_steps
+        self.write = [0] * self.n_steps
+        self.pos = [list(range(self.window)) for _ in range(self.n_steps)]
+
+    def set_warmup(self, step: int, n_frames: int) -> None:
+        if n_frames > self.warmup:
+            raise ValueError(f"{n_frames} warmup frames do not fit the {self.warmup} warmup slots")
+        self.visible[step] = n_frames + (1 if step == 0 else 0)
+        self.write[step] = n_frames + (1 if step == 1 else 0)
+        self.pos[step] = list(range(self.window))
+
+    def advance_all(self, steps: list[int]) -> list[int]:
+        return [self.write[s] for s in steps]
+
+    def positions(self, step: int) -> tuple[list[int], list[bool]]:
+        return list(self.pos[step]), [i < self.visible[step] for i in range(self.window)]
+
+    def end_call(self, steps: list[int]) -> None:
+        w = self.warmup
+        for s in steps:
+            if self.visible[s] < self.window:
+                self.write[s] = self.visible[s]
+            else:
+                ring = self.pos[s][w:]
+                self.pos[s][w:] = ring[-1:] + ring[:-1]
+                self.write[s] = max(range(self.window), key=self.pos[s].__getitem__)
+            self.visible[s] = min(self.visible[s] + 1, self.window)
+
 
 KERNELS = ("auto", "vector", "sdpa")
 

@@ -26,7 +26,15 @@ class Live2DiffMethod:
     frame too similar to the last processed one is not run through the model (the KV-cache and the stream batch do
     not see it) and is emitted at once with the last emitted output, as the reference returns
     ``prev_image_result``. The filter starts after the warm-up (the reference warms up in ``prepare``).
+
+    ``stream_buffer`` and ``depth_norm`` default to the authors' code (:class:`~live2diff.pipeline.Live2DiffStream`:
+    placeholder rows of the zero-initialised stream buffer, the warmup block's depth normalised jointly);
+    :data:`reference_settings` lists them, and the report names a method that departs from them.
     """
+
+    #: the settings with which this method computes what the authors' code computes (open-mmlab/Live2Diff):
+    #: a run that sets another value is named in the report's notes (eval/method_notes.py)
+    reference_settings = {"stream_buffer": "reference", "depth_norm": "per_call"}
 
     def __init__(
         self,
@@ -48,6 +56,8 @@ class Live2DiffMethod:
         similar_image_filter_max_skip_frame: int = 10,
         noise_schedule: str | None = "linear",
         clip_skip: int | None = None,
+        stream_buffer: str = "reference",
+        depth_norm: str = "per_call",
     ):
         if threads:
             torch.set_num_threads(int(threads))
@@ -69,6 +79,8 @@ class Live2DiffMethod:
             attention=attention,
             depth=bool(depth),
             stream_batch=stream_batch,
+            stream_buffer=stream_buffer,
+            depth_norm=depth_norm,
         )
         # opt-in (hardware.channels_last): NHWC convolutions, often faster with fp16 on GPUs
         if channels_last:
@@ -108,6 +120,8 @@ class Live2DiffMethod:
             "noise_schedule": self.noise_schedule,
             "clip_skip": self.components.clip_skip,
             "offline_reference": False,
+            "stream_buffer": self.stream.stream_buffer,
+            "depth_norm": self.stream.depth_norm,
         }
 
     def prepare(self, prompt: str, *, height: int, width: int, seed: int) -> None:

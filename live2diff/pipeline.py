@@ -42,6 +42,7 @@ from live2diff.components import (
     DEFAULT_T_INDEX_LIST,
     Components,
     depth_latents,
+    depth_latents_from_raw,
     encode_prompt,
     make_lcm_schedule,
     vae_decode,
@@ -51,6 +52,12 @@ from live2diff.components import (
 log = logging.getLogger(__name__)
 
 ATTENTION_MODES = ("unidirectional", "bidirectional_window")
+#: ``reference``: the authors' stream buffer (placeholder rows from the first streaming call, their slot
+#: bookkeeping); ``clean``: only rows that hold frames (see :class:`Live2DiffStream`)
+STREAM_BUFFERS = ("reference", "clean")
+#: ``per_call``: min-max over each depth call's batch, as the reference (the warmup block jointly, then one frame
+#: per call); ``per_frame``: every frame on its own
+DEPTH_NORMS = ("per_call", "per_frame")
 
 
 @dataclass
@@ -60,6 +67,7 @@ class _InFlight:
     noise: Tensor  # [n_steps, 4, h, w]
     depth_feat: Tensor | None  # mapping-network output [1, C0, h, w]
     step: int = 0
+    placeholder: bool = False  # a row of the reference's zero-initialised stream buffer (never emitted)
 
 
 @dataclass
@@ -69,6 +77,9 @@ class _Buffered:
     noise: Tensor
     depth_feat: Tensor | None = None
     extra: dict = field(default_factory=dict)
+    depth_raw: Tensor | None = (
+        None  # depth_norm per_call: the raw map, normalised with the rest of the warmup
+    )
 
 
 class _DepthInjector:
@@ -89,7 +100,20 @@ class _DepthInjector:
 
 
 class Live2DiffStream:
-    """The streaming pipeline over :class:`~live2diff.components.Components` (which it patches: it owns the UNet)."""
+    """The streaming pipeline over :class:`~live2diff.components.Components` (which it patches: it owns the UNet).
+
+    ``stream_buffer`` (unidirectional attention, stream batch):
+
+    * ``reference`` (default): the authors' code. Its stream batch always holds ``n_steps`` rows: at the first
+      streaming call the rows of steps ``1..n-1`` come from its zero-initialised buffer — zero latents with zero
+      depth latents — and these placeholders are denoised, re-noised and carried along like frames until they
+      leave the last step (their outputs are never emitted). They also write keys and values into their step's
+      cache, under the reference's own slot bookkeeping (:class:`~live2diff.kv_cache.ReferenceSlotIndex`): with 3+
+      steps the first frames at steps >= 2 attend those entries until the ring wraps.
+    * ``clean``: only rows that hold frames run; each step's ring holds frames only.
+
+    ``depth_norm``: ``per_call`` (default, the reference) normalises the warmup block's depth jointly (its one
+    depth call), each later frame on its own; ``per_frame`` every frame on its own."""
 
     def __init__(
         self,
@@ -100,9 +124,26 @@ class Live2DiffStream:
         attention: str = "unidirectional",
         depth: bool = True,
         stream_batch: bool = True,
+        stream_buffer: str = "reference",
+        depth_norm: str = "per_call",
     ):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got '{attention}'")
+        if stream_buffer not in STREAM_BUFFERS:
+            raise ValueError(f"stream_buffer must be one of {STREAM_BUFFERS}, got '{stream_buffer}'")
+        if depth_norm not in DEPTH_NORMS:
+            raise ValueError(f"depth_norm must be one of {DEPTH_NORMS}, got '{depth_norm}'")
+        if stream_buffer == "reference" and attention == "unidirectional":
+            if not stream_batch:
+                raise ValueError(
+                    "stream_buffer=reference is the reference's stream batch (placeholder rows): it needs "
+                    "stream_batch=true; set stream_buffer=clean for stream_batch=false"
+                )
+            if not 0 < int(warmup) < int(window) - 1:
+                raise ValueError(
+                    f"stream_buffer=reference needs 0 < warmup < window - 1 (the reference's bookkeeping), got "
+                    f"warmup={warmup}, window={window}; set stream_buffer=clean"
+                )
         self.comps = comps
         schedule = make_lcm_schedule(comps.scheduler, list(t_index_list))
         self.schedule = dataclasses.replace(  # constants on the device once, not copied there per call
@@ -120,8 +161,15 @@ class Live2DiffStream:
         self.attention = attention
         self.use_depth = bool(depth) and comps.depth is not None and comps.depth_mapper is not None
         self.stream_batch = bool(stream_batch)
+        # bidirectional_window has no stream batch, hence no buffer: it runs as `clean`
+        self.stream_buffer = stream_buffer if attention == "unidirectional" else "clean"
+        self.depth_norm = depth_norm
         self.ctl: StreamAttentionController = install_stream_attention(
-            comps.unet, self.n_steps, window=self.window, warmup=self.warmup
+            comps.unet,
+            self.n_steps,
+            window=self.window,
+            warmup=self.warmup,
+            bookkeeping="reference" if self.stream_buffer == "reference" else "clean",
         )
         self.depth_injector = _DepthInjector(comps.unet)
         self.compiled = None  # the compiled UNet of the steady stream call (:meth:`compile`)
@@ -142,6 +190,10 @@ class Live2DiffStream:
         self.proc_h, self.proc_w = max(f, round(height / f) * f), max(f, round(width / f) * f)
         self.latent_hw = (self.proc_h // f, self.proc_w // f)
         self.generator = torch.Generator(self.comps.device).manual_seed(int(seed))
+        # the placeholder rows' noise has its own generator: the frames draw the same noise in both buffer modes
+        self.placeholder_generator = torch.Generator(self.comps.device).manual_seed(
+            (int(seed) * 1_000_003 + 0x5EED) % 2**63
+        )
 
     def reset(self) -> None:
         self.ctl.reset()
@@ -150,22 +202,34 @@ class Live2DiffStream:
         self.in_flight: list[_InFlight] = []
         self.window_buffer: collections.deque[_Buffered] = collections.deque(maxlen=self.window)
         self.warmed_up = self.warmup == 0
+        self.buffer_filled = self.stream_buffer != "reference" or self.n_steps == 1
         self.generator = None
+        self.placeholder_generator = None
+
+    # ------------------------------------------------------------------------------------------------ noise
+    def _frame_noise(self, like: Tensor) -> Tensor:
+        """A pushed frame's ``n_steps`` noise tensors (step-0 noise, then the re-noising of steps 1..n-1)."""
+        shape = (self.n_steps, *like.shape[1:])
+        return torch.randn(shape, generator=self.generator, device=self.generator.device).to(like.dtype)
+
+    def _placeholder_noise(self, like: Tensor, step: int) -> Tensor:
+        """The re-noising noise of the placeholder row that starts at ``step`` (``stream_buffer: reference``)."""
+        g = self.placeholder_generator
+        return torch.randn((self.n_steps, *like.shape[1:]), generator=g, device=g.device).to(like.dtype)
 
     # ------------------------------------------------------------------------------------------------ stream API
     @torch.no_grad()
     def push(self, index: int, frame: Tensor) -> list[tuple[int, Tensor]]:
         if self.prompt_embeds is None or self.generator is None:
             raise RuntimeError("call prepare(prompt, height=, width=, seed=) before push()")
-        z, depth_feat = self._encode(frame)
-        noise = torch.randn(
-            (self.n_steps, *z.shape[1:]), generator=self.generator, device=self.generator.device
-        ).to(z.dtype)
+        joint_depth = not self.warmed_up and self.depth_norm == "per_call"
+        z, depth_feat, depth_raw = self._encode(frame, raw_depth=joint_depth)
+        noise = self._frame_noise(z)
         if self.attention == "bidirectional_window":
             self.window_buffer.append(_Buffered(index, z, noise, depth_feat))
             return self._run_window()
         if not self.warmed_up:
-            self.warmup_buffer.append(_Buffered(index, z, noise, depth_feat))
+            self.warmup_buffer.append(_Buffered(index, z, noise, depth_feat, depth_raw=depth_raw))
             if len(self.warmup_buffer) == self.warmup:
                 return self._run_warmup()
             return []
@@ -173,6 +237,8 @@ class Live2DiffStream:
         self.in_flight.insert(
             0, _InFlight(index, x, noise, depth_feat)
         )  # newest first: rows at steps 0, 1, ...
+        if not self.buffer_filled:
+            self._add_placeholders(z)
         if self.stream_batch:
             return self._stream_call()
         out: list[tuple[int, Tensor]] = []
@@ -190,15 +256,30 @@ class Live2DiffStream:
         return out
 
     # ------------------------------------------------------------------------------------------------ stages
-    def _encode(self, frame: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _encode(self, frame: Tensor, raw_depth: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(latent, depth features, raw depth)``: with ``raw_depth`` (a warmup frame normalised with its block)
+        only the raw map, the features come at :meth:`_run_warmup`."""
         x = frame.to(self.comps.device, self.comps.dtype)[None]
         if x.shape[-2:] != (self.proc_h, self.proc_w):
             x = F.interpolate(x, (self.proc_h, self.proc_w), mode="bilinear", align_corners=False)
         z = vae_encode(self.comps, x)
+        feat = raw = None
+        if self.use_depth and raw_depth:
+            raw = self.comps.depth.raw(x)
+        elif self.use_depth:
+            feat = self.comps.depth_mapper(depth_latents(self.comps, x))
+        return z, feat, raw
+
+    def _add_placeholders(self, like: Tensor) -> None:
+        """The reference's stream buffer at its first streaming call: rows at steps 1..n-1 holding zero latents
+        (and zero depth latents), carried through the remaining steps like frames and never emitted."""
         feat = None
         if self.use_depth:
-            feat = self.comps.depth_mapper(depth_latents(self.comps, x))
-        return z, feat
+            feat = self.comps.depth_mapper(torch.zeros_like(like))
+        for step in range(1, self.n_steps):
+            noise = self._placeholder_noise(like, step)
+            self.in_flight.append(_InFlight(-1, torch.zeros_like(like), noise, feat, step, placeholder=True))
+        self.buffer_filled = True
 
     def _decode(self, latents: Tensor) -> list[Tensor]:
         img = vae_decode(self.comps, latents)
@@ -235,6 +316,15 @@ class Live2DiffStream:
 
     def _run_warmup(self) -> list[tuple[int, Tensor]]:
         items, self.warmup_buffer = self.warmup_buffer, []
+        if (
+            self.use_depth and items[0].depth_raw is not None
+        ):  # depth_norm per_call: one min-max for the block
+            raw = torch.cat([it.depth_raw for it in items])
+            feats = self.comps.depth_mapper(
+                depth_latents_from_raw(self.comps, raw, (self.proc_h, self.proc_w), joint=True)
+            )
+            for it, f in zip(items, feats.split(1)):
+                it.depth_feat = f
         x0 = self._denoise_jointly(items, write_cache=True)
         self.warmed_up = True
         return list(zip([it.index for it in items], self._decode(x0)))
@@ -263,7 +353,8 @@ class Live2DiffStream:
         keep: list[_InFlight] = []
         for i, r in enumerate(rows):
             if r.step + 1 == self.n_steps:
-                out.append((r.index, self._decode(x0[i : i + 1])[0]))
+                if not r.placeholder:
+                    out.append((r.index, self._decode(x0[i : i + 1])[0]))
             else:
                 r.step += 1
                 r.x = self.schedule.add_noise(x0[i : i + 1], r.noise[r.step : r.step + 1], r.step)

@@ -93,15 +93,38 @@ def test_warmup_frames_are_denoised_jointly(live2diff):
 
 
 def test_stream_batch_equals_sequential_denoising():
+    """Without the reference's placeholder rows (``stream_buffer: clean``) a stream batch is only a schedule: each
+    frame's numbers are those of running its steps back to back."""
     clip = frames(13, size=32)
-    batched = dict(_run(_method(stream_batch=True), clip))
-    sequential = dict(_run(_method(stream_batch=False), clip))
+    batched = dict(_run(_method(stream_batch=True, stream_buffer="clean"), clip))
+    sequential = dict(_run(_method(stream_batch=False, stream_buffer="clean"), clip))
     assert batched.keys() == sequential.keys()
     for i in batched:
         torch.testing.assert_close(batched[i], sequential[i], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kw", [{"warmup": 0}, {"attention": "bidirectional_window", "window": 4}])
+def test_reference_stream_buffer_differs_from_clean_only_where_its_placeholders_reach():
+    """The reference's placeholder rows change nothing with 2 steps (the one placeholder entry is overwritten
+    before any row can see it) and, with 3 steps, nothing before the first streamed frame; the stream batch with
+    them cannot run sequentially, which is refused by name."""
+    clip = frames(14, size=32)
+    for steps, differs in (([30, 40], False), ([30, 36, 42], True)):
+        ref = dict(_run(_method(t_index_list=steps), clip))
+        clean = dict(_run(_method(t_index_list=steps, stream_buffer="clean"), clip))
+        assert sorted(ref) == sorted(clean) == list(range(14))
+        for i in range(8):  # the warmup block
+            torch.testing.assert_close(ref[i], clean[i], rtol=0, atol=1e-6)
+        gap = max((ref[i] - clean[i]).abs().max().item() for i in range(8, 14))
+        assert (gap > 1e-4) == differs, (steps, gap)
+    with pytest.raises(ValueError, match="stream_buffer=clean"):
+        _method(stream_batch=False)
+    with pytest.raises(ValueError, match="stream_buffer=clean"):
+        _method(warmup=0)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"warmup": 0, "stream_buffer": "clean"}, {"attention": "bidirectional_window", "window": 4}]
+)
 def test_variants_are_causal_and_complete(kw):
     m = _method(**kw)
     assert m.lookahead == 0
@@ -191,13 +214,20 @@ def live2diff_trained():
 
 
 @pytest.mark.parametrize("weights", ["live2diff", "live2diff_trained"])
-def test_short_stream_through_the_pipeline_equals_one_masked_offline_denoising(request, weights):
+def test_short_stream_through_the_pipeline_equals_one_masked_offline_denoising(weights):
     """Whole pipeline (3 LCM steps, stream batch, depth, VAE): a stream no longer than the window equals denoising
     all frames at once at each step with the training mask (warmup block bidirectional, then causal) — on random
-    weights and on the trained model."""
+    weights and on the trained model. This is the clean variant (``stream_buffer: clean``, each frame's depth
+    normalised on its own); the reference's placeholder rows and joint warmup depth are compared with the
+    authors' code itself in tests/test_reference_live2diff.py."""
     from live2diff.attention import causal_warmup_mask
+    from tests.conftest import compose
 
-    live2diff = request.getfixturevalue(weights)
+    clean = {"stream_buffer": "clean", "depth_norm": "per_frame"}
+    if weights == "live2diff":
+        live2diff = _method(**clean)
+    else:
+        live2diff = Live2DiffMethod(model=compose(["model=tiny"]).model, **clean)
     n, size = 13, 32
     clip = frames(n, size=size)
     streamed = dict(_run(live2diff, clip, seed=4))

@@ -57,7 +57,7 @@ def test_paper_experiments_set_one_t_index_list_for_all(name):
     [
         ("live2diff_ssf", "live2diff", {"similar_image_filter"}),
         ("live2diff_nodepth", "live2diff", {"depth"}),
-        ("live2diff_nowarmup", "live2diff", {"warmup"}),
+        ("live2diff_nowarmup", "live2diff", {"warmup", "stream_buffer"}),
         ("live2diff_window", "live2diff", {"warmup", "attention"}),
         ("streamdiffusion_ssf", "streamdiffusion", {"similar_image_filter"}),
         ("streamdiffusion_vid2vid", "streamdiffusion", {"t_index_list", "renoise", "similar_image_filter"}),
@@ -114,6 +114,28 @@ def test_report_notes_name_a_variant_of_the_authors_code():
     notes = method_notes(cfg["method"], cfg["diffusion"], cfg["model"])
     assert [n for n in notes if "variant" in n] == [
         "streamv2v runs a variant of the authors' code: bank_write=frames (the authors' code: calls)"
+    ]
+
+
+def test_report_notes_name_live2diff_variants_of_the_authors_code():
+    """Live2Diff's clean stream buffer and per-frame depth normalisation are named as variants; its defaults
+    (``method=[live2diff]``) are the authors' code and are not."""
+    cfg = resolved(
+        [
+            "method=[live2diff,live2diff_nowarmup]",
+            "method.live2diff.stream_buffer=clean",
+            "method.live2diff.depth_norm=per_frame",
+        ]
+    )
+    notes = [n for n in method_notes(cfg["method"], cfg["diffusion"], cfg["model"]) if "authors' code" in n]
+    assert notes == [
+        "live2diff runs a variant of the authors' code: stream_buffer=clean (the authors' code: reference); "
+        "depth_norm=per_frame (the authors' code: per_call)",
+        "live2diff_nowarmup runs a variant of the authors' code: stream_buffer=clean (the authors' code: reference)",
+    ]
+    default = resolved(["method=[live2diff]"])
+    assert not [
+        n for n in method_notes(default["method"], default["diffusion"], default["model"]) if "variant" in n
     ]
 
 

@@ -15,7 +15,14 @@ Nothing here downloads; checkpoint layouts are converted in :mod:`live2diff.conv
 
 from live2diff.components.build import Components, build_components
 from live2diff.components.config import parse_dtype, resolve_model_cfg
-from live2diff.components.depth import DepthEstimator, DPTDepth, MappingNetwork, TinyDepthNet, depth_latents
+from live2diff.components.depth import (
+    DepthEstimator,
+    DPTDepth,
+    MappingNetwork,
+    TinyDepthNet,
+    depth_latents,
+    depth_latents_from_raw,
+)
 from live2diff.components.schedule import DEFAULT_T_INDEX_LIST, LCMSchedule, make_lcm_schedule
 from live2diff.components.text import HFTokenizer, OpenClipTokenizer, encode_prompt, with_clip_skip
 from live2diff.components.unet import build_unet2d, build_unet2d_config_from_motion
@@ -39,6 +46,7 @@ __all__ = [
     "build_unet2d",
     "build_unet2d_config_from_motion",
     "depth_latents",
+    "depth_latents_from_raw",
     "encode_prompt",
     "load_state_dict",
     "make_lcm_schedule",

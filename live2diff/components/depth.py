@@ -36,23 +36,36 @@ class TinyDepthNet(nn.Module):
 
 
 class DepthEstimator(nn.Module):
-    """Frame -> 3-channel depth image in [-1, 1] at frame size (what the VAE then encodes), as the reference does:
-    resize to the depth net's resolution, predict, min-max normalise per frame, repeat to 3 channels, resize back."""
+    """Frame -> 3-channel depth image in [-1, 1] at frame size (what the VAE then encodes), as the reference's
+    ``encode_depth`` does: resize to the depth net's resolution, predict (:meth:`raw`), min-max normalise, repeat to
+    3 channels, resize back (:meth:`normalise`).
+
+    The reference min-max normalises over each call's whole batch (``depth_map.min()``): the 8 warmup frames
+    jointly, then one frame per streaming call. ``joint=False`` normalises each frame on its own."""
 
     def __init__(self, net: nn.Module, resolution: int):
         super().__init__()
         self.net = net
         self.resolution = int(resolution)
 
-    def forward(self, frames01: Tensor) -> Tensor:
-        h, w = frames01.shape[-2:]
+    def raw(self, frames01: Tensor) -> Tensor:
+        """The depth net's prediction ``[B, r, r]`` (float32) at its resolution ``r``."""
         x = F.interpolate(frames01, (self.resolution, self.resolution), mode="bilinear", align_corners=False)
-        d = self.net(x).float()
-        lo = d.flatten(1).min(1).values[:, None, None]
-        hi = d.flatten(1).max(1).values[:, None, None]
-        d = (d - lo) / (hi - lo).clamp_min(1e-6)
+        return self.net(x).float()
+
+    @staticmethod
+    def normalise(depth: Tensor, size: tuple[int, int], joint: bool = False) -> Tensor:
+        """Raw depth ``[B, r, r]`` -> ``[B, 3, *size]`` in [-1, 1]: min-max over the batch (``joint``) or per frame."""
+        flat = depth.flatten(0 if joint else 1)
+        lo = flat.min(-1).values.reshape(-1, 1, 1)
+        hi = flat.max(-1).values.reshape(-1, 1, 1)
+        d = (depth - lo) / (hi - lo).clamp_min(1e-6)
         d = d[:, None].repeat(1, 3, 1, 1) * 2 - 1
-        return F.interpolate(d, (h, w), mode="bilinear", align_corners=False).to(frames01.dtype)
+        return F.interpolate(d, size, mode="bilinear", align_corners=False)
+
+    def forward(self, frames01: Tensor, joint: bool = False) -> Tensor:
+        d = self.normalise(self.raw(frames01), tuple(frames01.shape[-2:]), joint)
+        return d.to(frames01.dtype)
 
 
 class MappingNetwork(nn.Module):
@@ -120,9 +133,17 @@ def build_depth(cfg: dict, kind: str, path: Path | None) -> DepthEstimator:
 
 
 @torch.no_grad()
-def depth_latents(comps: Any, frames01: Tensor) -> Tensor | None:
-    """Depth image of each frame, VAE-encoded (what the mapping network consumes); None when depth is off."""
+def depth_latents(comps: Any, frames01: Tensor, joint: bool = False) -> Tensor | None:
+    """Depth image of each frame, VAE-encoded (what the mapping network consumes); None when depth is off.
+    ``joint``: one min-max normalisation over the whole batch (the reference's warmup call)."""
     if comps.depth is None:
         return None
-    d = comps.depth(frames01.to(comps.device, comps.dtype))
+    d = comps.depth(frames01.to(comps.device, comps.dtype), joint=joint)
+    return vae_encode(comps, (d + 1) / 2)
+
+
+@torch.no_grad()
+def depth_latents_from_raw(comps: Any, raw: Tensor, size: tuple[int, int], joint: bool = False) -> Tensor:
+    """:func:`depth_latents` from raw predictions (:meth:`DepthEstimator.raw`) gathered over several pushes."""
+    d = comps.depth.normalise(raw, size, joint).to(comps.dtype)
     return vae_encode(comps, (d + 1) / 2)
