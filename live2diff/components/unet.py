@@ -35,9 +35,10 @@ REFERENCE_MOTION_NORM_GROUPS = 32
 
 
 def motion_norm_groups(cfg: dict) -> int:
-    """``model.unet.motion_norm_num_groups`` (default the reference's 32), checked against the widths."""
+    """``model.unet.motion_norm_num_groups`` (unset: the UNet's ``norm_num_groups``, as diffusers builds them; a
+    reference checkpoint needs :data:`REFERENCE_MOTION_NORM_GROUPS`), checked against the widths."""
     u = cfg["unet"]
-    groups = int(u.get("motion_norm_num_groups", REFERENCE_MOTION_NORM_GROUPS))
+    groups = int(u.get("motion_norm_num_groups") or u["norm_num_groups"])
     bad = [c for c in u["block_out_channels"] if int(c) % groups]
     if bad:
         raise ValueError(
