@@ -126,10 +126,15 @@ def to_reference_state_dict(
     return out
 
 
+#: the motion modules' GroupNorm groups in the reference (and AnimateDiff): hard-coded in its
+#: TemporalTransformer3DModel, whatever the UNet's norm_num_groups
+REFERENCE_MOTION_NORM_GROUPS = 32
+
+
 def check_motion_norm_groups(unet: nn.Module, path: str | Path, key: str) -> None:
     """Refuse a reference checkpoint for motion modules whose GroupNorm grouping is not the reference's: it
     hard-codes 32 groups (its TemporalTransformer3DModel, from AnimateDiff), whatever the UNet's norm groups."""
-    from live2diff.components.unet import REFERENCE_MOTION_NORM_GROUPS as G
+    G = REFERENCE_MOTION_NORM_GROUPS
 
     groups = sorted(
         {m.norm.num_groups for m in unet.modules() if type(m).__name__ == "AnimateDiffTransformer3D"}

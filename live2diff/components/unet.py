@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from live2diff.components.weights import load_state_dict, require
+from live2diff.convert import REFERENCE_MOTION_NORM_GROUPS
 from live2diff.convert import unet2d_config_of as build_unet2d_config_from_motion
 
 
@@ -27,11 +28,6 @@ def unet2d_config(cfg: dict) -> dict:
         cross_attention_dim=int(u["cross_attention_dim"]),
         attention_head_dim=u["attention_head_dim"],
     )
-
-
-#: the motion modules' GroupNorm groups in the reference (and AnimateDiff): hard-coded in its
-#: TemporalTransformer3DModel, whatever the UNet's norm_num_groups
-REFERENCE_MOTION_NORM_GROUPS = 32
 
 
 def motion_norm_groups(cfg: dict) -> int:
