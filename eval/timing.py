@@ -379,7 +379,7 @@ def warm_up(method: StreamMethod, frames: Tensor, frames_wanted: int, *, prompt:
     return k
 
 
-# The figures below are described (name, unit, direction) once, in eval/results.py (SYSTEM_METRICS).
+# The figures below are described (name, unit, direction) once, in eval/results/schema.py (SYSTEM_METRICS).
 
 
 def output_fps(emit_time: np.ndarray, by_push: np.ndarray) -> float:
