@@ -94,7 +94,7 @@ def test_motion_lora_taesd_manifests_fit_sd15_on_meta():
     with torch.device("meta"):
         unet = build_unet(cfg, None)
         ours_taesd = build_vae(cfg, None, None).state_dict()
-        real_taesd = AutoencoderTiny(**fx._clean(fx.TAESD_CONFIG)).state_dict()
+        real_taesd = AutoencoderTiny(**fx.constructor_kwargs(fx.TAESD_CONFIG)).state_dict()
     assert {k: tuple(v.shape) for k, v in ours_taesd.items()} == {
         k: tuple(v.shape) for k, v in real_taesd.items()
     }
@@ -204,7 +204,7 @@ def test_dreambooth_loads_unet_text_encoder_and_kl_vae(tmp_path):
     c = tiny_components(fresh=True)
     widths = fx.widths_of(c.cfg) | {"vae_block_out_channels": [8, 8, 8, 8], "vae_norm_num_groups": 4}
     path = fx.write_dreambooth(tmp_path / "style.safetensors", widths)
-    vae = AutoencoderKL(**fx._clean(fx.vae_config(widths)))
+    vae = AutoencoderKL(**fx.constructor_kwargs(fx.vae_config(widths)))
     motion_before = {k: v.clone() for k, v in c.unet.state_dict().items() if "motion_modules" in k}
     report = convert.load_dreambooth(path, c.unet, c.text_encoder, vae)
     assert report["text_encoder"].endswith("tensors") and report["vae"].endswith("tensors")
@@ -449,6 +449,7 @@ def test_sd15_layout_every_weight_path_lands_and_every_method_runs(tmp_path):
     assert comps.random_parts == [] and comps.weights == {
         **{k: str(v) for k, v in files.items()},
         "trained": "none",
+        "animatediff_motion": "none",  # an optional entry (animatediff_window's), not given here
     }
 
     # expected tensors, from the files (LoRA deltas computed here, independently of convert.fuse_lora_*)

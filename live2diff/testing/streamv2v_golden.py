@@ -305,6 +305,6 @@ def check_fixture(golden: Golden, digest: str) -> None:
     want = golden.meta["fixture"]["sha256"]
     assert digest == want, (
         f"the StreamV2V fixture changed (sha256 {digest[:12]}..., the golden files were recorded on {want[:12]}...: "
-        f"live2diff/testing/fixtures.py or streamv2v_golden.py's sizes/seeds moved). Regenerate them from the "
+        f"live2diff/testing/fixtures/ or streamv2v_golden.py's sizes/seeds moved). Regenerate them from the "
         f"reference checkout: {REGENERATE}"
     )
