@@ -49,7 +49,7 @@ def test_the_report_defaults_are_the_configs():
     import dataclasses
 
     from eval.report import build_report
-    from eval.report.sections import Context
+    from eval.report.context import Context
     from eval.sweep import MergeReport
 
     fields = {f.name: f.default for f in dataclasses.fields(Context)}

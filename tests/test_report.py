@@ -8,7 +8,8 @@ import pytest
 
 from eval import results
 from eval.report import build_report
-from eval.report.sections import Context, best_methods, paired_rows
+from eval.report.context import Context, best_methods
+from eval.report.sections import paired_rows
 from eval.results import MetricDescriptor
 
 WARP = MetricDescriptor("warp_error", "Warp error", "L1 /255", False, config={"flow": "dis", "variant": "l1"})
@@ -258,7 +259,7 @@ def test_published_ours_delta_cites_sources_and_never_fills_uncited_cells(tmp_pa
 
 
 def test_published_gpu_matches_the_devices_name():
-    from eval.report.sections import _settings_mismatch
+    from eval.report.published import _settings_mismatch
 
     ours = {"gpu": "NVIDIA GeForce RTX 4090", "resolution": [512, 512]}
     assert _settings_mismatch({"gpu": "RTX 4090", "resolution": [512, 512]}, ours) == []

@@ -8,7 +8,9 @@ shards or a sweep merged) without re-running anything::
 into ``--out``; without it, one run folder's report is rebuilt in that folder, and the merged report of several goes
 to a new folder ``merged_<time>`` beside the first (never over a run's own report).
 
-Layout: ``stats.py`` (t intervals, sign-flip tests, Holm), ``sections.py`` (each section built once, as data),
+Layout: ``stats.py`` (t intervals, sign-flip tests, Holm), ``blocks.py`` (the data a section is made of: cells,
+tables, images, text), ``context.py`` (the merged results and what every section derives from them),
+``sections.py`` (each section built once, as data; ``published.py``: the published-figures section),
 ``render.py`` (one markdown and one HTML renderer), ``plots.py``. The run folder is read through ``eval.results``.
 """
 
@@ -21,8 +23,9 @@ from pathlib import Path
 
 from eval import results
 from eval.report import render
+from eval.report.context import Context
 from eval.report.defaults import COMPARE_TO, REFERENCE_METHODS
-from eval.report.sections import Context, build_sections
+from eval.report.sections import build_sections
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from eval.report.sections import Cell, Image, Section, Table, Text
+from eval.report.blocks import Cell, Image, Section, Table, Text
 
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}"

@@ -239,7 +239,7 @@ def run_settings(config: Mapping) -> dict:
 class Reference:
     """A figure published elsewhere: shown beside ours, never invented. ``settings`` are what it was computed with
     (e.g. ``{variant: l1, flow: raft, gpu: RTX 4090}``); the report compares it with ours only when they are stated
-    and match (eval/report/sections.py ``not_compared``), else greys it out with the reason."""
+    and match (eval/report/published.py ``not_compared``), else greys it out with the reason."""
 
     method: str
     metric: str
