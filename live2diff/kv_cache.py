@@ -102,7 +102,12 @@ class ReferenceSlotIndex:
     visible. Steps >= 2 therefore see the placeholders written at calls 1..step-1 until the ring has wrapped.
 
     Same interface as :class:`SlotIndex`; a step's state only moves when a row at that step runs (the reference
-    runs every step at every call; here a draining stream batch skips the steps no frame is at any more)."""
+    runs every step at every call; here a draining stream batch skips the steps no frame is at any more).
+
+    Storage: step 0 writes its ring one slot ahead of the other steps (it sees slot ``warmup`` from the start), so
+    its ring slots are stored shifted back by one (:meth:`_stored`; attention does not depend on where a key is
+    stored, only on its position and visibility): from the second call on every row of a call writes the same
+    stored slot, one slice per layer, as in :class:`SlotIndex`'s steady state."""
 
     def __init__(self, n_steps: int, window: int, warmup: int):
         if not 0 < warmup < window - 1:
@@ -110,7 +115,14 @@ class ReferenceSlotIndex:
                 f"the reference's bookkeeping needs 0 < warmup < window - 1, got warmup={warmup}, window={window}"
             )
         self.n_steps, self.window, self.warmup = int(n_steps), int(window), int(warmup)
+        self.ring_capacity = self.window - self.warmup
         self.reset()
+
+    def _stored(self, step: int, slot: int) -> int:
+        """Where the reference's ``slot`` of ``step`` is stored (step 0's ring slots one back, see above)."""
+        if step != 0 or slot < self.warmup:
+            return slot
+        return self.warmup + (slot - self.warmup - 1) % self.ring_capacity
 
     def reset(self) -> None:
         self.visible = [0] * self.n_steps
@@ -125,10 +137,14 @@ class ReferenceSlotIndex:
         self.pos[step] = list(range(self.window))
 
     def advance_all(self, steps: list[int]) -> list[int]:
-        return [self.write[s] for s in steps]
+        return [self._stored(s, self.write[s]) for s in steps]
 
     def positions(self, step: int) -> tuple[list[int], list[bool]]:
-        return list(self.pos[step]), [i < self.visible[step] for i in range(self.window)]
+        pos, valid = [0] * self.window, [False] * self.window
+        for slot in range(self.window):
+            at = self._stored(step, slot)
+            pos[at], valid[at] = self.pos[step][slot], slot < self.visible[step]
+        return pos, valid
 
     def end_call(self, steps: list[int]) -> None:
         w = self.warmup

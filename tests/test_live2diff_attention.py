@@ -16,7 +16,7 @@ from live2diff.attention import (
     install_stream_attention,
     temporal_blocks,
 )
-from live2diff.kv_cache import LayerKVCache, SlotIndex
+from live2diff.kv_cache import LayerKVCache, ReferenceSlotIndex, SlotIndex
 from tests.live2diff_helpers import prompt_embeds, randomise_motion_out, tiny_components, trained_components
 
 
@@ -102,6 +102,37 @@ def test_slot_index_aligns_the_rows_of_a_stream_call_on_one_slot():
     # a call that skips a step (sequential mode, flush) still writes a free slot or the step's oldest frame
     oldest = idx.ring[2][0]
     assert idx.advance_all([2]) == [oldest]
+
+
+def test_reference_slot_index_as_the_reference_and_aligned_in_steady_state():
+    """The reference's bookkeeping (its initialize_attn_bias_pe_and_update_idx / update_attn_bias, written out here
+    for window 16, warmup 8, 3 steps), seen through ReferenceSlotIndex: every call, each step's visible keys have
+    the reference's positions, the written key the reference's query position; the stored slots are aligned (one
+    slice per call) from the second call on."""
+    n, W, w = 3, 16, 8
+    idx = ReferenceSlotIndex(n, W, w)
+    for s in range(n):
+        idx.set_warmup(s, w)
+    visible = [w + 1, w, w]  # the reference's unmasked prefix of attn_bias per step
+    update = [w, w + 1, w]  # update_idx
+    pe = [list(range(W)) for _ in range(n)]  # pe_idx
+    for call in range(30):
+        slots = idx.advance_all(list(range(n)))
+        for s in range(n):
+            pos, valid = idx.positions(s)
+            want = sorted(pe[s][i] for i in range(visible[s]))
+            assert sorted(p for p, v in zip(pos, valid) if v) == want, (call, s)
+            assert pos[slots[s]] == pe[s][update[s]] and valid[slots[s]] == (update[s] < visible[s])
+        if call >= 1:
+            assert len(set(slots)) == 1, (call, slots)
+        idx.end_call(list(range(n)))
+        for s in range(n):  # update_attn_bias
+            if visible[s] < W:
+                update[s] = visible[s]
+            else:
+                pe[s][w:] = pe[s][w:][-1:] + pe[s][w:][:-1]
+                update[s] = pe[s].index(max(pe[s]))
+            visible[s] = min(visible[s] + 1, W)
 
 
 def test_vector_cache_call_write_one_slice_or_per_row():
