@@ -346,7 +346,7 @@ def probe(cfg: DictConfig, videos: list[tuple[Any, int | None]], n_probe: int) -
     import torch
     from hydra.utils import instantiate
 
-    from eval.runner import build_metrics
+    from eval.scoring import build_metrics
     from eval.timing import run_stream
 
     if cfg.hardware.get("threads"):

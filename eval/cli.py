@@ -24,7 +24,9 @@ from eval.frame_size import frame_size, frame_size_notes
 from eval.method_notes import method_notes
 from eval.paths import CONF_DIR
 from eval.results import Reference
-from eval.runner import LazyMetrics, Runner, RunnerSettings, RunSummary
+from eval.run_types import RunnerSettings, RunSummary
+from eval.runner import Runner
+from eval.scoring import LazyMetrics
 from eval.store import DiskFullError, UnitStore, as_disk_full, claim_run_dir, disk_full, finish_run_dir
 from eval.strength import apply_match
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import eval.runner as runner_mod
+from eval import scoring
 from eval.cli import run_from_config
 from eval.datasets import base
 from eval.datasets.base import FrameTransform
@@ -118,7 +119,7 @@ def test_a_fully_cached_rerun_builds_no_method_and_no_metric(tmp_path, monkeypat
     def refuse(*args, **kwargs):
         raise AssertionError("built something on a fully cached re-run")
 
-    monkeypatch.setattr(runner_mod, "build_metrics", refuse)
+    monkeypatch.setattr(scoring, "build_metrics", refuse)
     monkeypatch.setattr(runner_mod.Runner, "_method", refuse)
     second = _run(tmp_path, *TWO_METHODS, *SMALL, *metrics, name="b")
     assert {u.status for u in second.units} == {"cached"}

@@ -183,7 +183,9 @@ def test_bad_settings_and_broken_methods_say_what_is_wrong():
 def test_runner_live_mode_rows(tmp_path, monkeypatch):
     """Through the Runner: live figures become result rows and the quality metrics see the repeated frames."""
     from eval.datasets.synthetic import SyntheticDataset
-    from eval.runner import Runner, RunnerSettings, build_metrics
+    from eval.run_types import RunnerSettings
+    from eval.runner import Runner
+    from eval.scoring import build_metrics
     from eval.store import UnitStore
 
     clock = FakeClock()
